@@ -1,0 +1,96 @@
+"""Capsule ops: squash (Eq. 1), primary capsules, class-capsule predictions, lengths.
+
+Axis letters, used the same way everywhere: B batch, I input (primary) capsules, J output
+(class) capsules, D input capsule dimension, E output capsule dimension, T primary types.
+"""
+from .backend import get_array_module
+from .conv import conv2d_backward, conv2d_forward
+
+
+def squash_forward(s):
+    """v = s |s| / (1 + |s|^2) over the last axis (Eq. 1, rewritten without the 1/|s|).
+
+    Exact as written, with no epsilon: a zero vector maps to zero. |v| < 1, same direction.
+    """
+    xp = get_array_module(s)
+    sq = (s * s).sum(axis=-1, keepdims=True)  # |s|^2
+    norm = xp.sqrt(sq)
+    v = s * (norm / (1 + sq))
+    return v, (s, sq, norm)
+
+
+def squash_backward(dv, cache):
+    """ds = f dv + s f'(n) / n <s, dv> with n = |s|, f(n) = n / (1 + n^2).
+
+    f'(n) / n = (1 - n^2) / (n (1 + n^2)^2) blows up at n = 0, but there it multiplies
+    s <s, dv> = O(n^2), and the Jacobian at s = 0 is exactly 0: the guard sets that term to
+    0 where n = 0 instead of dividing by zero.
+    """
+    xp = get_array_module(dv)
+    s, sq, norm = cache
+    f = norm / (1 + sq)
+    safe = xp.where(norm > 0, norm, 1)
+    g = xp.where(norm > 0, (1 - sq) / (safe * (1 + sq) ** 2), 0)
+    return f * dv + s * (g * (s * dv).sum(axis=-1, keepdims=True))
+
+
+def length_forward(v):
+    """|v| over the last axis: a capsule's length is the probability its entity is there."""
+    xp = get_array_module(v)
+    lengths = xp.sqrt((v * v).sum(axis=-1))
+    return lengths, (v, lengths)
+
+
+def length_backward(dlengths, cache):
+    """dv = dlength v / |v|. |v| is not differentiable at 0; there the gradient is 0."""
+    xp = get_array_module(dlengths)
+    v, lengths = cache
+    inv = xp.where(lengths > 0, 1 / xp.where(lengths > 0, lengths, 1), 0)
+    return v * (dlengths * inv)[..., None]
+
+
+def primary_capsules_forward(x, w, b, *, types, stride=2):
+    """Convolution (no ReLU), regrouped into capsules and squashed.
+
+    x (B, C, H, W), w (T*D, C, k, k) -> u (B, I, D) with I = T*gh*gw. Output channel
+    t*D + d is dimension d of capsule type t; capsule i = t*gh*gw + row*gw + col.
+    """
+    out, conv_cache = conv2d_forward(x, w, b, stride=stride)  # (B, T*D, gh, gw)
+    B, _, gh, gw = out.shape
+    D = w.shape[0] // types
+    s = out.reshape(B, types, D, gh, gw).transpose(0, 1, 3, 4, 2)  # (B, T, gh, gw, D)
+    s = s.reshape(B, types * gh * gw, D)  # (B, I, D)
+    u, squash_cache = squash_forward(s)
+    return u, (conv_cache, squash_cache, (B, types, D, gh, gw))
+
+
+def primary_capsules_backward(du, cache, *, need_dx=True):
+    conv_cache, squash_cache, (B, T, D, gh, gw) = cache
+    ds = squash_backward(du, squash_cache)  # (B, I, D)
+    dout = ds.reshape(B, T, gh, gw, D).transpose(0, 1, 4, 2, 3)  # (B, T, D, gh, gw)
+    return conv2d_backward(dout.reshape(B, T * D, gh, gw), conv_cache, need_dx=need_dx)
+
+
+def predictions_forward(u, w):
+    """u_hat[j|i] = W_ij u_i (the paper's prediction vectors).
+
+    u (B, I, D), w (I, J, E, D) -> u_hat (B, J, I, E). J comes before I so that routing's
+    sums over I are batched matrix products.
+    """
+    I, J, E, D = w.shape
+    B = u.shape[0]
+    u_i = u.transpose(1, 0, 2)  # (I, B, D)
+    u_hat = u_i @ w.reshape(I, J * E, D).transpose(0, 2, 1)  # (I, B, J*E)
+    u_hat = u_hat.reshape(I, B, J, E).transpose(1, 2, 0, 3)  # (B, J, I, E)
+    return get_array_module(u).ascontiguousarray(u_hat), (u_i, w)
+
+
+def predictions_backward(du_hat, cache):
+    """du (B, I, D) and dw (I, J, E, D) from du_hat (B, J, I, E)."""
+    u_i, w = cache
+    I, J, E, D = w.shape
+    B = u_i.shape[1]
+    g = du_hat.transpose(2, 0, 1, 3).reshape(I, B, J * E)  # (I, B, J*E)
+    du = (g @ w.reshape(I, J * E, D)).transpose(1, 0, 2)  # (B, I, D)
+    dw = (g.transpose(0, 2, 1) @ u_i).reshape(I, J, E, D)
+    return du, dw

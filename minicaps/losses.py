@@ -1,0 +1,44 @@
+"""Margin loss (Eq. 4) and reconstruction loss. Both are means over the batch."""
+from .backend import get_array_module
+
+M_PLUS, M_MINUS, LAMBDA = 0.9, 0.1, 0.5
+RECONSTRUCTION_WEIGHT = 0.0005  # the paper scales the sum of squared errors down by this
+
+
+def one_hot(y, n_classes, dtype):
+    xp = get_array_module(y)
+    return (xp.arange(n_classes)[None, :] == y[:, None]).astype(dtype)
+
+
+def margin_loss_forward(lengths, y):
+    """L = sum_k T_k max(0, m+ - |v_k|)^2 + lambda (1 - T_k) max(0, |v_k| - m-)^2 (Eq. 4),
+    summed over the classes k and averaged over the batch.
+
+    lengths (B, J), y (B,) ints. The loss is not differentiable where |v_k| = m+ (true
+    class) or m- (other classes); there the gradient is taken as 0 (the flat side).
+    """
+    xp = get_array_module(lengths)
+    B, J = lengths.shape
+    t = one_hot(y, J, lengths.dtype)
+    present = xp.maximum(0, M_PLUS - lengths)  # (B, J)
+    absent = xp.maximum(0, lengths - M_MINUS)
+    per_class = t * present ** 2 + LAMBDA * (1 - t) * absent ** 2
+    return per_class.sum() / B, (t, present, absent)
+
+
+def margin_loss_backward(dloss, cache):
+    t, present, absent = cache
+    B = t.shape[0]
+    return dloss * (-2 * t * present + 2 * LAMBDA * (1 - t) * absent) / B
+
+
+def reconstruction_loss_forward(recon, target):
+    """0.0005 * sum of squared errors, averaged over the batch. recon, target (B, N)."""
+    diff = recon - target
+    B = recon.shape[0]
+    return RECONSTRUCTION_WEIGHT * (diff * diff).sum() / B, diff
+
+
+def reconstruction_loss_backward(dloss, cache):
+    diff = cache
+    return dloss * (2 * RECONSTRUCTION_WEIGHT / diff.shape[0]) * diff

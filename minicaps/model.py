@@ -1,0 +1,289 @@
+"""CapsNet: the paper's network with every pass written out, over one dict of parameters.
+
+    x (B, C, H, W)
+    -> conv1, ReLU                          (B, conv_channels, H1, W1)
+    -> primary capsules, squash             u (B, I, D),  I = primary_types * gh * gw
+    -> predictions u_hat = W u              (B, J, I, E)
+    -> dynamic routing                      v (B, J, E)
+    -> lengths |v|, margin loss
+    -> decoder on v masked to one class     (B, C*H*W), reconstruction loss
+
+The backward pass is the forward pass read in reverse. Parameters follow PyTorch's layouts
+(conv weights (out, in, kh, kw)); the decoder's linear weights are (in, out).
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backend import device_of, get_array_module, to_device
+from .capsules import (length_backward, length_forward, predictions_backward,
+                       predictions_forward, primary_capsules_backward,
+                       primary_capsules_forward)
+from .conv import conv2d_backward, conv2d_forward, output_size
+from .errors import MinicapsError
+from .layers import (linear_backward, linear_forward, relu_backward, relu_forward,
+                     sigmoid_backward, sigmoid_forward)
+from .losses import (margin_loss_backward, margin_loss_forward, one_hot,
+                     reconstruction_loss_backward, reconstruction_loss_forward)
+from .routing import ROUTING_GRADS, routing_backward, routing_forward
+
+DECODER_WIDTHS = (512, 1024)
+
+
+@dataclass(frozen=True)
+class CapsNetConfig:
+    """Everything that fixes the network's shape and behaviour. Defaults: the paper's MNIST net."""
+    in_shape: tuple = (1, 28, 28)
+    n_classes: int = 10
+    conv_channels: int = 256
+    kernel_size: int = 9
+    conv_stride: int = 1
+    primary_types: int = 32
+    primary_dim: int = 8
+    primary_stride: int = 2
+    class_dim: int = 16
+    routing_iters: int = 3
+    routing_grad: str = "full"
+    reconstruction: bool = True
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        object.__setattr__(self, "in_shape", tuple(int(n) for n in self.in_shape))
+        if self.routing_grad not in ROUTING_GRADS:
+            raise MinicapsError(f"routing_grad must be one of {ROUTING_GRADS}, "
+                                f"not {self.routing_grad!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise MinicapsError(f"dtype must be float32 or float64, not {self.dtype!r}")
+        for name in ("n_classes", "conv_channels", "kernel_size", "conv_stride",
+                     "primary_types", "primary_dim", "primary_stride", "class_dim",
+                     "routing_iters"):
+            if getattr(self, name) < 1:
+                raise MinicapsError(f"{name} must be at least 1, not {getattr(self, name)}")
+        gh, gw = self.grid
+        if gh < 1 or gw < 1:
+            raise MinicapsError(
+                f"input {self.in_shape[1]}x{self.in_shape[2]} is too small for two "
+                f"{self.kernel_size}x{self.kernel_size} convolutions")
+
+    @property
+    def conv1_size(self):
+        _, H, W = self.in_shape
+        k, s = self.kernel_size, self.conv_stride
+        return output_size(H, k, s, 0), output_size(W, k, s, 0)
+
+    @property
+    def grid(self):
+        """(gh, gw): the primary capsules' grid."""
+        h1, w1 = self.conv1_size
+        k, s = self.kernel_size, self.primary_stride
+        return output_size(h1, k, s, 0), output_size(w1, k, s, 0)
+
+    @property
+    def n_primary(self):
+        """I, the number of primary capsules."""
+        gh, gw = self.grid
+        return self.primary_types * gh * gw
+
+    def param_shapes(self):
+        C, H, W = self.in_shape
+        k, K = self.kernel_size, self.conv_channels
+        TD = self.primary_types * self.primary_dim
+        shapes = {
+            "conv1.w": (K, C, k, k), "conv1.b": (K,),
+            "primary.w": (TD, K, k, k), "primary.b": (TD,),
+            "caps.w": (self.n_primary, self.n_classes, self.class_dim, self.primary_dim),
+        }
+        if self.reconstruction:
+            widths = (self.n_classes * self.class_dim, *DECODER_WIDTHS, C * H * W)
+            for n, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
+                shapes[f"decoder.{n}.w"] = (n_in, n_out)
+                shapes[f"decoder.{n}.b"] = (n_out,)
+        return shapes
+
+    def n_params(self):
+        return sum(int(np.prod(s)) for s in self.param_shapes().values())
+
+
+def init_params(config, seed=0):
+    """Host arrays from a seeded generator: the same weights whatever the device.
+
+    Convolutions and linear layers: uniform in +-1/sqrt(fan_in) (PyTorch's default);
+    biases likewise. Capsule transforms W_ij: normal with std 0.01, small enough that the
+    class capsules start short and the margin loss pulls the true one up.
+    """
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in config.param_shapes().items():
+        if name == "caps.w":
+            p = rng.normal(0.0, 0.01, shape)
+        else:
+            weight_shape = config.param_shapes()[name[:-1] + "w"]
+            fan_in = int(np.prod(weight_shape[1:])) if len(weight_shape) == 4 else weight_shape[0]
+            bound = 1 / np.sqrt(fan_in)
+            p = rng.uniform(-bound, bound, shape)
+        params[name] = p.astype(config.dtype)
+    return params
+
+
+class CapsNet:
+    """The capsule network. `net.params` maps stable names to arrays; `loss_and_grads`
+    returns gradients under the same names; nothing is updated in place."""
+
+    def __init__(self, in_shape=(1, 28, 28), n_classes=10, conv_channels=256, kernel_size=9,
+                 primary_types=32, primary_dim=8, class_dim=16, routing_iters=3,
+                 routing_grad="full", reconstruction=True, dtype="float32", seed=0,
+                 conv_stride=1, primary_stride=2, device="cpu"):
+        config = CapsNetConfig(
+            in_shape=in_shape, n_classes=n_classes, conv_channels=conv_channels,
+            kernel_size=kernel_size, conv_stride=conv_stride, primary_types=primary_types,
+            primary_dim=primary_dim, primary_stride=primary_stride, class_dim=class_dim,
+            routing_iters=routing_iters, routing_grad=routing_grad,
+            reconstruction=reconstruction, dtype=dtype)
+        self._build(config, init_params(config, seed), device)
+
+    @classmethod
+    def from_config(cls, config, params=None, *, seed=0, device="cpu"):
+        """A net of `config` with the given parameters (e.g. from a checkpoint) or fresh ones."""
+        net = cls.__new__(cls)
+        net._build(config, init_params(config, seed) if params is None else params, device)
+        return net
+
+    def _build(self, config, params, device):
+        expected = config.param_shapes()
+        if set(params) != set(expected) or any(tuple(params[n].shape) != expected[n]
+                                                for n in expected):
+            raise MinicapsError("the parameters do not match the network's configuration")
+        self.config = config
+        self.params = {name: to_device(params[name], device).astype(config.dtype, copy=False)
+                       for name in expected}
+
+    @property
+    def device(self):
+        return device_of(self.params["conv1.w"])
+
+    def to(self, device):
+        """Move the parameters to 'cpu' or 'gpu' (CuPy); returns the net."""
+        self.params = {name: to_device(p, device) for name, p in self.params.items()}
+        return self
+
+    def _as_input(self, x):
+        """x as an array of the net's dtype on the net's device (host batches move over)."""
+        xp = get_array_module(self.params["conv1.w"])
+        x = xp.asarray(x)
+        if x.dtype == np.uint8:  # raw pixels: scale to [0, 1]
+            x = x.astype(self.config.dtype) / 255
+        x = x.astype(self.config.dtype, copy=False)
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.config.in_shape:
+            raise MinicapsError(f"input batch has shape {tuple(x.shape)}, the net expects "
+                                f"(B, {', '.join(map(str, self.config.in_shape))})")
+        return x
+
+    def _capsules(self, x):
+        """The class capsules v (B, J, E) of a prepared batch, with the caches for backward."""
+        p, cfg = self.params, self.config
+        h, conv_cache = conv2d_forward(x, p["conv1.w"], p["conv1.b"], stride=cfg.conv_stride)
+        h, relu_cache = relu_forward(h)
+        u, primary_cache = primary_capsules_forward(
+            h, p["primary.w"], p["primary.b"], types=cfg.primary_types,
+            stride=cfg.primary_stride)  # (B, I, D)
+        u_hat, pred_cache = predictions_forward(u, p["caps.w"])  # (B, J, I, E)
+        v, routing_cache = routing_forward(u_hat, iters=cfg.routing_iters,
+                                           grad=cfg.routing_grad)  # (B, J, E)
+        return v, (conv_cache, relu_cache, primary_cache, pred_cache, routing_cache)
+
+    def _capsules_backward(self, dv, caches, grads):
+        conv_cache, relu_cache, primary_cache, pred_cache, routing_cache = caches
+        du_hat = routing_backward(dv, routing_cache)
+        du, grads["caps.w"] = predictions_backward(du_hat, pred_cache)
+        dh, grads["primary.w"], grads["primary.b"] = primary_capsules_backward(du, primary_cache)
+        dh = relu_backward(dh, relu_cache)
+        _, grads["conv1.w"], grads["conv1.b"] = conv2d_backward(dh, conv_cache, need_dx=False)
+
+    def _decode(self, v, mask):
+        """Reconstruction (B, C*H*W) from v (B, J, E) with all capsules but `mask`'s zeroed."""
+        p = self.params
+        z = (v * mask[:, :, None]).reshape(v.shape[0], -1)  # (B, J*E)
+        caches = []
+        n_layers = len(DECODER_WIDTHS) + 1
+        for n in range(n_layers):
+            z, lin_cache = linear_forward(z, p[f"decoder.{n}.w"], p[f"decoder.{n}.b"])
+            act = relu_forward if n < n_layers - 1 else sigmoid_forward
+            z, act_cache = act(z)
+            caches.append((lin_cache, act_cache))
+        return z, caches
+
+    def _decode_backward(self, drecon, caches, mask, grads):
+        dz = drecon
+        n_layers = len(caches)
+        for n in range(n_layers - 1, -1, -1):
+            lin_cache, act_cache = caches[n]
+            act_backward = relu_backward if n < n_layers - 1 else sigmoid_backward
+            dz = act_backward(dz, act_cache)
+            dz, grads[f"decoder.{n}.w"], grads[f"decoder.{n}.b"] = linear_backward(dz, lin_cache)
+        B, J = mask.shape
+        return dz.reshape(B, J, -1) * mask[:, :, None]  # (B, J, E)
+
+    def _forward_loss(self, x, y):
+        """Loss, its parts, and the caches the backward pass needs."""
+        x = self._as_input(x)
+        xp = get_array_module(x)
+        y = xp.asarray(y).astype(np.int64)
+        v, caps_caches = self._capsules(x)
+        lengths, length_cache = length_forward(v)  # (B, J)
+        margin, margin_cache = margin_loss_forward(lengths, y)
+        loss, parts = margin, {"margin": margin, "lengths": lengths}
+        caches = {"capsules": caps_caches, "length": length_cache, "margin": margin_cache}
+        if self.config.reconstruction:
+            mask = one_hot(y, self.config.n_classes, v.dtype)
+            recon, caches["decoder"] = self._decode(v, mask)
+            recon_loss, caches["reconstruction"] = reconstruction_loss_forward(
+                recon, x.reshape(x.shape[0], -1))
+            loss = loss + recon_loss
+            parts["reconstruction"] = recon_loss
+            caches["mask"] = mask
+        return loss, parts, caches
+
+    def loss(self, x, y):
+        """The total loss alone (no backward pass)."""
+        return self._forward_loss(x, y)[0]
+
+    def loss_terms(self, x, y):
+        """The loss's terms, {"margin": ..., "reconstruction": ...}, no backward pass.
+        Finite differences take each term apart: the decoder's gradients are 0.0005 times
+        smaller than the margin loss's value, whose rounding would swamp them in the sum."""
+        _, parts, _ = self._forward_loss(x, y)
+        return {name: term for name, term in parts.items() if name != "lengths"}
+
+    def loss_and_grads(self, x, y, *, return_parts=False):
+        """Total loss (margin + reconstruction, a 0-d array on the net's device) and the
+        gradient of every parameter. With return_parts, also a dict of the loss terms and
+        the class-capsule lengths (for logging without a second forward pass)."""
+        loss, parts, caches = self._forward_loss(x, y)
+        grads = {}
+        dv = length_backward(margin_loss_backward(1.0, caches["margin"]), caches["length"])
+        if self.config.reconstruction:
+            drecon = reconstruction_loss_backward(1.0, caches["reconstruction"])
+            dv = dv + self._decode_backward(drecon, caches["decoder"], caches["mask"], grads)
+        self._capsules_backward(dv, caches["capsules"], grads)
+        grads = {name: grads[name] for name in self.params}  # the params' order
+        return (loss, grads, parts) if return_parts else (loss, grads)
+
+    def class_capsules(self, x):
+        """The class capsules v (B, n_classes, class_dim) and the routing cache (which holds
+        the coupling coefficients of each iteration)."""
+        v, caches = self._capsules(self._as_input(x))
+        return v, caches[-1]
+
+    def predict(self, x):
+        """Class-capsule lengths (B, n_classes): the network's confidence in each class."""
+        v, _ = self._capsules(self._as_input(x))
+        return length_forward(v)[0]
+
+    def reconstruct(self, v, classes):
+        """The decoder's image (B, C, H, W) of class capsules v masked to `classes` (B,)."""
+        if not self.config.reconstruction:
+            raise MinicapsError("this network was built without the reconstruction decoder")
+        xp = get_array_module(v)
+        mask = one_hot(xp.asarray(classes), self.config.n_classes, v.dtype)
+        recon, _ = self._decode(v, mask)
+        return recon.reshape(v.shape[0], *self.config.in_shape)

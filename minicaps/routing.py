@@ -1,0 +1,85 @@
+"""Dynamic routing between capsules (Procedure 1 of the paper), forward and backward.
+
+Layout: u_hat (B, J, I, E), routing logits b and coupling coefficients c (B, J, I),
+class capsules s, v (B, J, E). With J ahead of I both sums over input capsules are batched
+matrix products:  s_j = sum_i c_ij u_hat_j|i  and  b_ij += <u_hat_j|i, v_j>.
+
+Two backward passes, both exact for what they define:
+
+- grad="full": the true gradient of the unrolled procedure. u_hat is used 2r - 1 times
+  (r weighted sums, r - 1 agreements), so its gradient is the sum of all those paths,
+  through the coupling coefficients and the logits of every iteration.
+- grad="last": the coupling coefficients are treated as constants (as if chosen by a
+  separate process); gradient reaches u_hat only through the last weighted sum,
+  du_hat = c_last * ds_last. Cheaper, and what many implementations do by detaching c.
+"""
+from .backend import get_array_module
+from .capsules import squash_backward, squash_forward
+
+ROUTING_GRADS = ("full", "last")
+
+
+def softmax(x, axis):
+    xp = get_array_module(x)
+    e = xp.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def routing_forward(u_hat, *, iters=3, grad="full"):
+    """Class capsules v (B, J, E) from predictions u_hat (B, J, I, E).
+
+    Logits start at 0 for every example; c is the softmax of b over the J class capsules,
+    separately for each example and input capsule.
+    """
+    if grad not in ROUTING_GRADS:
+        raise ValueError(f"routing grad must be one of {ROUTING_GRADS}, not {grad!r}")
+    if iters < 1:
+        raise ValueError(f"routing needs at least one iteration, not {iters}")
+    xp = get_array_module(u_hat)
+    B, J, I, E = u_hat.shape
+    b = xp.zeros((B, J, I), dtype=u_hat.dtype)
+    couplings, squash_caches, vs = [], [], []
+    for r in range(iters):
+        c = softmax(b, axis=1)  # (B, J, I), sums to 1 over J
+        s = (c[:, :, None, :] @ u_hat)[:, :, 0, :]  # (B, J, E)
+        v, squash_cache = squash_forward(s)
+        couplings.append(c)
+        squash_caches.append(squash_cache)
+        vs.append(v)
+        if r < iters - 1:
+            b = b + (u_hat @ v[..., None])[..., 0]  # agreement <u_hat, v>, (B, J, I)
+    if grad == "last":  # the backward pass needs only the last iteration
+        couplings, squash_caches, vs = couplings[-1:], squash_caches[-1:], vs[-1:]
+    return v, (u_hat, couplings, squash_caches, vs, grad)
+
+
+def routing_backward(dv, cache):
+    """du_hat (B, J, I, E) from dv (B, J, E).
+
+    Every path into u_hat is an outer product left (B, J, I) x right (B, J, E): c_r x ds_r
+    for the weighted sums, db_r x v_(r-1) for the agreements. They are collected and
+    summed with one batched matrix product at the end.
+    """
+    xp = get_array_module(dv)
+    u_hat, couplings, squash_caches, vs, grad = cache
+    lefts, rights = [], []
+    db_later = None  # gradient reaching b_r from the iterations after r
+    for r in range(len(couplings) - 1, -1, -1):
+        c = couplings[r]
+        ds = squash_backward(dv, squash_caches[r])  # (B, J, E)
+        lefts.append(c)
+        rights.append(ds)
+        if grad == "last" or r == 0:  # b_0 = 0 is a constant
+            break
+        dc = (u_hat @ ds[..., None])[..., 0]  # (B, J, I)
+        db = c * (dc - (dc * c).sum(axis=1, keepdims=True))  # softmax backward over J
+        if db_later is not None:
+            db = db + db_later
+        # b_r = b_(r-1) + <u_hat, v_(r-1)>: db flows on to b_(r-1) and into the agreement.
+        lefts.append(db)
+        rights.append(vs[r - 1])
+        dv = (db[:, :, None, :] @ u_hat)[:, :, 0, :]  # (B, J, E), gradient of v_(r-1)
+        db_later = db
+    left = xp.stack(lefts, axis=-1)  # (B, J, I, K)
+    right = xp.stack(rights, axis=2)  # (B, J, K, E)
+    return left @ right
