@@ -83,8 +83,10 @@ def load_folders(
         raise MinicapsError(f"{root}: no readable training images")
     if size is None:
         w, h = Counter(im.size for im in everything).most_common(1)[0][0]
-    else:
+    elif len(size) == 2 and all(isinstance(d, int) and d > 0 for d in size):
         h, w = size
+    else:
+        raise MinicapsError(f"image size must be two positive integers (H, W), got {size!r}")
     mode = "L" if all(im.mode in GREY_MODES for im in everything) else "RGB"
     channels = 1 if mode == "L" else 3
 

@@ -54,6 +54,7 @@ class RSCrop:
     grey: bool = False
 
     def __post_init__(self):
+        object.__setattr__(self, "corners", tuple(self.corners))  # a list from a CLI stays hashable
         if not self.corners or len(set(self.corners)) != len(self.corners) or not set(self.corners) <= set(CORNERS):
             raise MinicapsError(f"crop corners must be distinct names among {CORNERS}, got {self.corners}")
         if not (0 < self.width <= FRAME_W and 0 < self.height <= FRAME_H):
