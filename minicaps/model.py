@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import device_of, get_array_module, to_device
+from .backend import device_of, get_array_module, to_device, to_host
 from .capsules import (length_backward, length_forward, predictions_backward,
                        predictions_forward, primary_capsules_backward,
                        primary_capsules_forward)
@@ -247,12 +247,23 @@ class CapsNet:
         """The total loss alone (no backward pass)."""
         return self._forward_loss(x, y)[0]
 
-    def loss_terms(self, x, y):
+    def loss_terms(self, x, y, *, with_kinks=False):
         """The loss's terms, {"margin": ..., "reconstruction": ...}, no backward pass.
+
         Finite differences take each term apart: the decoder's gradients are 0.0005 times
-        smaller than the margin loss's value, whose rounding would swamp them in the sum."""
-        _, parts, _ = self._forward_loss(x, y)
-        return {name: term for name, term in parts.items() if name != "lengths"}
+        smaller than the margin loss's value, whose rounding would swamp them in the sum.
+        with_kinks also returns which side of its kink every ReLU unit and margin-loss hinge
+        sits on (bytes): a step that changes it crossed a kink and proves nothing."""
+        _, parts, caches = self._forward_loss(x, y)
+        terms = {name: term for name, term in parts.items() if name != "lengths"}
+        if not with_kinks:
+            return terms
+        xp = get_array_module(parts["lengths"])
+        _, present, absent = caches["margin"]
+        sides = [caches["capsules"][1] > 0, present > 0, absent > 0]  # conv1 ReLU, hinges
+        sides += [act_cache > 0 for _, act_cache in caches.get("decoder", [])[:-1]]
+        signature = xp.concatenate([s.reshape(-1) for s in sides])
+        return terms, to_host(signature).tobytes()
 
     def loss_and_grads(self, x, y, *, return_parts=False):
         """Total loss (margin + reconstruction, a 0-d array on the net's device) and the

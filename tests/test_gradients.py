@@ -1,0 +1,208 @@
+"""Every op's backward against fourth-order central differences, on shapes and values
+drawn by hypothesis, in float64. One table drives one test."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from minicaps import capsules, conv, layers, losses, routing
+from minicaps.gradcheck import H, check_model, check_op, directional_check
+
+from conftest import batch, small_net
+
+TOLERANCE = 1e-6
+KINK_MARGIN = 10 * H  # the stencil reaches 2h: stay well clear of every kink
+
+
+def normal(data, shape, scale=1.0):
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    return np.random.default_rng(seed).standard_normal(shape) * scale
+
+
+def dims(data, lo, hi, label):
+    return data.draw(st.integers(lo, hi), label=label)
+
+
+def draw_conv(data):
+    B, C, O = dims(data, 1, 2, "B"), dims(data, 1, 3, "C"), dims(data, 1, 3, "O")
+    k, stride, pad = dims(data, 1, 3, "k"), dims(data, 1, 3, "stride"), dims(data, 0, 2, "pad")
+    H_, W_ = dims(data, max(1, k - 2 * pad), 7, "H"), dims(data, max(1, k - 2 * pad), 7, "W")
+    inputs = [normal(data, (B, C, H_, W_)), normal(data, (O, C, k, k)), normal(data, (O,))]
+    return inputs, {"stride": stride, "pad": pad}
+
+
+def draw_linear(data):
+    B, N, M = dims(data, 1, 3, "B"), dims(data, 1, 5, "N"), dims(data, 1, 5, "M")
+    return [normal(data, (B, N)), normal(data, (N, M)), normal(data, (M,))], {}
+
+
+def draw_relu(data):
+    x = normal(data, (dims(data, 1, 3, "B"), dims(data, 1, 6, "N")))
+    assume(np.abs(x).min() > KINK_MARGIN)  # ReLU has a kink at 0
+    return [x], {}
+
+
+def draw_sigmoid(data):
+    return [normal(data, (dims(data, 1, 3, "B"), dims(data, 1, 6, "N")), scale=3)], {}
+
+
+def draw_vectors(data):
+    """Capsule vectors (B, n, E), scaled to cover both sides of |s| = 1."""
+    scale = data.draw(st.sampled_from([0.1, 0.5, 1.0, 3.0]), label="scale")
+    s = normal(data, (dims(data, 1, 3, "B"), dims(data, 1, 4, "n"), dims(data, 1, 5, "E")),
+               scale=scale)
+    assume(np.linalg.norm(s, axis=-1).min() > KINK_MARGIN)  # |s| is not smooth at 0
+    return [s], {}
+
+
+def draw_primary(data):
+    B, C, T, D = (dims(data, 1, 2, "B"), dims(data, 1, 2, "C"), dims(data, 1, 3, "T"),
+                  dims(data, 1, 3, "D"))
+    k, stride = dims(data, 1, 3, "k"), dims(data, 1, 2, "stride")
+    H_, W_ = dims(data, k, 6, "H"), dims(data, k, 6, "W")
+    inputs = [normal(data, (B, C, H_, W_)), normal(data, (T * D, C, k, k)),
+              normal(data, (T * D,))]
+    return inputs, {"types": T, "stride": stride}
+
+
+def draw_predictions(data):
+    B, I, J = dims(data, 1, 3, "B"), dims(data, 1, 4, "I"), dims(data, 1, 3, "J")
+    D, E = dims(data, 1, 4, "D"), dims(data, 1, 4, "E")
+    return [normal(data, (B, I, D)), normal(data, (I, J, E, D))], {}
+
+
+def draw_routing(data):
+    B, J, I, E = (dims(data, 1, 2, "B"), dims(data, 1, 4, "J"), dims(data, 1, 5, "I"),
+                  dims(data, 1, 4, "E"))
+    scale = data.draw(st.sampled_from([0.3, 1.0, 2.0]), label="scale")
+    return [normal(data, (B, J, I, E), scale)], {"iters": dims(data, 1, 4, "iters"),
+                                                "grad": "full"}
+
+
+def draw_margin(data):
+    B, J = dims(data, 1, 4, "B"), dims(data, 2, 5, "J")
+    lengths = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1))).random((B, J))
+    y = np.array(data.draw(st.lists(st.integers(0, J - 1), min_size=B, max_size=B)))
+    # The loss has kinks where a length crosses m+ or m-.
+    assume(np.abs(lengths - losses.M_PLUS).min() > KINK_MARGIN)
+    assume(np.abs(lengths - losses.M_MINUS).min() > KINK_MARGIN)
+    return [lengths, y], {}
+
+
+def draw_reconstruction(data):
+    shape = (dims(data, 1, 3, "B"), dims(data, 1, 8, "N"))
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    return [rng.random(shape), rng.random(shape)], {}
+
+
+def margin_backward(dout, cache):
+    return losses.margin_loss_backward(dout, cache)
+
+
+# name: (draw, forward, backward, which inputs are differentiable)
+OPS = {
+    "conv2d": (draw_conv, conv.conv2d_forward, conv.conv2d_backward, None),
+    "linear": (draw_linear, layers.linear_forward, layers.linear_backward, None),
+    "relu": (draw_relu, layers.relu_forward, layers.relu_backward, None),
+    "sigmoid": (draw_sigmoid, layers.sigmoid_forward, layers.sigmoid_backward, None),
+    "squash": (draw_vectors, capsules.squash_forward, capsules.squash_backward, None),
+    "length": (draw_vectors, capsules.length_forward, capsules.length_backward, None),
+    "primary_capsules": (draw_primary, capsules.primary_capsules_forward,
+                         capsules.primary_capsules_backward, None),
+    "predictions": (draw_predictions, capsules.predictions_forward,
+                    capsules.predictions_backward, None),
+    "routing": (draw_routing, routing.routing_forward, routing.routing_backward, None),
+    "margin_loss": (draw_margin, losses.margin_loss_forward, margin_backward, (0,)),
+    "reconstruction_loss": (draw_reconstruction, losses.reconstruction_loss_forward,
+                            losses.reconstruction_loss_backward, (0,)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_backward_matches_finite_differences(name, data):
+    draw, forward, backward, wrt = OPS[name]
+    inputs, kwargs = draw(data)
+    errors = check_op(forward, backward, inputs, kwargs=kwargs, wrt=wrt)
+    assert max(errors) < TOLERANCE, errors
+
+
+def frozen_coupling_routing(u_hat, *, couplings):
+    """The last routing iteration with its coupling coefficients held fixed: the function
+    whose exact gradient routing_grad="last" defines."""
+    s = (couplings[:, :, None, :] @ u_hat)[:, :, 0, :]
+    return capsules.squash_forward(s)
+
+
+@pytest.mark.parametrize("iters", [1, 2, 3, 4])
+@settings(max_examples=10, deadline=None)
+@given(data=st.data())
+def test_last_iteration_routing_gradient(iters, data):
+    (u_hat,), _ = draw_routing(data)
+    _, cache = routing.routing_forward(u_hat, iters=iters, grad="last")
+    c_last = cache[1][-1].copy()
+    dv = normal(data, (u_hat.shape[0], u_hat.shape[1], u_hat.shape[3]))
+    # The op's own "last" backward against finite differences of the frozen function.
+    analytic = routing.routing_backward(dv, cache)
+    _, frozen_cache = frozen_coupling_routing(u_hat, couplings=c_last)
+    expected = (c_last[..., None] * capsules.squash_backward(dv, frozen_cache)[:, :, None, :])
+    np.testing.assert_allclose(analytic, expected, rtol=1e-12, atol=1e-14)
+    error, = check_op(frozen_coupling_routing, lambda d, cache: c_last[..., None] *
+                      capsules.squash_backward(d, cache)[:, :, None, :],
+                      [u_hat], kwargs={"couplings": c_last})
+    assert error < TOLERANCE
+
+
+def test_routing_gradient_modes_differ_only_beyond_one_iteration():
+    u_hat = np.random.default_rng(3).standard_normal((2, 3, 5, 4))
+    dv = np.random.default_rng(4).standard_normal((2, 3, 4))
+    grads = {}
+    for iters in (1, 3):
+        for mode in ("full", "last"):
+            _, cache = routing.routing_forward(u_hat, iters=iters, grad=mode)
+            grads[iters, mode] = routing.routing_backward(dv, cache)
+    np.testing.assert_allclose(grads[1, "full"], grads[1, "last"], rtol=1e-12)
+    assert np.abs(grads[3, "full"] - grads[3, "last"]).max() > 1e-3
+
+
+MODEL_CASES = {
+    "decoder, grey, non-square": dict(in_shape=(1, 14, 12)),
+    "no decoder": dict(in_shape=(1, 14, 12), reconstruction=False),
+    "3 channels, non-square": dict(in_shape=(3, 11, 13)),
+    "one routing iteration": dict(in_shape=(1, 12, 12), routing_iters=1),
+    "four classes, four iterations": dict(in_shape=(2, 12, 13), n_classes=4,
+                                          routing_iters=4),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MODEL_CASES))
+def test_model_gradients(case):
+    """Sampled single entries of every parameter, then each parameter along a direction
+    and all together. The checker skips steps that cross a ReLU or margin kink."""
+    net = small_net(**MODEL_CASES[case])
+    x, y = batch(net)
+    sampled = check_model(net, x, y, max_entries=6)
+    directional = directional_check(net, x, y)
+    assert set(sampled) == set(net.params)
+    assert set(directional) == set(net.params) | {"*"}
+    assert max(sampled.values()) < TOLERANCE, sampled
+    assert max(directional.values()) < TOLERANCE, directional
+
+
+def test_checker_detects_a_wrong_gradient(monkeypatch):
+    """The model check must be able to fail: break one backward step and watch it."""
+    import minicaps.model as model
+    net = small_net()
+    x, y = batch(net)
+    real = model.primary_capsules_backward
+
+    def off_by_ten_percent(du, cache, **kwargs):
+        dx, dw, db = real(du, cache, **kwargs)
+        return dx, dw, 1.1 * db
+
+    monkeypatch.setattr(model, "primary_capsules_backward", off_by_ten_percent)
+    errors = check_model(net, x, y, max_entries=6)
+    assert errors["primary.b"] > 0.05
+    assert errors["conv1.w"] < TOLERANCE
