@@ -13,7 +13,6 @@ import struct
 import subprocess
 import sys
 import types
-import warnings
 from pathlib import Path
 
 import numpy as np

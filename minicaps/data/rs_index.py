@@ -160,10 +160,10 @@ def _images_in(folder: Path) -> list[Path]:
 
 
 def _from_folders(root: Path, merge: bool) -> list[Frame]:
-    frames, unsplit = [], []
+    frames = []
     for meta in sorted(root.rglob("metadata.txt")):
         logos = []
-        for n, line in enumerate(meta.read_text().splitlines(), 1):
+        for n, line in enumerate(meta.read_text(errors="replace").splitlines(), 1):
             if line.strip():
                 name, *pos = (v.strip() for v in line.split(","))
                 if len(pos) != 4:
@@ -206,5 +206,5 @@ def read_index(root: str | Path, merge_variants: bool = True) -> tuple[list[Fram
             c = _class_name(name, "", merge_variants)
             order[c] = min(order.get(c, k), k)
     seen = {c for f in frames for c, _ in f.logos} - {NOLOGO}
-    classes = sorted(set(order) | seen, key=lambda c: (order.get(c, len(order) + 1), c))
+    classes = sorted(set(order) | seen, key=lambda c: (order.get(c, float("inf")), c))
     return frames, [c for c in classes if c != NOLOGO] + [NOLOGO]
