@@ -1,0 +1,207 @@
+"""What the ops must satisfy beyond their gradients, checked against definitions and
+naive loop references."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from minicaps import Adam, CapsNet, SGD, ExponentialDecay
+from minicaps.capsules import predictions_forward, squash_backward, squash_forward
+from minicaps.conv import col2im, conv2d_forward, im2col
+from minicaps.routing import routing_forward
+
+# Zero or well clear of underflow: |s|^2 of a 1e-160 entry is 0 in float64.
+finite = st.floats(-10, 10, allow_nan=False, width=64).filter(lambda f: f == 0 or abs(f) > 1e-100)
+
+
+@settings(max_examples=50, deadline=None)
+@given(arrays(np.float64, st.tuples(st.integers(1, 4), st.integers(1, 6)), elements=finite))
+def test_squash_keeps_direction_and_stays_below_one(s):
+    v, _ = squash_forward(s)
+    norm_s, norm_v = np.linalg.norm(s, axis=-1), np.linalg.norm(v, axis=-1)
+    assert (norm_v < 1).all()
+    np.testing.assert_allclose(norm_v, norm_s ** 2 / (1 + norm_s ** 2), rtol=1e-12, atol=1e-300)
+    nonzero = norm_s > 0
+    # Same direction: v is s scaled by a non-negative factor.
+    cos = (v * s).sum(-1)[nonzero] / (norm_v * norm_s)[nonzero]
+    np.testing.assert_allclose(cos[norm_v[nonzero] > 0], 1, rtol=1e-12)
+
+
+def test_squash_of_zero_is_zero_with_a_finite_gradient():
+    s = np.zeros((2, 3, 4))
+    v, cache = squash_forward(s)
+    assert (v == 0).all()
+    ds = squash_backward(np.ones_like(v), cache)
+    assert np.isfinite(ds).all() and (ds == 0).all()  # the Jacobian at 0 is exactly 0
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 5), st.integers(1, 8), st.integers(1, 4),
+       st.integers(1, 4), st.integers(0, 2**32 - 1))
+def test_coupling_coefficients_sum_to_one_over_parents(B, J, I, E, iters, seed):
+    u_hat = np.random.default_rng(seed).standard_normal((B, J, I, E))
+    _, cache = routing_forward(u_hat, iters=iters)
+    for c in cache[1]:  # one (B, J, I) array per iteration
+        np.testing.assert_allclose(c.sum(axis=1), np.ones((B, I)), rtol=1e-12)
+        assert (c > 0).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_col2im_is_the_adjoint_of_im2col(data):
+    B, C = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3))
+    k, stride, pad = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 3)), \
+        data.draw(st.integers(0, 2))
+    H = data.draw(st.integers(max(1, k - 2 * pad), 9))
+    W = data.draw(st.integers(max(1, k - 2 * pad), 9))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    x = rng.standard_normal((B, C, H, W))
+    cols = im2col(x, k, k, stride=stride, pad=pad)
+    c = rng.standard_normal(cols.shape)
+    lhs = (cols * c).sum()
+    rhs = (x * col2im(c, x.shape, stride=stride, pad=pad)).sum()
+    assert lhs == pytest.approx(rhs, rel=1e-12, abs=1e-12)
+
+
+def naive_conv(x, w, b, stride, pad):
+    B, C, H, W = x.shape
+    O, _, k, _ = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    oh, ow = (H + 2 * pad - k) // stride + 1, (W + 2 * pad - k) // stride + 1
+    out = np.zeros((B, O, oh, ow))
+    for n in range(B):
+        for o in range(O):
+            for r in range(oh):
+                for q in range(ow):
+                    patch = xp[n, :, r * stride:r * stride + k, q * stride:q * stride + k]
+                    out[n, o, r, q] = (patch * w[o]).sum() + b[o]
+    return out
+
+
+@pytest.mark.parametrize("stride,pad", [(1, 0), (2, 0), (1, 2), (3, 1)])
+def test_conv_equals_a_naive_loop(stride, pad):
+    rng = np.random.default_rng(stride * 10 + pad)
+    x, w, b = rng.standard_normal((2, 3, 9, 8)), rng.standard_normal((4, 3, 3, 3)), \
+        rng.standard_normal(4)
+    out, _ = conv2d_forward(x, w, b, stride=stride, pad=pad)
+    np.testing.assert_allclose(out, naive_conv(x, w, b, stride, pad), rtol=1e-12, atol=1e-12)
+
+
+def naive_routing(u_hat_bije, iters):
+    """Procedure 1 written as in the paper, one example and one capsule at a time.
+    u_hat_bije is indexed [b, i, j, e]."""
+    B, I, J, E = u_hat_bije.shape
+    v = np.zeros((B, J, E))
+    for n in range(B):
+        logits = np.zeros((I, J))
+        for r in range(iters):
+            c = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+            for j in range(J):
+                s = sum(c[i, j] * u_hat_bije[n, i, j] for i in range(I))
+                norm2 = s @ s
+                v[n, j] = norm2 / (1 + norm2) * s / np.sqrt(norm2)
+            if r < iters - 1:
+                for i in range(I):
+                    for j in range(J):
+                        logits[i, j] += u_hat_bije[n, i, j] @ v[n, j]
+    return v
+
+
+@pytest.mark.parametrize("iters", [1, 2, 3, 4])
+def test_routing_equals_procedure_1_written_naively(iters):
+    u_hat = np.random.default_rng(iters).standard_normal((2, 7, 3, 4))  # (B, I, J, E)
+    v, _ = routing_forward(u_hat.transpose(0, 2, 1, 3).copy(), iters=iters)
+    np.testing.assert_allclose(v, naive_routing(u_hat, iters), rtol=1e-10)
+
+
+def test_predictions_equal_w_times_u():
+    rng = np.random.default_rng(0)
+    u, w = rng.standard_normal((2, 5, 3)), rng.standard_normal((5, 4, 6, 3))
+    u_hat, _ = predictions_forward(u, w)  # (B, J, I, E)
+    for n, i, j in [(0, 0, 0), (1, 4, 3), (1, 2, 1)]:
+        np.testing.assert_allclose(u_hat[n, j, i], w[i, j] @ u[n, i], rtol=1e-12)
+
+
+def tiny_net(**kwargs):
+    base = dict(in_shape=(1, 16, 16), n_classes=4, conv_channels=8, kernel_size=5,
+                primary_types=4, primary_dim=4, class_dim=6)
+    return CapsNet(**{**base, **kwargs})
+
+
+def test_prediction_of_an_example_does_not_depend_on_its_batch():
+    net = tiny_net(dtype="float64")
+    x = np.random.default_rng(0).random((5, 1, 16, 16))
+    whole = net.predict(x)
+    for n in range(5):
+        np.testing.assert_allclose(net.predict(x[n:n + 1])[0], whole[n], rtol=1e-12)
+    np.testing.assert_allclose(net.predict(x[::-1])[::-1], whole, rtol=1e-12)
+
+
+def test_default_network_is_the_papers():
+    from minicaps import CapsNetConfig
+    cfg = CapsNetConfig()
+    shapes = cfg.param_shapes()
+    assert shapes["caps.w"] == (1152, 10, 16, 8)
+    assert shapes["primary.w"] == (256, 256, 9, 9)
+    assert shapes["decoder.2.w"] == (1024, 784)
+    assert cfg.n_params() == 8_215_568  # "about 8.2 M parameters with the decoder"
+    assert CapsNetConfig(reconstruction=False).n_params() == 8_215_568 - 1_411_344
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"reconstruction": False},
+                                    {"in_shape": (3, 15, 18), "routing_grad": "last"}])
+def test_grads_have_the_params_keys_shapes_and_dtype(kwargs):
+    net = tiny_net(**kwargs)
+    x = np.random.default_rng(0).random((3, *net.config.in_shape)).astype(np.float32)
+    loss, grads = net.loss_and_grads(x, np.array([0, 1, 3]))
+    assert list(grads) == list(net.params)
+    for name, g in grads.items():
+        assert g.shape == net.params[name].shape and g.dtype == np.float32, name
+    assert np.isfinite(float(loss))
+
+
+@pytest.mark.parametrize("make_optimizer", [
+    lambda p: Adam(p, lr=1e-3),
+    lambda p: Adam(p, schedule=ExponentialDecay(2e-3, rate=0.5, steps=10)),
+    lambda p: SGD(p, lr=0.5, momentum=0.9),
+])
+def test_a_few_optimizer_steps_lower_the_loss_on_a_fixed_batch(make_optimizer):
+    net = tiny_net()
+    rng = np.random.default_rng(0)
+    x, y = rng.random((8, 1, 16, 16)).astype(np.float32), rng.integers(0, 4, 8)
+    optimizer = make_optimizer(net.params)
+    first = float(net.loss(x, y))
+    for _ in range(15):
+        _, grads = net.loss_and_grads(x, y)
+        optimizer.step(grads)
+    assert float(net.loss(x, y)) < 0.8 * first
+
+
+def test_optimizer_state_round_trips():
+    net = tiny_net()
+    x, y = np.random.default_rng(0).random((4, 1, 16, 16)), np.array([0, 1, 2, 3])
+    opt = Adam(net.params, lr=1e-3)
+    opt.step(net.loss_and_grads(x, y)[1])
+    clone = tiny_net()
+    clone.params.update({k: v.copy() for k, v in net.params.items()})
+    opt2 = Adam(clone.params, lr=1e-3)
+    opt2.load_state_dict({k: np.array(v) for k, v in opt.state_dict().items()})
+    grads = net.loss_and_grads(x, y)[1]
+    opt.step(grads)
+    opt2.step({k: g.copy() for k, g in grads.items()})
+    for name in net.params:
+        np.testing.assert_array_equal(net.params[name], clone.params[name])
+
+
+def test_adam_matches_its_definition():
+    """One parameter, three steps, against Adam written from the paper's Algorithm 1."""
+    p = {"w": np.array([1.0, -2.0])}
+    opt = Adam(p, lr=0.1)
+    m = v = np.zeros(2)
+    w = np.array([1.0, -2.0])
+    for t, g in enumerate([np.array([0.5, 1.0]), np.array([-0.2, 0.3]), np.array([1.0, 0.0])], 1):
+        opt.step({"w": g})
+        m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
+        w = w - 0.1 * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+    np.testing.assert_allclose(p["w"], w, rtol=1e-9)
