@@ -1,0 +1,52 @@
+"""NumPy/CuPy parity: every op forward and backward, and the whole model, on the GPU give
+what they give on the CPU. Skipped where CuPy finds no CUDA device."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from minicaps.backend import gpu_available, to_device, to_host
+
+from conftest import batch, small_net
+from test_gradients import OPS
+
+pytestmark = pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")
+
+
+def to_gpu(a):
+    return to_device(a, "gpu") if isinstance(a, np.ndarray) else a
+
+
+def assert_close(cpu, gpu):
+    cpu = cpu if isinstance(cpu, tuple) else (cpu,)
+    gpu = gpu if isinstance(gpu, tuple) else (gpu,)
+    for c, g in zip(cpu, gpu):
+        if c is not None:
+            np.testing.assert_allclose(to_host(g), c, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(OPS))
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_op_runs_the_same_on_the_gpu(name, data):
+    draw, forward, backward, _ = OPS[name]
+    inputs, kwargs = draw(data)
+    out, cache = forward(*inputs, **kwargs)
+    out_gpu, cache_gpu = forward(*[to_gpu(a) for a in inputs], **kwargs)
+    assert_close(out, out_gpu)
+    dout = np.random.default_rng(0).standard_normal(np.shape(out))
+    assert_close(backward(dout, cache), backward(to_gpu(dout), cache_gpu))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"reconstruction": False}, {"routing_grad": "last"},
+                                    {"in_shape": (3, 11, 13)}])
+def test_model_runs_the_same_on_the_gpu(kwargs):
+    net = small_net(**kwargs)
+    x, y = batch(net, B=3)
+    loss, grads = net.loss_and_grads(x, y)
+    net.to("gpu")
+    loss_gpu, grads_gpu = net.loss_and_grads(x, y)  # host batch: the net moves it
+    assert float(loss_gpu) == pytest.approx(float(loss), rel=1e-10)
+    for name in grads:
+        np.testing.assert_allclose(to_host(grads_gpu[name]), grads[name], rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(to_host(net.predict(x)), net.to("cpu").predict(x), rtol=1e-10)
