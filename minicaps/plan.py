@@ -1,0 +1,136 @@
+"""Plan a training step before allocating anything: parameters, memory, FLOPs, time.
+
+The memory model follows what the code keeps alive. A training step holds the forward
+caches (the im2col columns of both convolutions dominate, then u_hat) until the backward
+pass has used them; the backward pass adds its largest transient on top (the columns'
+gradient in the primary capsules' backward, or du_hat and its transposed copy in routing).
+Parameters, their gradients and Adam's two moments add four copies of the weights.
+"""
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import MinicapsError
+
+GIB = 2 ** 30
+
+
+@dataclass(frozen=True)
+class Plan:
+    n_params: int
+    param_bytes: int        # weights, gradients and Adam's two moments
+    activation_bytes: int   # peak of the caches and transients of one training step
+    flops_forward: float    # per image
+    flops_train: float      # per image: forward, backward, update
+    batch_size: int
+
+    @property
+    def total_bytes(self):
+        return self.param_bytes + self.activation_bytes
+
+    def step_seconds(self, gflops_per_s):
+        """Predicted training-step time at an achieved GEMM rate."""
+        return self.flops_train * self.batch_size / (gflops_per_s * 1e9)
+
+
+def _sizes(config, B):
+    """Element counts of the arrays a step of batch B creates, by name."""
+    C, H, W = config.in_shape
+    K, k = config.conv_channels, config.kernel_size
+    h1, w1 = config.conv1_size
+    gh, gw = config.grid
+    I, J, E, D = config.n_primary, config.n_classes, config.class_dim, config.primary_dim
+    R = config.routing_iters
+    TD = config.primary_types * D
+    return {
+        "x": B * C * H * W,
+        "conv1_cols": C * k * k * B * h1 * w1,
+        "conv1_out": B * K * h1 * w1,
+        "primary_cols": K * k * k * B * gh * gw,
+        "primary_out": B * TD * gh * gw,
+        "u": B * I * D,
+        "u_hat": B * J * I * E,
+        "couplings": B * J * I * (R if config.routing_grad == "full" else 1),
+        "decoder": B * (J * E + 2 * 512 + 2 * 1024 + 2 * C * H * W) if config.reconstruction else 0,
+        "routing_left": B * J * I * (2 * R - 1 if config.routing_grad == "full" else 1),
+    }
+
+
+def activation_bytes(config, batch_size):
+    """Peak bytes of one training step's activations (caches plus the largest transient)."""
+    n = _sizes(config, batch_size)
+    cached = (n["x"] + n["conv1_cols"] + n["conv1_out"] + n["primary_cols"]
+              + 2 * n["primary_out"] + 2 * n["u"] + n["u_hat"] + n["couplings"] + n["decoder"])
+    routing_backward = 2 * n["routing_left"] + 2 * n["u_hat"]  # lefts, stacked; du_hat, copy
+    primary_backward = n["primary_cols"] + 2 * n["conv1_out"]  # dcols; col2im and its copy
+    forward_peak = n["u_hat"] + n["primary_out"]  # u_hat's matmul result before the copy
+    itemsize = np.dtype(config.dtype).itemsize
+    return itemsize * (cached + max(routing_backward, primary_backward, forward_peak))
+
+
+def flops_per_image(config):
+    """(forward, training) floating-point operations per image (a multiply-add is 2)."""
+    C, H, W = config.in_shape
+    K, k = config.conv_channels, config.kernel_size
+    h1, w1 = config.conv1_size
+    gh, gw = config.grid
+    I, J, E, D = config.n_primary, config.n_classes, config.class_dim, config.primary_dim
+    R = config.routing_iters
+    conv1 = 2 * K * C * k * k * h1 * w1
+    primary = 2 * config.primary_types * D * K * k * k * gh * gw
+    predictions = 2 * I * J * E * D
+    routing = 2 * J * I * E * (2 * R - 1)
+    decoder = 2 * (J * E * 512 + 512 * 1024 + 1024 * C * H * W) if config.reconstruction else 0
+    forward = conv1 + primary + predictions + routing + decoder
+    # Backward: each product once more for the weights, once more for the inputs (not for
+    # conv1, whose input is the image); routing's backward is about twice its forward.
+    backward = conv1 + 2 * (primary + predictions + decoder) + 2 * routing
+    return float(forward), float(forward + backward)
+
+
+def plan(config, batch_size):
+    n = config.n_params()
+    itemsize = np.dtype(config.dtype).itemsize
+    forward, train = flops_per_image(config)
+    return Plan(n_params=n, param_bytes=4 * n * itemsize,
+                activation_bytes=activation_bytes(config, batch_size),
+                flops_forward=forward, flops_train=train, batch_size=batch_size)
+
+
+def available_bytes(device):
+    """Memory a step may use: free GPU memory, or the host's available memory."""
+    if device == "gpu":
+        from .backend import require_gpu
+        free, _ = require_gpu().cuda.runtime.memGetInfo()
+        return free
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def largest_batch(config, budget_bytes):
+    """The largest batch size whose step fits in budget_bytes (0 if none does)."""
+    fixed = plan(config, 1).param_bytes
+    per_image = plan(config, 1).activation_bytes
+    return max(0, int((budget_bytes - fixed) // per_image))
+
+
+def check_fits(config, batch_size, device="cpu", *, headroom=0.9):
+    """Raise MinicapsError, with a batch size that would fit, when a training step of this
+    configuration needs more than `headroom` of the device's available memory."""
+    need = plan(config, batch_size).total_bytes
+    budget = headroom * available_bytes(device)
+    if need <= budget:
+        return
+    fits = largest_batch(config, budget)
+    hint = (f"try --batch-size {fits}" if fits >= 1 else
+            "even one image does not fit: use a smaller input, crop, or fewer capsules")
+    raise MinicapsError(f"a training step needs {need / GIB:.1f} GiB at batch size "
+                        f"{batch_size}, but only {budget / GIB:.1f} GiB is available on the "
+                        f"{device}: {hint}")
