@@ -32,7 +32,10 @@ class TorchCapsNet:
         T, D = cfg.primary_types, cfg.primary_dim
         gh, gw = out.shape[2:]
         u = squash(out.view(B, T, D, gh, gw).permute(0, 1, 3, 4, 2).reshape(B, -1, D))
-        u_hat = torch.einsum("ijed,bid->bjie", p["caps.w"], u)  # (B, J, I, E)
+        w = p["caps.w"]
+        if cfg.share_transforms:  # one matrix per type for all its gh * gw positions
+            w = w.repeat_interleave(u.shape[1] // w.shape[0], dim=0)
+        u_hat = torch.einsum("ijed,bid->bjie", w, u)  # (B, J, I, E)
         routed = u_hat.detach() if cfg.routing_grad == "last" else u_hat
         logits = torch.zeros(u_hat.shape[:3], dtype=u_hat.dtype)
         for r in range(cfg.routing_iters):

@@ -74,23 +74,29 @@ def primary_capsules_backward(du, cache, *, need_dx=True):
 def predictions_forward(u, w):
     """u_hat[j|i] = W_ij u_i (the paper's prediction vectors).
 
-    u (B, I, D), w (I, J, E, D) -> u_hat (B, J, I, E). J comes before I so that routing's
-    sums over I are batched matrix products.
+    u (B, I, D), w (N, J, E, D) -> u_hat (B, J, I, E). J comes before I so that routing's
+    sums over I are batched matrix products. N = I is the paper's net, one matrix per input
+    capsule; N = T (the primary types) shares one matrix among all G = I / T grid positions
+    of a type (capsule i = t*G + g), which makes the predictions translation-equivariant.
     """
-    I, J, E, D = w.shape
-    B = u.shape[0]
-    u_i = u.transpose(1, 0, 2)  # (I, B, D)
-    u_hat = u_i @ w.reshape(I, J * E, D).transpose(0, 2, 1)  # (I, B, J*E)
-    u_hat = u_hat.reshape(I, B, J, E).transpose(1, 2, 0, 3)  # (B, J, I, E)
-    return get_array_module(u).ascontiguousarray(u_hat), (u_i, w)
+    N, J, E, D = w.shape
+    B, I, _ = u.shape
+    G = I // N  # positions that share one matrix
+    u_n = u.reshape(B, N, G, D).transpose(1, 2, 0, 3).reshape(N, G * B, D)  # (N, G*B, D)
+    u_hat = u_n @ w.reshape(N, J * E, D).transpose(0, 2, 1)  # (N, G*B, J*E)
+    u_hat = u_hat.reshape(N, G, B, J, E).transpose(2, 3, 0, 1, 4)  # (B, J, N, G, E)
+    u_hat = get_array_module(u).ascontiguousarray(u_hat).reshape(B, J, I, E)
+    return u_hat, (u_n, w, G)
 
 
 def predictions_backward(du_hat, cache):
-    """du (B, I, D) and dw (I, J, E, D) from du_hat (B, J, I, E)."""
-    u_i, w = cache
-    I, J, E, D = w.shape
-    B = u_i.shape[1]
-    g = du_hat.transpose(2, 0, 1, 3).reshape(I, B, J * E)  # (I, B, J*E)
-    du = (g @ w.reshape(I, J * E, D)).transpose(1, 0, 2)  # (B, I, D)
-    dw = (g.transpose(0, 2, 1) @ u_i).reshape(I, J, E, D)
+    """du (B, I, D) and dw (N, J, E, D) from du_hat (B, J, I, E); a shared matrix sums
+    the gradients of all the positions that use it."""
+    u_n, w, G = cache
+    N, J, E, D = w.shape
+    B, _, I, _ = du_hat.shape
+    g = du_hat.reshape(B, J, N, G, E).transpose(2, 3, 0, 1, 4).reshape(N, G * B, J * E)
+    du = (g @ w.reshape(N, J * E, D))  # (N, G*B, D)
+    du = du.reshape(N, G, B, D).transpose(2, 0, 1, 3).reshape(B, I, D)
+    dw = (g.transpose(0, 2, 1) @ u_n).reshape(N, J, E, D)
     return du, dw

@@ -44,6 +44,7 @@ class CapsNetConfig:
     class_dim: int = 16
     routing_iters: int = 3
     routing_grad: str = "full"
+    share_transforms: bool = False  # one W_tj per primary type, shared by its grid positions
     reconstruction: bool = True
     dtype: str = "float32"
 
@@ -91,7 +92,8 @@ class CapsNetConfig:
         shapes = {
             "conv1.w": (K, C, k, k), "conv1.b": (K,),
             "primary.w": (TD, K, k, k), "primary.b": (TD,),
-            "caps.w": (self.n_primary, self.n_classes, self.class_dim, self.primary_dim),
+            "caps.w": (self.primary_types if self.share_transforms else self.n_primary,
+                       self.n_classes, self.class_dim, self.primary_dim),
         }
         if self.reconstruction:
             widths = (self.n_classes * self.class_dim, *DECODER_WIDTHS, C * H * W)
@@ -132,13 +134,13 @@ class CapsNet:
     def __init__(self, in_shape=(1, 28, 28), n_classes=10, conv_channels=256, kernel_size=9,
                  primary_types=32, primary_dim=8, class_dim=16, routing_iters=3,
                  routing_grad="full", reconstruction=True, dtype="float32", seed=0,
-                 conv_stride=1, primary_stride=2, device="cpu"):
+                 conv_stride=1, primary_stride=2, share_transforms=False, device="cpu"):
         config = CapsNetConfig(
             in_shape=in_shape, n_classes=n_classes, conv_channels=conv_channels,
             kernel_size=kernel_size, conv_stride=conv_stride, primary_types=primary_types,
             primary_dim=primary_dim, primary_stride=primary_stride, class_dim=class_dim,
             routing_iters=routing_iters, routing_grad=routing_grad,
-            reconstruction=reconstruction, dtype=dtype)
+            share_transforms=share_transforms, reconstruction=reconstruction, dtype=dtype)
         self._build(config, init_params(config, seed), device)
 
     @classmethod

@@ -66,9 +66,12 @@ def draw_primary(data):
 
 
 def draw_predictions(data):
-    B, I, J = dims(data, 1, 3, "B"), dims(data, 1, 4, "I"), dims(data, 1, 3, "J")
+    """One matrix per input capsule (N = I), or one per type shared by G positions."""
+    B, N, G, J = dims(data, 1, 3, "B"), dims(data, 1, 4, "N"), dims(data, 1, 3, "G"), \
+        dims(data, 1, 3, "J")
     D, E = dims(data, 1, 4, "D"), dims(data, 1, 4, "E")
-    return [normal(data, (B, I, D)), normal(data, (I, J, E, D))], {}
+    I = N * G if data.draw(st.booleans(), label="shared") else N
+    return [normal(data, (B, I, D)), normal(data, (N, J, E, D))], {}
 
 
 def draw_routing(data):
@@ -174,6 +177,7 @@ MODEL_CASES = {
     "one routing iteration": dict(in_shape=(1, 12, 12), routing_iters=1),
     "four classes, four iterations": dict(in_shape=(2, 12, 13), n_classes=4,
                                           routing_iters=4),
+    "shared transforms": dict(in_shape=(1, 14, 12), share_transforms=True),
 }
 
 

@@ -123,6 +123,15 @@ def test_predictions_equal_w_times_u():
         np.testing.assert_allclose(u_hat[n, j, i], w[i, j] @ u[n, i], rtol=1e-12)
 
 
+def test_shared_transforms_equal_one_matrix_per_capsule_copied():
+    rng = np.random.default_rng(1)
+    T, G = 3, 4
+    u, w = rng.standard_normal((2, T * G, 5)), rng.standard_normal((T, 2, 3, 5))
+    shared, _ = predictions_forward(u, w)
+    copied, _ = predictions_forward(u, np.repeat(w, G, axis=0))  # capsule i = t*G + g
+    np.testing.assert_allclose(shared, copied, rtol=1e-12)
+
+
 def tiny_net(**kwargs):
     base = dict(in_shape=(1, 16, 16), n_classes=4, conv_channels=8, kernel_size=5,
                 primary_types=4, primary_dim=4, class_dim=6)

@@ -1,0 +1,174 @@
+"""The command line end to end: train, evaluate, predict, and one clear line per user error."""
+import os
+import pickle
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from minicaps import checkpoint
+from minicaps.backend import gpu_available
+from minicaps.cli import main
+from minicaps.data import load_dataset
+from minicaps.model import CapsNet
+
+TINY = ["--conv-channels", "8", "--primary-types", "4", "--primary-dim", "4",
+        "--class-dim", "8", "--batch-size", "32", "--epochs", "1"]
+
+
+def invoke(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert "Traceback" not in result.output
+    return result
+
+
+def assert_user_error(result, *words):
+    """Exit status 1 and the error as the last line of stderr, the only line saying error."""
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("minicaps: error: "), result.stderr
+    assert sum("error" in line for line in lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[-1], lines[-1]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A freshly trained tiny checkpoint on 200 + 200 images of the bundled sample."""
+    out = tmp_path_factory.mktemp("run")
+    result = invoke("train", "--limit", 200, "--out", out, *TINY)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_train_writes_checkpoints_and_one_line_per_epoch(run_dir):
+    assert {"last.npz", "best.npz", "metrics.jsonl"} <= set(os.listdir(run_dir))
+    assert checkpoint.load(run_dir / "last.npz").epoch == 1
+
+
+def test_train_prints_epoch_line(tmp_path):
+    result = invoke("train", "--limit", 50, "--out", tmp_path, *TINY, "--no-reconstruction")
+    assert result.exit_code == 0, result.output
+    line = result.stdout.strip().splitlines()[-1]
+    assert line.startswith("epoch 1/1") and "val" in line and "img/s" in line
+
+
+def test_evaluate_prints_accuracy_and_confusion_matrix(run_dir):
+    result = invoke("evaluate", run_dir / "last.npz", "--batch-size", 100)
+    assert result.exit_code == 0, result.output
+    assert "accuracy (examples)" in result.output and "confusion matrix" in result.output
+    assert "(epoch 1)" in result.output
+
+
+def test_predict_prints_class_and_lengths(run_dir, tmp_path):
+    ds = load_dataset(limit=20)
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"digit{i}.png")
+        Image.fromarray(ds.test_x[i, 0]).save(paths[-1])
+    rgb = tmp_path / "big.jpg"  # another size and mode: resized and converted
+    Image.fromarray(np.repeat(np.kron(ds.test_x[0, 0], np.ones((2, 2), np.uint8))[..., None],
+                              3, axis=2)).save(rgb)
+    result = invoke("predict", run_dir / "last.npz", *paths, rgb)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 6 and lines[0].startswith(f"{paths[0]}: ")
+    assert lines[0].split(": ")[1] in [str(d) for d in range(10)] + ds.classes
+    assert len(lines[1].split()) == 20  # every class with its length
+
+
+# user errors: one line on stderr, exit status 1 (click's usage errors: status 2)
+
+def test_missing_data_path_is_a_usage_error(tmp_path):
+    result = invoke("train", "--data", tmp_path / "nowhere")
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_unknown_layout(tmp_path):
+    (tmp_path / "notes.txt").write_text("no images here")
+    assert_user_error(invoke("train", "--data", tmp_path, "--out", tmp_path / "o"),
+                      "not a dataset")
+
+
+def test_corrupt_images(tmp_path):
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            (tmp_path / c / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    assert_user_error(invoke("train", "--data", tmp_path, "--out", tmp_path / "o"),
+                      "unreadable")
+
+
+class Hostile:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_hostile_pickle_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "rs"
+    (data / "zdf" / "train-0").mkdir(parents=True)
+    (data / "master.pkl").write_bytes(pickle.dumps({"train": [Hostile()], "test": []}))
+    (data / "labels.pkl").write_bytes(pickle.dumps({"zdf": 0}))
+    assert_user_error(invoke("train", "--data", data, "--out", tmp_path / "o"), "master.pkl")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_truncated_checkpoint(run_dir, tmp_path):
+    data = (run_dir / "last.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[:len(data) // 3])
+    assert_user_error(invoke("evaluate", tmp_path / "cut.npz"), "cut.npz")
+    assert_user_error(invoke("predict", tmp_path / "cut.npz", tmp_path / "cut.npz"), "cut.npz")
+
+
+def test_corrupt_image_for_predict(run_dir, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    assert_user_error(invoke("predict", run_dir / "last.npz", bad), "bad.png")
+
+
+@pytest.mark.skipif(gpu_available(), reason="a GPU is present")
+def test_gpu_without_cupy_or_device(tmp_path):
+    assert_user_error(invoke("train", "--gpu", "--out", tmp_path), "--gpu")
+
+
+def test_resume_needs_a_checkpoint_and_refuses_other_options(run_dir, tmp_path):
+    assert_user_error(invoke("train", "--resume", "--out", tmp_path), "last.npz")
+    assert_user_error(invoke("train", "--resume", "--out", run_dir, "--lr", "0.5"), "--lr")
+    assert_user_error(invoke("train", "--out", run_dir, *TINY, "--limit", 200), "--resume")
+
+
+def test_nan_loss_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    assert invoke("train", "--limit", 30, "--out", tmp_path, *TINY).exit_code == 0
+    before = checkpoint.load(tmp_path / "last.npz")
+    real = CapsNet.loss_and_grads
+
+    def poisoned(self, x, y, **kw):
+        loss, grads, parts = real(self, x, y, **kw)
+        return loss + np.float32("inf"), grads, parts
+    monkeypatch.setattr(CapsNet, "loss_and_grads", poisoned)
+    result = invoke("train", "--resume", "--out", tmp_path, "--epochs", 2)
+    assert_user_error(result, "inf", "last good checkpoint")
+    after = checkpoint.load(tmp_path / "last.npz")
+    assert after.epoch == 1 and np.array_equal(after.params["caps.w"], before.params["caps.w"])
+
+
+def test_rs_frames_end_to_end(data_root, tmp_path):
+    """tvlogos-de, one frame per class and split, 1/10-scale crops: frame scores and a frame
+    prediction (the shared data, read from MINICAPS_DATA)."""
+    data = data_root / "tvlogos-de"
+    out = tmp_path / "rs"
+    result = invoke("train", "--data", data, "--out", out, "--limit", 16, "--crop-scale", 0.1,
+                    "--kernel-size", 5, *TINY, "--val-fraction", 0)
+    assert result.exit_code == 0, result.output
+    assert "frames: val - test" in result.stdout
+    result = invoke("evaluate", out / "last.npz")
+    assert result.exit_code == 0, result.output
+    assert "accuracy (frames)" in result.output and "nologo" in result.output
+    frame = next((data / "zdf").glob("*/*.jpg"))
+    result = invoke("predict", out / "last.npz", frame)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 5 and [line.split(":")[0].strip() for line in lines[1:]] == \
+        ["tl", "tr", "bl", "br"]

@@ -1,0 +1,200 @@
+"""The training loop, checkpoints, augmentation and evaluation (tiny networks, seconds each)."""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minicaps import checkpoint, train
+from minicaps.augment import augment, flip, rotate, shift
+from minicaps.data import Dataset, load_dataset
+from minicaps.errors import MinicapsError
+from minicaps.evaluate import evaluate, frame_decision
+from minicaps.model import CapsNet
+
+TINY = dict(conv_channels=8, primary_types=4, primary_dim=4, class_dim=8, kernel_size=5,
+            batch_size=16)
+
+
+def synthetic(n_train=48, n_test=24, seed=0):
+    """Three classes of 12x12 images: a bright bar in the top, middle or bottom rows."""
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        y = np.arange(n) % 3
+        x = rng.integers(0, 40, (n, 1, 12, 12)).astype(np.uint8)
+        for i, c in enumerate(y):
+            x[i, 0, 4 * c:4 * c + 3, 2:10] = 250
+        return x, y.astype(np.int64)
+    (tx, ty), (vx, vy) = make(n_train), make(n_test)
+    return Dataset(name="bars", classes=["top", "middle", "bottom"], train_x=tx, train_y=ty,
+                   test_x=vx, test_y=vy)
+
+
+def tiny_config(out, **kw):
+    return train.TrainConfig(out=str(out), data="synthetic", **{**TINY, **kw})
+
+
+# augmentation
+
+def test_shift_moves_content_and_pads_with_zeros():
+    x = np.arange(2 * 1 * 5 * 5, dtype=np.uint8).reshape(2, 1, 5, 5) + 1
+    out = shift(x, 2, np.random.default_rng(0))
+    for b in range(2):  # the shifted image is a window of the zero-padded one
+        padded = np.pad(x[b, 0], 2)
+        assert any(np.array_equal(out[b, 0], padded[i:i + 5, j:j + 5])
+                   for i in range(5) for j in range(5))
+    assert out.dtype == np.uint8
+
+
+def test_augment_is_seeded_and_flip_rotate_behave():
+    x = np.random.default_rng(1).integers(0, 255, (8, 3, 9, 7)).astype(np.uint8)
+    a = augment(x, np.random.default_rng(5), max_shift=2, hflip=True, max_degrees=10)
+    b = augment(x, np.random.default_rng(5), max_shift=2, hflip=True, max_degrees=10)
+    assert np.array_equal(a, b) and a.shape == x.shape and a.dtype == np.uint8
+    assert np.array_equal(rotate(x, 0.0, np.random.default_rng(0)), x)
+    f = flip(x, np.random.default_rng(0))
+    assert all(np.array_equal(f[i], x[i]) or np.array_equal(f[i], x[i, :, :, ::-1])
+               for i in range(8))
+    square = np.zeros((1, 1, 9, 9), np.uint8)
+    square[0, 0, 4, 4] = 9  # the centre pixel stays put under any rotation
+    assert rotate(square, 45, np.random.default_rng(0))[0, 0, 4, 4] == 9
+
+
+# evaluation
+
+def test_frame_decision_takes_most_confident_logo_corner():
+    nologo = 2
+    lengths = np.array([[0.1, 0.2, 0.9],   # frame 0: nologo
+                        [0.6, 0.1, 0.2],   # frame 0: class 0 at 0.6
+                        [0.1, 0.8, 0.3],   # frame 0: class 1 at 0.8 -> wins
+                        [0.1, 0.1, 0.9],   # frame 1: every corner nologo
+                        [0.2, 0.1, 0.7],
+                        [0.7, 0.1, 0.2]])  # frame 2: class 0
+    frame = np.array([0, 0, 0, 1, 1, 2])
+    ids, pred = frame_decision(lengths, frame, nologo)
+    assert dict(zip(ids.tolist(), pred.tolist())) == {0: 1, 1: 2, 2: 0}
+
+
+def test_evaluate_scores_frames():
+    ds = synthetic()
+    net = CapsNet(in_shape=(1, 12, 12), n_classes=3, conv_channels=4, kernel_size=3,
+                  primary_types=2, primary_dim=4, class_dim=4)
+    frame = np.arange(len(ds.test_y)) // 4
+    frame_y = np.full(frame.max() + 1, 2)
+    ev = evaluate(net, ds.test_x, ds.test_y, frame=frame, frame_y=frame_y,
+                  classes=["a", "b", "nologo"])
+    assert len(ev.frame_y) == frame.max() + 1 and 0 <= ev.frame_accuracy <= 1
+    assert ev.confusion(3).sum() == len(ds.test_y)
+
+
+def test_validation_split_is_seeded_disjoint_and_keeps_frames_together():
+    ds = synthetic(n_train=60)
+    ds.train_frame = np.arange(60) // 4
+    ds.train_frame_y = ds.train_y[::4].copy()
+    tr, val, _ = train.split_validation(ds, 0.2, seed=3)
+    tr2, val2, _ = train.split_validation(ds, 0.2, seed=3)
+    assert np.array_equal(val.x, val2.x)
+    assert not set(tr.frame) & set(val.frame)
+    assert len(tr.y) + len(val.y) == 60 and len(val.y) % 4 == 0 and len(val.y) > 0
+
+
+# checkpoints
+
+def _run(out, epochs, **kw):
+    return train.run(tiny_config(out, epochs=epochs, **kw), dataset=synthetic())
+
+
+def test_checkpoint_round_trip(tmp_path):
+    _run(tmp_path, 1)
+    ckpt = checkpoint.load(tmp_path / "last.npz")
+    assert ckpt.epoch == 1 and ckpt.classes == ["top", "middle", "bottom"]
+    assert ckpt.model_config.conv_channels == 8 and ckpt.model_config.in_shape == (1, 12, 12)
+    assert train.TrainConfig.from_json(ckpt.train_config) == tiny_config(tmp_path, epochs=1)
+    assert len(ckpt.history) == 1 and int(ckpt.optimizer["step"]) == 3
+    checkpoint.save(tmp_path / "copy.npz", ckpt)
+    again = checkpoint.load(tmp_path / "copy.npz")
+    assert again.rng_state == ckpt.rng_state and again.model_config == ckpt.model_config
+    for name, p in ckpt.params.items():
+        assert p.dtype == np.float32 and np.array_equal(again.params[name], p)
+    with np.load(tmp_path / "last.npz", allow_pickle=False) as f:  # plain arrays only
+        assert str(f["format"][()]) == checkpoint.FORMAT
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["epoch"] == 1
+    assert (tmp_path / "best.npz").is_file()
+
+
+def test_resume_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path):
+    kw = dict(shift=2, flip=True, rotate=10, optimizer="adam")
+    _run(tmp_path / "straight", 2, **kw)
+    _run(tmp_path / "split", 1, **kw)
+    history = train.resume(tmp_path / "split", epochs=2, dataset=synthetic())
+    assert [r["epoch"] for r in history] == [1, 2]
+    a = checkpoint.load(tmp_path / "straight" / "last.npz")
+    b = checkpoint.load(tmp_path / "split" / "last.npz")
+    assert a.epoch == b.epoch == 2 and a.rng_state == b.rng_state
+    for name in a.params:
+        assert np.array_equal(a.params[name], b.params[name]), name
+    for key in a.optimizer:
+        assert np.array_equal(a.optimizer[key], b.optimizer[key]), key
+    lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_a_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    _run(tmp_path, 1)
+    before = checkpoint.load(tmp_path / "last.npz")
+
+    def crash(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(OSError):
+        train.resume(tmp_path, epochs=2, dataset=synthetic())
+    after = checkpoint.load(tmp_path / "last.npz")
+    assert after.epoch == 1
+    assert all(np.array_equal(before.params[n], after.params[n]) for n in before.params)
+    assert sorted(os.listdir(tmp_path)) == ["best.npz", "last.npz", "metrics.jsonl"]
+
+
+def test_truncated_or_foreign_checkpoints_are_user_errors(tmp_path):
+    _run(tmp_path, 1)
+    data = (tmp_path / "last.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[:len(data) // 2])
+    (tmp_path / "flipped.npz").write_bytes(data[:2000] + bytes(b ^ 0xFF for b in data[2000:2400])
+                                           + data[2400:])
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    (tmp_path / "text.npz").write_text("hello")
+    for name in ("cut.npz", "flipped.npz", "other.npz", "text.npz", "missing.npz"):
+        with pytest.raises(MinicapsError, match=name):
+            checkpoint.load(tmp_path / name)
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    _run(tmp_path, 1)
+    good = checkpoint.load(tmp_path / "last.npz")
+    real = CapsNet.loss_and_grads
+
+    def poisoned(self, x, y, **kw):
+        loss, grads, parts = real(self, x, y, **kw)
+        return loss * np.float32("nan"), grads, parts
+    monkeypatch.setattr(CapsNet, "loss_and_grads", poisoned)
+    with pytest.raises(MinicapsError, match="nan"):
+        train.resume(tmp_path, epochs=2, dataset=synthetic())
+    kept = checkpoint.load(tmp_path / "last.npz")
+    assert kept.epoch == 1
+    assert all(np.array_equal(good.params[n], kept.params[n]) for n in good.params)
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    _run(tmp_path, 1)
+    with pytest.raises(MinicapsError, match="--resume"):
+        _run(tmp_path, 1)
+
+
+def test_a_short_run_on_real_images_beats_chance(tmp_path):
+    ds = load_dataset(limit=1000)  # the bundled MNIST sample: 1,000 train / 1,000 test images
+    config = train.TrainConfig(out=str(tmp_path), epochs=3, conv_channels=16, primary_types=4,
+                               kernel_size=9, batch_size=32, lr=3e-3)
+    history = train.run(config, dataset=ds)
+    assert history[-1]["test_accuracy"] > 0.7, history  # chance: 0.1; typically ~0.88
