@@ -1,0 +1,154 @@
+"""Scoring a trained network: accuracy, per-class accuracy, the confusion matrix, the frame
+decision for TV frames cut into corner crops, and predictions for image files.
+
+The network's class-capsule lengths are collected on its device and copied to the host once
+per evaluation (one sync), where the small bookkeeping is done with NumPy.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .backend import get_array_module, to_host
+from .data import RSCrop, frame_examples
+from .data.common import IMAGE_ERRORS, RESAMPLE, to_chw
+from .errors import MinicapsError
+
+NOLOGO = "nologo"
+
+
+def class_lengths(net, x, *, batch_size=256):
+    """The class-capsule lengths (N, J) of the uint8 images x, as a host array."""
+    chunks = [net.predict(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    if not chunks:
+        return np.zeros((0, net.config.n_classes), net.config.dtype)
+    xp = get_array_module(chunks[0])
+    return to_host(xp.concatenate(chunks))  # (N, J), the one sync
+
+
+def frame_decision(lengths, frame, nologo):
+    """Frame ids (F,) and their predicted class (F,) from the lengths (N, J) of their corner
+    examples, `frame` (N,) giving each example's frame. A corner whose longest capsule is not
+    `nologo` votes for that class with that length as its confidence; a frame takes the class
+    of its most confident voting corner, and is `nologo` when no corner votes."""
+    pred = lengths.argmax(axis=1)  # (N,)
+    conf = np.where(pred == nologo, -1.0, lengths.max(axis=1))  # (N,) -1: no vote
+    order = np.lexsort((conf, frame))  # by frame, then by confidence
+    f = frame[order]
+    last = order[np.r_[f[1:] != f[:-1], True]]  # each frame's most confident corner
+    return frame[last], np.where(conf[last] >= 0, pred[last], nologo)
+
+
+@dataclass
+class Evaluation:
+    """Scores on one split. `frame_*` are None for data that has no frames."""
+    y: np.ndarray  # (N,) true labels
+    pred: np.ndarray  # (N,) predicted labels
+    lengths: np.ndarray  # (N, J)
+    frame_y: np.ndarray = None  # (F,) true frame labels of the frames present
+    frame_pred: np.ndarray = None  # (F,)
+
+    @property
+    def accuracy(self):
+        return float(np.mean(self.pred == self.y)) if len(self.y) else float("nan")
+
+    @property
+    def frame_accuracy(self):
+        if self.frame_y is None or not len(self.frame_y):
+            return None
+        return float(np.mean(self.frame_pred == self.frame_y))
+
+    def confusion(self, n_classes, frames=False):
+        """(n_classes, n_classes) counts: rows the true class, columns the prediction."""
+        y, pred = (self.frame_y, self.frame_pred) if frames else (self.y, self.pred)
+        m = np.zeros((n_classes, n_classes), np.int64)
+        np.add.at(m, (y, pred), 1)
+        return m
+
+
+def evaluate(net, x, y, *, batch_size=256, frame=None, frame_y=None, classes=None):
+    """Score the network on images x (N, C, H, W) uint8 with labels y (N,). With `frame`
+    (N,) and `frame_y` (all frames' labels) also decide and score whole frames; the no-logo
+    class is the one named "nologo" in `classes`."""
+    lengths = class_lengths(net, x, batch_size=batch_size)
+    ev = Evaluation(y=np.asarray(y), pred=lengths.argmax(axis=1), lengths=lengths)
+    if frame is not None and frame_y is not None:
+        if classes is None or NOLOGO not in classes:
+            raise MinicapsError(f"frame scores need a class named {NOLOGO!r}")
+        ids, ev.frame_pred = frame_decision(lengths, np.asarray(frame), classes.index(NOLOGO))
+        ev.frame_y = np.asarray(frame_y)[ids]
+    return ev
+
+
+def report(ev, classes, *, frames=False):
+    """A plain-text report: accuracy, per-class accuracy and the confusion matrix (of the
+    examples, or of the frames)."""
+    y, pred = (ev.frame_y, ev.frame_pred) if frames else (ev.y, ev.pred)
+    what = "frames" if frames else "examples"
+    m = ev.confusion(len(classes), frames=frames)
+    n_right = int(np.trace(m))
+    lines = [f"accuracy ({what}): {n_right / max(len(y), 1):.2%} ({n_right}/{len(y)})", ""]
+    name_w = max(len("class"), *(len(c) for c in classes))
+    lines.append(f"  {'#':>3}  {'class':<{name_w}}  {'n':>6}  accuracy")
+    for k, c in enumerate(classes):
+        n = int(m[k].sum())
+        acc = f"{m[k, k] / n:.2%}" if n else "-"
+        lines.append(f"  {k:>3}  {c:<{name_w}}  {n:>6}  {acc:>8}")
+    cell = max(3, len(str(int(m.max()) if m.size else 0)))
+    lines += ["", f"confusion matrix ({what}; rows: true class, columns: predicted class #)",
+              "  " + " " * (name_w + 1) + " ".join(f"{k:>{cell}}" for k in range(len(classes)))]
+    for k, c in enumerate(classes):
+        lines.append(f"  {c:<{name_w}} " + " ".join(f"{int(n):>{cell}}" for n in m[k]))
+    return "\n".join(lines)
+
+
+def _open(path):
+    try:
+        im = Image.open(path)
+        im.load()
+        return im
+    except IMAGE_ERRORS as e:
+        raise MinicapsError(f"{path}: not a readable image ({e})") from None
+
+
+def image_examples(path, in_shape, data_info):
+    """The example(s) (K, C, H, W) uint8 the network sees for an image file: for a network
+    trained on TV frames, the frame's corner crops; otherwise the image in the trained
+    colour mode, resized to the trained size (as the folder loader resizes)."""
+    path = Path(path)
+    if data_info.get("layout") == "rs":
+        crop = RSCrop(**{**data_info["crop"], "corners": tuple(data_info["crop"]["corners"])})
+        try:
+            return frame_examples(_open(path), crop)
+        except IMAGE_ERRORS as e:
+            raise MinicapsError(f"{path}: not a readable image ({e})") from None
+    C, H, W = in_shape
+    im = _open(path).convert("L" if C == 1 else "RGB")
+    if im.size != (W, H):
+        im = im.resize((W, H), RESAMPLE)
+    return to_chw(im)[None]  # (1, C, H, W)
+
+
+@dataclass
+class Prediction:
+    path: str
+    label: str  # the class (for a frame: the frame decision)
+    lengths: np.ndarray  # (K, J): one row per example (a frame's corners), K = 1 for an image
+    corners: tuple = ()  # corner names of a frame's rows
+
+
+def predict_files(net, paths, classes, data_info):
+    """A Prediction for each image file."""
+    out = []
+    for path in paths:
+        x = image_examples(path, net.config.in_shape, data_info)
+        lengths = class_lengths(net, x)
+        if data_info.get("layout") == "rs":
+            _, decided = frame_decision(lengths, np.zeros(len(x), np.int64),
+                                        classes.index(NOLOGO))
+            corners = tuple(data_info["crop"]["corners"])
+            out.append(Prediction(str(path), classes[int(decided[0])], lengths, corners))
+        else:
+            out.append(Prediction(str(path), classes[int(lengths[0].argmax())], lengths))
+    return out
