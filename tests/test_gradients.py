@@ -5,7 +5,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from minicaps import capsules, conv, layers, losses, routing
+from minicaps import capsules, conv, layers, losses, pooling, routing
 from minicaps.gradcheck import H, check_model, check_op, directional_check
 
 from conftest import batch, small_net
@@ -40,6 +40,17 @@ def draw_relu(data):
     x = normal(data, (dims(data, 1, 3, "B"), dims(data, 1, 6, "N")))
     assume(np.abs(x).min() > KINK_MARGIN)  # ReLU has a kink at 0
     return [x], {}
+
+
+def draw_maxpool(data):
+    size = dims(data, 1, 3, "size")
+    shape = (dims(data, 1, 2, "B"), dims(data, 1, 2, "C"), dims(data, size, 7, "H"),
+             dims(data, size, 7, "W"))
+    x = normal(data, shape)
+    # The max has a kink where two entries of a window tie: keep every pair apart.
+    values = np.sort(x.reshape(-1))
+    assume(values.size < 2 or np.diff(values).min() > KINK_MARGIN)
+    return [x], {"size": size}
 
 
 def draw_sigmoid(data):
@@ -109,6 +120,7 @@ OPS = {
     "linear": (draw_linear, layers.linear_forward, layers.linear_backward, None),
     "relu": (draw_relu, layers.relu_forward, layers.relu_backward, None),
     "sigmoid": (draw_sigmoid, layers.sigmoid_forward, layers.sigmoid_backward, None),
+    "maxpool": (draw_maxpool, pooling.maxpool_forward, pooling.maxpool_backward, None),
     "squash": (draw_vectors, capsules.squash_forward, capsules.squash_backward, None),
     "length": (draw_vectors, capsules.length_forward, capsules.length_backward, None),
     "primary_capsules": (draw_primary, capsules.primary_capsules_forward,

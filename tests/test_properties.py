@@ -88,6 +88,17 @@ def test_conv_equals_a_naive_loop(stride, pad):
     np.testing.assert_allclose(out, naive_conv(x, w, b, stride, pad), rtol=1e-12, atol=1e-12)
 
 
+def test_maxpool_equals_a_naive_loop():
+    from minicaps.pooling import maxpool_forward
+    x = np.random.default_rng(0).standard_normal((2, 3, 7, 9))
+    out, _ = maxpool_forward(x, size=3)
+    assert out.shape == (2, 3, 2, 3)
+    for r in range(2):
+        for q in range(3):
+            np.testing.assert_array_equal(out[:, :, r, q],
+                                          x[:, :, 3 * r:3 * r + 3, 3 * q:3 * q + 3].max(axis=(2, 3)))
+
+
 def naive_routing(u_hat_bije, iters):
     """Procedure 1 written as in the paper, one example and one capsule at a time.
     u_hat_bije is indexed [b, i, j, e]."""
