@@ -128,6 +128,9 @@ class Progress:
 @click.option("--routing-grad", type=click.Choice(["full", "last"]), default="full",
               help="Backpropagate through every routing iteration, or the last one only.")
 @click.option("--no-reconstruction", is_flag=True, help="Train without the decoder.")
+@click.option("--share-transforms", is_flag=True,
+              help="One transformation matrix per primary capsule type and class, shared by "
+                   "all grid positions (far fewer weights for large inputs such as R&S crops).")
 @click.option("--conv-channels", type=click.IntRange(min=1), default=None,
               help="Channels of the first convolution. The paper's 256 trains at ~30 "
                    "images/s on two CPU cores, so the bundled sample gets 64.",
@@ -168,6 +171,8 @@ def train_command(ctx, data, out, gpu, resume, epochs, no_reconstruction, crop_c
     if gpu:
         require_gpu()
     corners = tuple(c.strip() for c in crop_corners.split(",") if c.strip())
+    if data is not None:  # stored absolute, so evaluate finds it from any folder
+        data = str(Path(data).resolve())
     if out is None:
         out = f"runs/{'mnist-sample' if data is None else _name(data)}"
     config = train.TrainConfig(
@@ -182,8 +187,10 @@ def train_command(ctx, data, out, gpu, resume, epochs, no_reconstruction, crop_c
             history = train.run(config, progress=progress)
     except KeyboardInterrupt:
         progress.close()
-        raise UserError(f"interrupted; the last finished epoch is in {out}/last.npz "
-                        f"(continue with: minicaps train --out {out} --resume)") from None
+        error = UserError(f"interrupted; the last finished epoch is in {out}/last.npz "
+                          f"(continue with: minicaps train --out {out} --resume)")
+        error.exit_code = 130
+        raise error from None
     finally:
         progress.close()
     if history:
@@ -236,6 +243,9 @@ def evaluate_command(checkpoint_path, data, gpu, batch_size):
     config = train.TrainConfig.from_json(ckpt.train_config)
     if data is not None:
         config = train.TrainConfig.from_json({**ckpt.train_config, "data": data})
+    elif config.data is not None and not Path(config.data).exists():
+        raise MinicapsError(f"{config.data}, the data {checkpoint_path} was trained on, is not "
+                            f"there: pass --data")
     config = train.TrainConfig.from_json({**config.to_json(), "limit": None})
     t0 = time.perf_counter()
     ds = train.load_data(config)

@@ -29,11 +29,7 @@ from .errors import MinicapsError
 from .evaluate import evaluate
 from .model import CapsNet, CapsNetConfig
 from .optim import SGD, Adam, ExponentialDecay
-
-try:  # the memory planner is being written; train without it until it lands
-    from .plan import check_fits
-except ImportError:  # pragma: no cover - goes once plan.py exists
-    check_fits = None
+from .plan import check_fits
 
 ARCH_FIELDS = ("conv_channels", "kernel_size", "conv_stride", "primary_types", "primary_dim",
                "primary_stride", "class_dim")
@@ -65,6 +61,7 @@ class TrainConfig:
     limit: int = None
     routing_iters: int = 3
     routing_grad: str = "full"
+    share_transforms: bool = False
     reconstruction: bool = True
     conv_channels: int = None
     kernel_size: int = None
@@ -115,6 +112,7 @@ def model_config(config, dataset):
             else base.get(f, getattr(CapsNetConfig, f)) for f in ARCH_FIELDS}
     return CapsNetConfig(in_shape=dataset.in_shape, n_classes=dataset.n_classes,
                          routing_iters=config.routing_iters, routing_grad=config.routing_grad,
+                         share_transforms=config.share_transforms,
                          reconstruction=config.reconstruction, **arch)
 
 
@@ -239,8 +237,7 @@ def _run(config, progress, dataset, resume):
     if resume and (mconfig != resume.model_config or ds.classes != resume.classes):
         raise MinicapsError(f"{out}/last.npz was trained on other data or another network "
                             "than the options describe")
-    if check_fits is not None:
-        check_fits(mconfig, config.batch_size, config.device)
+    check_fits(mconfig, config.batch_size, config.device)
     train, val, test = split_validation(ds, config.val_fraction, config.seed)
     if not len(train.y):
         raise MinicapsError("no training examples left after the validation split")
