@@ -70,6 +70,7 @@ def save(path, ckpt):
                    else np.array(v, np.int64) for k, v in ckpt.optimizer.items()})
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is an ordinary file
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
@@ -91,6 +92,12 @@ def save(path, ckpt):
         pass
     finally:
         os.close(dir_fd)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _json(data, key):

@@ -182,13 +182,18 @@ def train_command(ctx, data, out, gpu, resume, epochs, no_reconstruction, crop_c
     try:
         if resume:
             _check_resume(ctx, config)
-            history = train.resume(out, epochs=epochs, device=device, progress=progress)
+            explicit = ctx.get_parameter_source("epochs") == click.core.ParameterSource.COMMANDLINE
+            history = train.resume(out, epochs=epochs if explicit else None, device=device,
+                                   progress=progress)
         else:
             history = train.run(config, progress=progress)
     except KeyboardInterrupt:
         progress.close()
-        error = UserError(f"interrupted; the last finished epoch is in {out}/last.npz "
-                          f"(continue with: minicaps train --out {out} --resume)")
+        if (Path(out) / "last.npz").is_file():
+            error = UserError(f"interrupted; the last finished epoch is in {out}/last.npz "
+                              f"(continue with: minicaps train --out {out} --resume)")
+        else:
+            error = UserError("interrupted before the first epoch finished; nothing was saved")
         error.exit_code = 130
         raise error from None
     finally:

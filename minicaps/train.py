@@ -202,8 +202,7 @@ def _write_metrics(path, history):
 def run(config, progress=None, dataset=None):
     """Train as `config` says, writing <out>/last.npz, best.npz and metrics.jsonl after every
     epoch; returns the list of per-epoch metrics. `dataset` replaces loading config.data.
-    With `resume`, the stored run's options are used, except epochs (the new total) and
-    device; the run continues from <out>/last.npz."""
+    Refuses an <out> that already holds a run: `resume` continues one."""
     progress = progress or (lambda kind, **info: None)
     return _run(config, progress, dataset, resume=False)
 
@@ -257,7 +256,9 @@ def _run(config, progress, dataset, resume):
         ds.summary(),
         f"split: {len(train.y)} train / {len(val.y)} validation / {len(test.y)} test examples",
         f"network: {mconfig.n_params():,} parameters, {mconfig.n_primary} primary capsules, "
-        f"{config.device}" + (f"; resuming after epoch {start}" if resume else "")])
+        f"{config.device}" + (f"; resuming after epoch {start}" if resume else "")]
+        + ([f"{out} has finished its {start} epochs: pass --epochs to train longer"]
+           if start >= config.epochs else []))
     out.mkdir(parents=True, exist_ok=True)
     if resume:
         _write_metrics(out / "metrics.jsonl", history)

@@ -172,3 +172,9 @@ def test_rs_frames_end_to_end(data_root, tmp_path):
     lines = result.stdout.splitlines()
     assert len(lines) == 5 and [line.split(":")[0].strip() for line in lines[1:]] == \
         ["tl", "tr", "bl", "br"]
+
+
+def test_resume_of_a_finished_run_says_so(run_dir):
+    result = invoke("train", "--resume", "--out", run_dir)
+    assert result.exit_code == 0 and "pass --epochs to train longer" in result.stderr
+    assert checkpoint.load(run_dir / "last.npz").epoch == 1
