@@ -42,3 +42,19 @@ def reconstruction_loss_forward(recon, target):
 def reconstruction_loss_backward(dloss, cache):
     diff = cache
     return dloss * (2 * RECONSTRUCTION_WEIGHT / diff.shape[0]) * diff
+
+
+def softmax_cross_entropy_forward(logits, y):
+    """-log softmax(logits)[y], averaged over the batch (the CNN baseline's loss).
+    logits (B, J), y (B,) ints. Smooth everywhere."""
+    xp = get_array_module(logits)
+    B, J = logits.shape
+    shifted = logits - logits.max(axis=1, keepdims=True)  # exp cannot overflow
+    log_probs = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+    t = one_hot(y, J, logits.dtype)
+    return -(t * log_probs).sum() / B, (xp.exp(log_probs), t)
+
+
+def softmax_cross_entropy_backward(dloss, cache):
+    probs, t = cache
+    return dloss * (probs - t) / probs.shape[0]

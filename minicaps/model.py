@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import device_of, get_array_module, to_device, to_host
+from .backend import get_array_module
 from .capsules import (length_backward, length_forward, predictions_backward,
                        predictions_forward, primary_capsules_backward,
                        primary_capsules_forward)
@@ -25,6 +25,7 @@ from .layers import (linear_backward, linear_forward, relu_backward, relu_forwar
                      sigmoid_backward, sigmoid_forward)
 from .losses import (margin_loss_backward, margin_loss_forward, one_hot,
                      reconstruction_loss_backward, reconstruction_loss_forward)
+from .network import Network
 from .routing import ROUTING_GRADS, routing_backward, routing_forward
 
 DECODER_WIDTHS = (512, 1024)
@@ -127,9 +128,12 @@ def init_params(config, seed=0):
     return params
 
 
-class CapsNet:
+class CapsNet(Network):
     """The capsule network. `net.params` maps stable names to arrays; `loss_and_grads`
     returns gradients under the same names; nothing is updated in place."""
+
+    init_params = staticmethod(init_params)
+    loss_term_names = ("margin", "reconstruction")
 
     def __init__(self, in_shape=(1, 28, 28), n_classes=10, conv_channels=256, kernel_size=9,
                  primary_types=32, primary_dim=8, class_dim=16, routing_iters=3,
@@ -142,43 +146,6 @@ class CapsNet:
             routing_iters=routing_iters, routing_grad=routing_grad,
             share_transforms=share_transforms, reconstruction=reconstruction, dtype=dtype)
         self._build(config, init_params(config, seed), device)
-
-    @classmethod
-    def from_config(cls, config, params=None, *, seed=0, device="cpu"):
-        """A net of `config` with the given parameters (e.g. from a checkpoint) or fresh ones."""
-        net = cls.__new__(cls)
-        net._build(config, init_params(config, seed) if params is None else params, device)
-        return net
-
-    def _build(self, config, params, device):
-        expected = config.param_shapes()
-        if set(params) != set(expected) or any(tuple(params[n].shape) != expected[n]
-                                                for n in expected):
-            raise MinicapsError("the parameters do not match the network's configuration")
-        self.config = config
-        self.params = {name: to_device(params[name], device).astype(config.dtype, copy=False)
-                       for name in expected}
-
-    @property
-    def device(self):
-        return device_of(self.params["conv1.w"])
-
-    def to(self, device):
-        """Move the parameters to 'cpu' or 'gpu' (CuPy); returns the net."""
-        self.params = {name: to_device(p, device) for name, p in self.params.items()}
-        return self
-
-    def _as_input(self, x):
-        """x as an array of the net's dtype on the net's device (host batches move over)."""
-        xp = get_array_module(self.params["conv1.w"])
-        x = xp.asarray(x)
-        if x.dtype == np.uint8:  # raw pixels: scale to [0, 1]
-            x = x.astype(self.config.dtype) / 255
-        x = x.astype(self.config.dtype, copy=False)
-        if x.ndim != 4 or tuple(x.shape[1:]) != self.config.in_shape:
-            raise MinicapsError(f"input batch has shape {tuple(x.shape)}, the net expects "
-                                f"(B, {', '.join(map(str, self.config.in_shape))})")
-        return x
 
     def _capsules(self, x):
         """The class capsules v (B, J, E) of a prepared batch, with the caches for backward."""
@@ -226,10 +193,9 @@ class CapsNet:
         return dz.reshape(B, J, -1) * mask[:, :, None]  # (B, J, E)
 
     def _forward_loss(self, x, y):
-        """Loss, its parts, and the caches the backward pass needs."""
+        """Loss, its parts (terms and class-capsule lengths), and the caches of backward."""
         x = self._as_input(x)
-        xp = get_array_module(x)
-        y = xp.asarray(y).astype(np.int64)
+        y = self._as_labels(y)
         v, caps_caches = self._capsules(x)
         lengths, length_cache = length_forward(v)  # (B, J)
         margin, margin_cache = margin_loss_forward(lengths, y)
@@ -245,41 +211,20 @@ class CapsNet:
             caches["mask"] = mask
         return loss, parts, caches
 
-    def loss(self, x, y):
-        """The total loss alone (no backward pass)."""
-        return self._forward_loss(x, y)[0]
-
-    def loss_terms(self, x, y, *, with_kinks=False):
-        """The loss's terms, {"margin": ..., "reconstruction": ...}, no backward pass.
-
-        Finite differences take each term apart: the decoder's gradients are 0.0005 times
-        smaller than the margin loss's value, whose rounding would swamp them in the sum.
-        with_kinks also returns which side of its kink every ReLU unit and margin-loss hinge
-        sits on (bytes): a step that changes it crossed a kink and proves nothing."""
-        _, parts, caches = self._forward_loss(x, y)
-        terms = {name: term for name, term in parts.items() if name != "lengths"}
-        if not with_kinks:
-            return terms
-        xp = get_array_module(parts["lengths"])
-        _, present, absent = caches["margin"]
-        sides = [caches["capsules"][1] > 0, present > 0, absent > 0]  # conv1 ReLU, hinges
-        sides += [act_cache > 0 for _, act_cache in caches.get("decoder", [])[:-1]]
-        signature = xp.concatenate([s.reshape(-1) for s in sides])
-        return terms, to_host(signature).tobytes()
-
-    def loss_and_grads(self, x, y, *, return_parts=False):
-        """Total loss (margin + reconstruction, a 0-d array on the net's device) and the
-        gradient of every parameter. With return_parts, also a dict of the loss terms and
-        the class-capsule lengths (for logging without a second forward pass)."""
-        loss, parts, caches = self._forward_loss(x, y)
+    def _backward(self, caches):
         grads = {}
         dv = length_backward(margin_loss_backward(1.0, caches["margin"]), caches["length"])
         if self.config.reconstruction:
             drecon = reconstruction_loss_backward(1.0, caches["reconstruction"])
             dv = dv + self._decode_backward(drecon, caches["decoder"], caches["mask"], grads)
         self._capsules_backward(dv, caches["capsules"], grads)
-        grads = {name: grads[name] for name in self.params}  # the params' order
-        return (loss, grads, parts) if return_parts else (loss, grads)
+        return grads
+
+    def _kinks(self, caches):
+        """Sides of conv1's and the decoder's ReLU units and of the margin-loss hinges."""
+        _, present, absent = caches["margin"]
+        sides = [caches["capsules"][1] > 0, present > 0, absent > 0]
+        return sides + [act_cache > 0 for _, act_cache in caches.get("decoder", [])[:-1]]
 
     def class_capsules(self, x):
         """The class capsules v (B, n_classes, class_dim) and the routing cache (which holds

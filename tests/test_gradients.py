@@ -110,6 +110,13 @@ def draw_reconstruction(data):
     return [rng.random(shape), rng.random(shape)], {}
 
 
+def draw_cross_entropy(data):
+    B, J = dims(data, 1, 4, "B"), dims(data, 2, 5, "J")
+    logits = normal(data, (B, J), scale=3)
+    y = np.array(data.draw(st.lists(st.integers(0, J - 1), min_size=B, max_size=B)))
+    return [logits, y], {}
+
+
 def margin_backward(dout, cache):
     return losses.margin_loss_backward(dout, cache)
 
@@ -129,6 +136,8 @@ OPS = {
                     capsules.predictions_backward, None),
     "routing": (draw_routing, routing.routing_forward, routing.routing_backward, None),
     "margin_loss": (draw_margin, losses.margin_loss_forward, margin_backward, (0,)),
+    "softmax_cross_entropy": (draw_cross_entropy, losses.softmax_cross_entropy_forward,
+                              losses.softmax_cross_entropy_backward, (0,)),
     "reconstruction_loss": (draw_reconstruction, losses.reconstruction_loss_forward,
                             losses.reconstruction_loss_backward, (0,)),
 }
@@ -203,6 +212,20 @@ def test_model_gradients(case):
     directional = directional_check(net, x, y)
     assert set(sampled) == set(net.params)
     assert set(directional) == set(net.params) | {"*"}
+    assert max(sampled.values()) < TOLERANCE, sampled
+    assert max(directional.values()) < TOLERANCE, directional
+
+
+@pytest.mark.parametrize("in_shape", [(1, 12, 12), (3, 9, 13)])
+def test_pooling_cnn_gradients(in_shape):
+    from minicaps.cnn import PoolingCNN
+    net = PoolingCNN(in_shape=in_shape, n_classes=3, channels=(3, 4, 2), kernel_size=3,
+                     hidden=(6, 5), dtype="float64", seed=2)
+    rng = np.random.default_rng(0)
+    x, y = rng.random((2, *in_shape)), np.array([0, 2])
+    sampled = check_model(net, x, y, max_entries=6)
+    directional = directional_check(net, x, y)
+    assert set(sampled) == set(net.params)
     assert max(sampled.values()) < TOLERANCE, sampled
     assert max(directional.values()) < TOLERANCE, directional
 

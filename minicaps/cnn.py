@@ -1,0 +1,152 @@
+"""The baseline the paper compares capsules with: a CNN with max pooling, in the same engine.
+
+    x (B, C, H, W)
+    -> [conv k x k ("same" padding), ReLU, max pool 2] for the first two conv layers
+    -> conv, ReLU for the others
+    -> FC hidden[0], ReLU -> FC hidden[1], ReLU -> FC n_classes, softmax cross-entropy
+
+The paper's MNIST baseline had conv layers of 256, 256 and 128 channels (5x5) and FC
+layers of 328 and 192; those are the defaults. `predict` returns softmax probabilities,
+the counterpart of the capsule lengths.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from .conv import conv2d_backward, conv2d_forward
+from .errors import MinicapsError
+from .layers import linear_backward, linear_forward, relu_backward, relu_forward
+from .losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
+from .network import Network
+from .pooling import maxpool_backward, maxpool_forward
+from .routing import softmax
+
+POOLED_LAYERS = 2  # max pooling after the first two convolutions
+
+
+@dataclass(frozen=True)
+class CNNConfig:
+    in_shape: tuple = (1, 28, 28)
+    n_classes: int = 10
+    channels: tuple = (256, 256, 128)
+    kernel_size: int = 5
+    hidden: tuple = (328, 192)
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        for name in ("in_shape", "channels", "hidden"):
+            object.__setattr__(self, name, tuple(int(n) for n in getattr(self, name)))
+        if self.kernel_size % 2 == 0:
+            raise MinicapsError("the CNN's kernel size must be odd (for 'same' padding)")
+        h, w = self.feature_size
+        if h < 1 or w < 1:
+            raise MinicapsError(f"input {self.in_shape[1]}x{self.in_shape[2]} is too small "
+                                f"for {min(POOLED_LAYERS, len(self.channels))} poolings")
+
+    @property
+    def feature_size(self):
+        _, H, W = self.in_shape
+        pools = min(POOLED_LAYERS, len(self.channels))
+        return H // 2 ** pools, W // 2 ** pools
+
+    def param_shapes(self):
+        shapes, c_in, k = {}, self.in_shape[0], self.kernel_size
+        for n, c_out in enumerate(self.channels):
+            shapes[f"conv{n}.w"], shapes[f"conv{n}.b"] = (c_out, c_in, k, k), (c_out,)
+            c_in = c_out
+        h, w = self.feature_size
+        widths = (c_in * h * w, *self.hidden, self.n_classes)
+        for n, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
+            shapes[f"fc{n}.w"], shapes[f"fc{n}.b"] = (n_in, n_out), (n_out,)
+        return shapes
+
+    def n_params(self):
+        return sum(int(np.prod(s)) for s in self.param_shapes().values())
+
+
+def init_cnn_params(config, seed=0):
+    """Uniform in +-1/sqrt(fan_in), weights and biases (PyTorch's default), host arrays."""
+    rng = np.random.default_rng(seed)
+    shapes = config.param_shapes()
+    params = {}
+    for name, shape in shapes.items():
+        w_shape = shapes[name[:-1] + "w"]
+        fan_in = int(np.prod(w_shape[1:])) if len(w_shape) == 4 else w_shape[0]
+        params[name] = (rng.uniform(-1, 1, shape) / np.sqrt(fan_in)).astype(config.dtype)
+    return params
+
+
+class PoolingCNN(Network):
+    """A CNN with max pooling: the same params/loss_and_grads/predict interface as CapsNet."""
+
+    init_params = staticmethod(init_cnn_params)
+    loss_term_names = ("cross_entropy",)
+
+    def __init__(self, in_shape=(1, 28, 28), n_classes=10, channels=(256, 256, 128),
+                 kernel_size=5, hidden=(328, 192), dtype="float32", seed=0, device="cpu"):
+        config = CNNConfig(in_shape=in_shape, n_classes=n_classes, channels=channels,
+                           kernel_size=kernel_size, hidden=hidden, dtype=dtype)
+        self._build(config, init_cnn_params(config, seed), device)
+
+    def _logits(self, x):
+        p, cfg = self.params, self.config
+        caches, h = [], x
+        for n in range(len(cfg.channels)):
+            h, conv_cache = conv2d_forward(h, p[f"conv{n}.w"], p[f"conv{n}.b"],
+                                           pad=cfg.kernel_size // 2)
+            h, relu_cache = relu_forward(h)
+            pool_cache = None
+            if n < POOLED_LAYERS:
+                h, pool_cache = maxpool_forward(h, size=2)
+            caches.append((conv_cache, relu_cache, pool_cache))
+        feature_shape = h.shape
+        h = h.reshape(h.shape[0], -1)  # (B, C*h*w)
+        n_fc = len(cfg.hidden) + 1
+        for n in range(n_fc):
+            h, lin_cache = linear_forward(h, p[f"fc{n}.w"], p[f"fc{n}.b"])
+            relu_cache = None
+            if n < n_fc - 1:
+                h, relu_cache = relu_forward(h)
+            caches.append((lin_cache, relu_cache))
+        return h, (caches, feature_shape)
+
+    def _forward_loss(self, x, y):
+        logits, (caches, feature_shape) = self._logits(self._as_input(x))
+        loss, ce_cache = softmax_cross_entropy_forward(logits, self._as_labels(y))
+        parts = {"cross_entropy": loss, "lengths": ce_cache[0]}  # probabilities as scores
+        return loss, parts, (caches, feature_shape, ce_cache)
+
+    def _backward(self, all_caches):
+        caches, feature_shape, ce_cache = all_caches
+        n_conv = len(self.config.channels)
+        grads = {}
+        dh = softmax_cross_entropy_backward(1.0, ce_cache)
+        for n in range(len(caches) - n_conv - 1, -1, -1):
+            lin_cache, relu_cache = caches[n_conv + n]
+            if relu_cache is not None:
+                dh = relu_backward(dh, relu_cache)
+            dh, grads[f"fc{n}.w"], grads[f"fc{n}.b"] = linear_backward(dh, lin_cache)
+        dh = dh.reshape(feature_shape)
+        for n in range(n_conv - 1, -1, -1):
+            conv_cache, relu_cache, pool_cache = caches[n]
+            if pool_cache is not None:
+                dh = maxpool_backward(dh, pool_cache)
+            dh = relu_backward(dh, relu_cache)
+            dh, grads[f"conv{n}.w"], grads[f"conv{n}.b"] = conv2d_backward(
+                dh, conv_cache, need_dx=n > 0)
+        return grads
+
+    def _kinks(self, all_caches):
+        """Sides of every ReLU unit, and which entry wins each pooling window."""
+        caches, _, _ = all_caches
+        sides = []
+        for cache in caches:
+            sides.append(cache[1] > 0 if cache[1] is not None else None)
+            if len(cache) == 3 and cache[2] is not None:
+                sides.append(cache[2][0])  # argmax of each window
+        return [s for s in sides if s is not None]
+
+    def predict(self, x):
+        """Softmax probabilities (B, n_classes)."""
+        logits, _ = self._logits(self._as_input(x))
+        return softmax(logits, axis=1)

@@ -1,0 +1,90 @@
+"""What every network of minicaps shares: a params dict built from a config, a device,
+batch preparation, and the loss interface the trainer and the gradient checker use.
+
+A subclass provides `_forward_loss(x, y) -> (loss, parts, caches)`, `_backward(caches)
+-> grads`, `predict(x)`, and `_kinks(caches)` (the sides of its non-smooth points).
+"""
+import numpy as np
+
+from .backend import device_of, get_array_module, to_device, to_host
+from .errors import MinicapsError
+
+
+class Network:
+    """`params` maps stable names to arrays; `loss_and_grads` returns gradients under the
+    same names; nothing is updated in place. The config is a frozen dataclass with
+    `param_shapes()`, `in_shape`, `n_classes` and `dtype`; `init_params(config, seed)` is
+    the subclass's initialiser."""
+
+    init_params = None  # set by each subclass: (config, seed) -> dict of host arrays
+
+    @classmethod
+    def from_config(cls, config, params=None, *, seed=0, device="cpu"):
+        """A net of `config` with the given parameters (e.g. from a checkpoint) or fresh ones."""
+        net = cls.__new__(cls)
+        net._build(config, type(net).init_params(config, seed) if params is None else params,
+                   device)
+        return net
+
+    def _build(self, config, params, device):
+        expected = config.param_shapes()
+        if set(params) != set(expected) or any(tuple(params[n].shape) != expected[n]
+                                                for n in expected):
+            raise MinicapsError("the parameters do not match the network's configuration")
+        self.config = config
+        self.params = {name: to_device(params[name], device).astype(config.dtype, copy=False)
+                       for name in expected}
+
+    @property
+    def device(self):
+        return device_of(next(iter(self.params.values())))
+
+    def to(self, device):
+        """Move the parameters to 'cpu' or 'gpu' (CuPy); returns the net."""
+        self.params = {name: to_device(p, device) for name, p in self.params.items()}
+        return self
+
+    def _as_input(self, x):
+        """x as an array of the net's dtype on the net's device (host batches move over)."""
+        xp = get_array_module(next(iter(self.params.values())))
+        x = xp.asarray(x)
+        if x.dtype == np.uint8:  # raw pixels: scale to [0, 1]
+            x = x.astype(self.config.dtype) / 255
+        x = x.astype(self.config.dtype, copy=False)
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.config.in_shape:
+            raise MinicapsError(f"input batch has shape {tuple(x.shape)}, the net expects "
+                                f"(B, {', '.join(map(str, self.config.in_shape))})")
+        return x
+
+    def _as_labels(self, y):
+        xp = get_array_module(next(iter(self.params.values())))
+        return xp.asarray(y).astype(np.int64)
+
+    def loss(self, x, y):
+        """The total loss alone (no backward pass)."""
+        return self._forward_loss(x, y)[0]
+
+    def loss_terms(self, x, y, *, with_kinks=False):
+        """The loss's terms (a dict of 0-d arrays), no backward pass.
+
+        Finite differences take each term apart: a small term's gradients would drown in
+        the rounding of a large term's value. with_kinks also returns which side of its
+        kink every non-smooth unit sits on (bytes): a step that changes it crossed a kink
+        and proves nothing."""
+        _, parts, caches = self._forward_loss(x, y)
+        terms = {name: t for name, t in parts.items() if name in self.loss_term_names}
+        if not with_kinks:
+            return terms
+        sides = self._kinks(caches)
+        xp = get_array_module(sides[0])
+        signature = xp.concatenate([s.reshape(-1) for s in sides])
+        return terms, to_host(signature).tobytes()
+
+    def loss_and_grads(self, x, y, *, return_parts=False):
+        """Total loss (a 0-d array on the net's device) and the gradient of every
+        parameter. With return_parts, also a dict of the loss terms and the class scores
+        (for logging without a second forward pass)."""
+        loss, parts, caches = self._forward_loss(x, y)
+        grads = self._backward(caches)
+        grads = {name: grads[name] for name in self.params}  # the params' order
+        return (loss, grads, parts) if return_parts else (loss, grads)
