@@ -121,6 +121,9 @@ class Progress:
 @click.option("--shift", type=click.IntRange(min=0), default=2,
               help="Random shifts up to this many pixels (training only; the paper's 2).")
 @click.option("--flip", is_flag=True, help="Random horizontal flips (training only).")
+@click.option("--balance", is_flag=True,
+              help="Draw training examples with equal weight per class (with replacement), "
+                   "e.g. for R&S corners, most of which show no logo.")
 @click.option("--rotate", type=click.FloatRange(0, 180), default=0.0,
               help="Random rotations up to this many degrees (training only).")
 @click.option("--routing-iters", type=click.IntRange(min=1), default=3,

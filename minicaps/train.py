@@ -58,6 +58,7 @@ class TrainConfig:
     shift: int = 2
     flip: bool = False
     rotate: float = 0.0
+    balance: bool = False  # draw each epoch's examples with equal weight per class
     limit: int = None
     routing_iters: int = 3
     routing_grad: str = "full"
@@ -163,6 +164,15 @@ def _finite(params):
     return all(bool(get_array_module(p).isfinite(p).all()) for p in params.values())
 
 
+def epoch_order(y, rng, balance=False):
+    """The example indices of one epoch: a permutation, or with `balance` len(y) draws with
+    replacement in which every class is equally likely (rare classes repeat)."""
+    if not balance:
+        return rng.permutation(len(y))
+    counts = np.bincount(y)
+    return rng.choice(len(y), size=len(y), p=1 / (counts[y] * np.count_nonzero(counts)))
+
+
 def train_epoch(net, opt, train, config, rng, progress, epoch):
     """One pass over the shuffled, augmented training split; (mean loss, accuracy). Loss and
     hits are summed on the device and read back every `check_every` steps, where a
@@ -170,7 +180,7 @@ def train_epoch(net, opt, train, config, rng, progress, epoch):
     n, B = len(train.y), config.batch_size
     steps = math.ceil(n / B)
     check_every = 1 if config.device == "cpu" else GPU_CHECK_EVERY
-    order = rng.permutation(n)
+    order = epoch_order(train.y, rng, config.balance)
     loss_sum = hits = 0
     progress("epoch_start", epoch=epoch, steps=steps)
     for step in range(steps):

@@ -198,3 +198,10 @@ def test_a_short_run_on_real_images_beats_chance(tmp_path):
                                kernel_size=9, batch_size=32, lr=3e-3)
     history = train.run(config, dataset=ds)
     assert history[-1]["test_accuracy"] > 0.7, history  # chance: 0.1; typically ~0.88
+
+
+def test_balanced_epochs_draw_every_class_equally():
+    y = np.array([0] * 90 + [1] * 10)
+    order = train.epoch_order(y, np.random.default_rng(0), balance=True)
+    assert len(order) == 100 and 0.35 < np.mean(y[order] == 1) < 0.65
+    assert sorted(train.epoch_order(y, np.random.default_rng(0))) == list(range(100))
