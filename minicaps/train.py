@@ -294,11 +294,11 @@ def _run(config, progress, dataset, resume):
             rng_state=rng.bit_generator.state, model_config=mconfig,
             train_config=config.to_json(), classes=ds.classes, history=history,
             data_info=data_info)
-        checkpoint.save(out / "last.npz", ckpt)
         score = _score(record)
-        if score is not None and score > best:
-            best = score
+        if score is not None and score > best:  # best first: a crash between the two
+            best = score                          # writes leaves best.npz ahead, never behind
             checkpoint.save(out / "best.npz", ckpt)
+        checkpoint.save(out / "last.npz", ckpt)
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         progress("epoch", record=record, epochs=config.epochs)
