@@ -106,8 +106,7 @@ def benchmark(config, *, batch_size=32, steps=10, warmup=2, device="cpu", seed=0
 
 
 def gemm_gflops(device="cpu", n=1024, repeats=5):
-    """Achieved GFLOP/s of a float32 n x n matrix product: the machine's practical peak,
-    used to predict step times from FLOP counts."""
+    """Achieved GFLOP/s of a float32 n x n matrix product: the machine's practical peak."""
     xp = xp_for(device)
     a = xp.asarray(np.random.default_rng(0).random((n, n), dtype=np.float32))
     a @ a
@@ -115,4 +114,13 @@ def gemm_gflops(device="cpu", n=1024, repeats=5):
     return 2 * n ** 3 / seconds / 1e9
 
 
-__all__ = ["benchmark", "gemm_gflops"]
+def bandwidth_gbs(device="cpu", mib=64, repeats=5):
+    """Achieved GB/s of an element-wise add over float32 arrays of `mib` MiB (two reads,
+    one write): what copies and routing's passes get."""
+    xp = xp_for(device)
+    n = mib * 2 ** 20 // 4
+    a, b = xp.ones(n, dtype=np.float32), xp.ones(n, dtype=np.float32)
+    out = xp.empty_like(a)
+    xp.add(a, b, out=out)
+    seconds = _median_seconds(xp, lambda: xp.add(a, b, out=out), repeats)
+    return 3 * 4 * n / seconds / 1e9

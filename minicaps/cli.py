@@ -289,3 +289,13 @@ def predict_command(checkpoint_path, images, gpu):
             top = lengths.argsort()[::-1]
             cells = "  ".join(f"{ckpt.classes[k]:>{width}} {lengths[k]:.3f}" for k in top)
             click.echo(f"  {corner + ': ' if corner else ''}{cells}")
+
+
+def _register_tools():
+    """bench, plan and gradcheck live in cli_tools (they measure; this module trains)."""
+    from .cli_tools import COMMANDS
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_register_tools()

@@ -144,6 +144,18 @@ def check_model(net, x, y, *, max_entries=8, h=H, seed=0):
     return errors
 
 
+def scale_to_operating_point(net, x, *, target=0.5, max_doublings=16):
+    """Scale the capsule transforms up until the longest class capsule of each example
+    averages `target`, as in a net that has learnt something. At initialisation the class
+    capsules are ~0.01 long and the decoder's gradients sit at the rounding floor of finite
+    differences, so a check there measures rounding, not the backward pass."""
+    for _ in range(max_doublings):
+        if float(net.predict(x).max(axis=1).mean()) >= target:
+            break
+        net.params["caps.w"] *= 2
+    return net
+
+
 def _direction(p, g, rng):
     """A unit direction, half along the gradient and half random: a purely random one in a
     space of 10^5 dimensions is nearly orthogonal to the gradient, and the derivative along

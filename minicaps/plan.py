@@ -23,15 +23,20 @@ class Plan:
     activation_bytes: int   # peak of the caches and transients of one training step
     flops_forward: float    # per image
     flops_train: float      # per image: forward, backward, update
+    gemm_flops_train: float  # per image: the part done by large matrix products
+    traffic_bytes: float    # per image: memory moved by copies and element-wise passes
     batch_size: int
 
     @property
     def total_bytes(self):
         return self.param_bytes + self.activation_bytes
 
-    def step_seconds(self, gflops_per_s):
-        """Predicted training-step time at an achieved GEMM rate."""
-        return self.flops_train * self.batch_size / (gflops_per_s * 1e9)
+    def step_seconds(self, gemm_gflops, bandwidth_gbs):
+        """Predicted training-step time: the large matrix products at the machine's GEMM
+        rate, plus the memory-bound rest (im2col, routing, transposes) at its bandwidth."""
+        per_image = (self.gemm_flops_train / (gemm_gflops * 1e9)
+                     + self.traffic_bytes / (bandwidth_gbs * 1e9))
+        return per_image * self.batch_size
 
 
 def _sizes(config, B):
@@ -69,33 +74,62 @@ def activation_bytes(config, batch_size):
     return itemsize * (cached + max(routing_backward, primary_backward, forward_peak))
 
 
-def flops_per_image(config):
-    """(forward, training) floating-point operations per image (a multiply-add is 2)."""
+def _flop_parts(config):
+    """Forward FLOPs per image (a multiply-add is 2) of each stage."""
     C, H, W = config.in_shape
     K, k = config.conv_channels, config.kernel_size
     h1, w1 = config.conv1_size
     gh, gw = config.grid
     I, J, E, D = config.n_primary, config.n_classes, config.class_dim, config.primary_dim
     R = config.routing_iters
-    conv1 = 2 * K * C * k * k * h1 * w1
-    primary = 2 * config.primary_types * D * K * k * k * gh * gw
-    predictions = 2 * I * J * E * D
-    routing = 2 * J * I * E * (2 * R - 1)
-    decoder = 2 * (J * E * 512 + 512 * 1024 + 1024 * C * H * W) if config.reconstruction else 0
-    forward = conv1 + primary + predictions + routing + decoder
-    # Backward: each product once more for the weights, once more for the inputs (not for
-    # conv1, whose input is the image); routing's backward is about twice its forward.
-    backward = conv1 + 2 * (primary + predictions + decoder) + 2 * routing
+    return {
+        "conv1": 2 * K * C * k * k * h1 * w1,
+        "primary": 2 * config.primary_types * D * K * k * k * gh * gw,
+        "predictions": 2 * I * J * E * D,
+        "routing": 2 * J * I * E * (2 * R - 1),
+        "decoder": 2 * (J * E * 512 + 512 * 1024 + 1024 * C * H * W)
+        if config.reconstruction else 0,
+    }
+
+
+def flops_per_image(config):
+    """(forward, training) floating-point operations per image.
+
+    Backward: each product once more for the weights, once more for the inputs (not for
+    conv1, whose input is the image); routing's backward is about twice its forward."""
+    f = _flop_parts(config)
+    forward = sum(f.values())
+    backward = f["conv1"] + 2 * (f["primary"] + f["predictions"] + f["decoder"]) \
+        + 2 * f["routing"]
     return float(forward), float(forward + backward)
+
+
+def traffic_per_image(config):
+    """Bytes per image moved by the memory-bound work of a training step.
+
+    im2col writes the columns, and the primary convolution's backward writes their
+    gradient and reads it back in col2im. Routing and the predictions pass over u_hat
+    about 4R + 2 times: 2R - 1 reads forward, about 2R backward, writing u_hat and its
+    gradient, and the copies between layouts."""
+    n = _sizes(config, 1)
+    itemsize = np.dtype(config.dtype).itemsize
+    R = config.routing_iters
+    passes = 4 * R + 2 if config.routing_grad == "full" else 2 * R + 3
+    elements = (n["conv1_cols"] + 3 * n["primary_cols"] + passes * n["u_hat"]
+                + 6 * n["conv1_out"])  # ReLU, bias, transposes of conv1's output
+    return float(elements * itemsize)
 
 
 def plan(config, batch_size):
     n = config.n_params()
     itemsize = np.dtype(config.dtype).itemsize
     forward, train = flops_per_image(config)
+    f = _flop_parts(config)
+    gemm = 3 * (f["conv1"] + f["primary"] + f["decoder"]) - f["conv1"]
     return Plan(n_params=n, param_bytes=4 * n * itemsize,
                 activation_bytes=activation_bytes(config, batch_size),
-                flops_forward=forward, flops_train=train, batch_size=batch_size)
+                flops_forward=forward, flops_train=train, gemm_flops_train=float(gemm),
+                traffic_bytes=traffic_per_image(config), batch_size=batch_size)
 
 
 def available_bytes(device):

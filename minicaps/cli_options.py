@@ -1,0 +1,62 @@
+"""Click options shared by the commands that build a network from the command line."""
+import click
+
+from .model import CapsNetConfig
+
+DEFAULTS = CapsNetConfig()
+
+
+def parse_shape(ctx, param, value):
+    """'C,H,W' -> (C, H, W) of positive ints."""
+    try:
+        shape = tuple(int(n) for n in value.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise click.BadParameter(f"expected C,H,W such as 1,28,28, not {value!r}")
+    return shape
+
+
+def network_options(f):
+    """The CapsNet's shape: every knob of CapsNetConfig, defaults the paper's MNIST net."""
+    options = [
+        click.option("--in-shape", default="1,28,28", callback=parse_shape,
+                     help="Input channels, height, width."),
+        click.option("--n-classes", type=click.IntRange(min=1), default=DEFAULTS.n_classes,
+                     help="Classes (class capsules)."),
+        click.option("--conv-channels", type=click.IntRange(min=1),
+                     default=DEFAULTS.conv_channels, help="Channels of the first convolution."),
+        click.option("--kernel-size", type=click.IntRange(min=1), default=DEFAULTS.kernel_size,
+                     help="Kernel size of both convolutions."),
+        click.option("--conv-stride", type=click.IntRange(min=1), default=DEFAULTS.conv_stride,
+                     help="Stride of the first convolution."),
+        click.option("--primary-types", type=click.IntRange(min=1),
+                     default=DEFAULTS.primary_types, help="Primary capsule types."),
+        click.option("--primary-dim", type=click.IntRange(min=1), default=DEFAULTS.primary_dim,
+                     help="Dimension of a primary capsule."),
+        click.option("--primary-stride", type=click.IntRange(min=1),
+                     default=DEFAULTS.primary_stride,
+                     help="Stride of the primary capsules' convolution."),
+        click.option("--class-dim", type=click.IntRange(min=1), default=DEFAULTS.class_dim,
+                     help="Dimension of a class capsule."),
+        click.option("--routing-iters", type=click.IntRange(min=1),
+                     default=DEFAULTS.routing_iters, help="Routing iterations."),
+        click.option("--routing-grad", type=click.Choice(["full", "last"]),
+                     default=DEFAULTS.routing_grad,
+                     help="Backpropagate through every routing iteration, or the last only."),
+        click.option("--share-transforms", is_flag=True,
+                     help="One transform per primary capsule type, shared by its positions."),
+        click.option("--no-reconstruction", is_flag=True, help="Without the decoder."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def network_config(options, dtype="float32"):
+    """The CapsNetConfig of the options collected by network_options (removed from them)."""
+    fields = ("in_shape", "n_classes", "conv_channels", "kernel_size", "conv_stride",
+              "primary_types", "primary_dim", "primary_stride", "class_dim", "routing_iters",
+              "routing_grad", "share_transforms")
+    arch = {name: options.pop(name) for name in fields}
+    return CapsNetConfig(reconstruction=not options.pop("no_reconstruction"), dtype=dtype, **arch)
