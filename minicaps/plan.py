@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .conv import COLUMN_BYTES
 from .errors import MinicapsError
 
 GIB = 2 ** 30
@@ -62,16 +63,32 @@ def _sizes(config, B):
     }
 
 
-def activation_bytes(config, batch_size):
-    """Peak bytes of one training step's activations (caches plus the largest transient)."""
+def _group_elements(config, batch_size, device, conv):
+    """Elements of the im2col columns of one group of kernel rows (see conv.COLUMN_BYTES)."""
+    C, K, k = config.in_shape[0], config.conv_channels, config.kernel_size
+    (oh, ow), channels = ((config.conv1_size, C) if conv == "conv1" else (config.grid, K))
+    row = channels * k * oh * ow * batch_size
+    budget = COLUMN_BYTES["cupy" if device == "gpu" else "numpy"]
+    return max(1, min(k, budget // (row * np.dtype(config.dtype).itemsize))) * row
+
+
+def activation_bytes(config, batch_size, device="cpu"):
+    """Peak bytes of one training step's activations: what the forward pass keeps for
+    backward, plus the largest transient of any stage."""
     n = _sizes(config, batch_size)
-    cached = (n["x"] + n["conv1_cols"] + n["conv1_out"] + n["primary_cols"]
-              + 2 * n["primary_out"] + 2 * n["u"] + n["u_hat"] + n["couplings"] + n["decoder"])
-    routing_backward = 2 * n["routing_left"] + 2 * n["u_hat"]  # lefts, stacked; du_hat, copy
-    primary_backward = n["primary_cols"] + 2 * n["conv1_out"]  # dcols; col2im and its copy
-    forward_peak = n["u_hat"] + n["primary_out"]  # u_hat's matmul result before the copy
     itemsize = np.dtype(config.dtype).itemsize
-    return itemsize * (cached + max(routing_backward, primary_backward, forward_peak))
+    cols1 = _group_elements(config, batch_size, device, "conv1")
+    cols2 = _group_elements(config, batch_size, device, "primary")
+    # Each convolution keeps its input in batch-last layout; conv1's ReLU keeps its output.
+    cached = (2 * n["x"] + 2 * n["conv1_out"] + n["primary_out"] + 2 * n["u"] + n["u_hat"]
+              + n["couplings"] + n["decoder"])
+    forward_peak = max(cols1 + 2 * n["conv1_out"], cols2 + 2 * n["primary_out"])
+    routing_backward = 2 * n["routing_left"] + 2 * n["u_hat"]  # lefts, stacked; du_hat
+    shared = config.share_transforms and config.n_primary > config.primary_types
+    predictions_backward = n["u_hat"] + (n["u"] * config.n_classes if shared else n["u_hat"])
+    primary_backward = 2 * cols2 + 2 * n["conv1_out"]  # columns and their gradient; dx
+    return itemsize * (cached + max(forward_peak, routing_backward, predictions_backward,
+                                    primary_backward))
 
 
 def _flop_parts(config):
@@ -107,27 +124,27 @@ def flops_per_image(config):
 def traffic_per_image(config):
     """Bytes per image moved by the memory-bound work of a training step.
 
-    im2col writes the columns, and the primary convolution's backward writes their
-    gradient and reads it back in col2im. Routing and the predictions pass over u_hat
+    im2col writes the columns twice (forward, and again in backward), and the primary
+    convolution's backward writes their gradient and reads it back in col2im. Routing and the predictions pass over u_hat
     about 4R + 2 times: 2R - 1 reads forward, about 2R backward, writing u_hat and its
     gradient, and the copies between layouts."""
     n = _sizes(config, 1)
     itemsize = np.dtype(config.dtype).itemsize
     R = config.routing_iters
     passes = 4 * R + 2 if config.routing_grad == "full" else 2 * R + 3
-    elements = (n["conv1_cols"] + 3 * n["primary_cols"] + passes * n["u_hat"]
+    elements = (2 * n["conv1_cols"] + 4 * n["primary_cols"] + passes * n["u_hat"]
                 + 6 * n["conv1_out"])  # ReLU, bias, transposes of conv1's output
     return float(elements * itemsize)
 
 
-def plan(config, batch_size):
+def plan(config, batch_size, device="cpu"):
     n = config.n_params()
     itemsize = np.dtype(config.dtype).itemsize
     forward, train = flops_per_image(config)
     f = _flop_parts(config)
     gemm = 3 * (f["conv1"] + f["primary"] + f["decoder"]) - f["conv1"]
     return Plan(n_params=n, param_bytes=4 * n * itemsize,
-                activation_bytes=activation_bytes(config, batch_size),
+                activation_bytes=activation_bytes(config, batch_size, device),
                 flops_forward=forward, flops_train=train, gemm_flops_train=float(gemm),
                 traffic_bytes=traffic_per_image(config), batch_size=batch_size)
 
@@ -148,21 +165,30 @@ def available_bytes(device):
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def largest_batch(config, budget_bytes):
-    """The largest batch size whose step fits in budget_bytes (0 if none does)."""
-    fixed = plan(config, 1).param_bytes
-    per_image = plan(config, 1).activation_bytes
-    return max(0, int((budget_bytes - fixed) // per_image))
+def largest_batch(config, budget_bytes, device="cpu"):
+    """The largest batch size whose step fits in budget_bytes (0 if none does), by
+    bisection: memory grows with the batch, but not in proportion (the im2col columns are
+    capped)."""
+    fits = lambda b: plan(config, b, device).total_bytes <= budget_bytes  # noqa: E731
+    if not fits(1):
+        return 0
+    low, high = 1, 2
+    while fits(high):
+        low, high = high, high * 2
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return low
 
 
 def check_fits(config, batch_size, device="cpu", *, headroom=0.9):
     """Raise MinicapsError, with a batch size that would fit, when a training step of this
     configuration needs more than `headroom` of the device's available memory."""
-    need = plan(config, batch_size).total_bytes
+    need = plan(config, batch_size, device).total_bytes
     budget = headroom * available_bytes(device)
     if need <= budget:
         return
-    fits = largest_batch(config, budget)
+    fits = largest_batch(config, budget, device)
     hint = (f"try --batch-size {fits}" if fits >= 1 else
             "even one image does not fit: use a smaller input, crop, or fewer capsules")
     raise MinicapsError(f"a training step needs {need / GIB:.1f} GiB at batch size "

@@ -1,0 +1,131 @@
+"""minicaps against PyTorch eager on the same network, same weights, same batches.
+
+Training steps (forward, backward, Adam) of both are timed alternately, one step each in
+turn, so that whatever else the machine is doing slows both alike; medians are reported
+with their ratio. Peak memory per training image: tracemalloc for minicaps (NumPy reports
+its buffers to it), the resident-set growth of a fresh subprocess for PyTorch (whose CPU
+allocator tracemalloc cannot see) -- and, for a like-for-like figure, the same RSS
+measurement for minicaps.
+
+    python benchmarks/compare_torch.py --batch-sizes 32,128 --steps 10
+
+PyTorch is a dev-only reference here; minicaps never imports it.
+"""
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from minicaps import Adam, CapsNet, CapsNetConfig  # noqa: E402
+
+
+def minicaps_step(net, optimizer, x, y):
+    _, grads = net.loss_and_grads(x, y)
+    optimizer.step(grads)
+
+
+def make_torch(config, params):
+    import torch
+    from torch_capsnet import TorchCapsNet
+    model = TorchCapsNet(config, params)
+    optimizer = torch.optim.Adam(list(model.params.values()), lr=1e-4)
+
+    def step(x, y):
+        optimizer.zero_grad(set_to_none=True)
+        model.loss(x, y).backward()
+        optimizer.step()
+    return step
+
+
+def alternate(config, batch_size, steps, warmup, seed=0):
+    import torch
+    rng = np.random.default_rng(seed)
+    x = rng.random((batch_size, *config.in_shape), dtype=np.float32)
+    y = rng.integers(0, config.n_classes, batch_size)
+    net = CapsNet.from_config(config, seed=seed)
+    optimizer = Adam(net.params, lr=1e-4)
+    torch_step = make_torch(config, net.params)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    ours, theirs = [], []
+    for n in range(warmup + steps):
+        t0 = time.perf_counter()
+        minicaps_step(net, optimizer, x, y)
+        t1 = time.perf_counter()
+        torch_step(tx, ty)
+        t2 = time.perf_counter()
+        if n >= warmup:
+            ours.append(t1 - t0)
+            theirs.append(t2 - t1)
+    return float(np.median(ours)), float(np.median(theirs))
+
+
+PEAK_RSS = r"""
+import resource, sys, json, numpy as np
+sys.path.insert(0, {bench!r})
+from minicaps import CapsNet, CapsNetConfig, Adam
+config = CapsNetConfig(**json.loads({config!r}))
+B = {batch}
+rng = np.random.default_rng(0)
+x = rng.random((B, *config.in_shape), dtype=np.float32); y = rng.integers(0, config.n_classes, B)
+net = CapsNet.from_config(config)
+if {use_torch}:
+    import torch
+    from compare_torch import make_torch
+    step = make_torch(config, net.params); x, y = torch.from_numpy(x), torch.from_numpy(y)
+    del net
+else:
+    from compare_torch import minicaps_step
+    opt = Adam(net.params, lr=1e-4)
+    step = lambda x, y: minicaps_step(net, opt, x, y)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # libraries, weights, batch
+for _ in range(3):
+    step(x, y)
+print(json.dumps({{"before": before, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
+"""
+
+
+def peak_rss(config, batch_size, use_torch):
+    """(peak, before) resident KiB of a process that takes training steps, and before its
+    first step (libraries, weights and the batch loaded): their difference is what the
+    steps need (activations, gradients, optimizer state, allocator caches)."""
+    import dataclasses
+    code = PEAK_RSS.format(bench=str(Path(__file__).parent),
+                           config=json.dumps(dataclasses.asdict(config)), batch=batch_size,
+                           use_torch=use_torch)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return r["peak"], r["before"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", default="32,128")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--memory", action="store_true", help="also measure peak RSS")
+    args = parser.parse_args()
+    import torch
+    config = CapsNetConfig()  # the paper's MNIST network, float32, with the decoder
+    print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"the paper's network, {config.n_params():,} parameters")
+    for B in (int(b) for b in args.batch_sizes.split(",")):
+        ours, theirs = alternate(config, B, args.steps, args.warmup)
+        line = (f"batch {B:4d}: minicaps {B / ours:6.1f} images/s, PyTorch {B / theirs:6.1f} "
+                f"images/s, ratio {theirs / ours:.2f} (medians of {args.steps} alternated steps)")
+        if args.memory:
+            mine = peak_rss(config, B, False)
+            torch_rss = peak_rss(config, B, True)
+            per_image = [(peak - before) / B / 1024 for peak, before in (mine, torch_rss)]
+            line += (f"; memory of training per image: minicaps {per_image[0]:.1f} MiB, "
+                     f"PyTorch {per_image[1]:.1f} MiB")
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
