@@ -4,7 +4,7 @@ Axis letters, used the same way everywhere: B batch, I input (primary) capsules,
 (class) capsules, D input capsule dimension, E output capsule dimension, T primary types.
 """
 from .backend import get_array_module
-from .conv import conv2d_backward, conv2d_forward
+from .conv import conv2d_backward_batch_last, conv2d_forward_batch_last
 
 
 def squash_forward(s):
@@ -52,23 +52,27 @@ def length_backward(dlengths, cache):
 def primary_capsules_forward(x, w, b, *, types, stride=2):
     """Convolution (no ReLU), regrouped into capsules and squashed.
 
-    x (B, C, H, W), w (T*D, C, k, k) -> u (B, I, D) with I = T*gh*gw. Output channel
-    t*D + d is dimension d of capsule type t; capsule i = t*gh*gw + row*gw + col.
+    x (C, H, W, B) batch-last (as conv1 leaves it), w (T*D, C, k, k) -> u (B, I, D) with
+    I = T*gh*gw. Output channel t*D + d is dimension d of capsule type t; capsule
+    i = t*gh*gw + row*gw + col.
     """
-    out, conv_cache = conv2d_forward(x, w, b, stride=stride)  # (B, T*D, gh, gw)
-    B, _, gh, gw = out.shape
+    out, conv_cache = conv2d_forward_batch_last(x, w, b, stride=stride)  # (T*D, gh, gw, B)
+    _, gh, gw, B = out.shape
     D = w.shape[0] // types
-    s = out.reshape(B, types, D, gh, gw).transpose(0, 1, 3, 4, 2)  # (B, T, gh, gw, D)
+    s = out.reshape(types, D, gh, gw, B).transpose(4, 0, 2, 3, 1)  # (B, T, gh, gw, D)
     s = s.reshape(B, types * gh * gw, D)  # (B, I, D)
     u, squash_cache = squash_forward(s)
     return u, (conv_cache, squash_cache, (B, types, D, gh, gw))
 
 
 def primary_capsules_backward(du, cache, *, need_dx=True):
+    """dx (C, H, W, B), dw, db from du (B, I, D)."""
     conv_cache, squash_cache, (B, T, D, gh, gw) = cache
+    xp = get_array_module(du)
     ds = squash_backward(du, squash_cache)  # (B, I, D)
-    dout = ds.reshape(B, T, gh, gw, D).transpose(0, 1, 4, 2, 3)  # (B, T, D, gh, gw)
-    return conv2d_backward(dout.reshape(B, T * D, gh, gw), conv_cache, need_dx=need_dx)
+    dout = ds.reshape(B, T, gh, gw, D).transpose(1, 4, 2, 3, 0)  # (T, D, gh, gw, B)
+    dout = xp.ascontiguousarray(dout).reshape(T * D, gh, gw, B)
+    return conv2d_backward_batch_last(dout, conv_cache, need_dx=need_dx)
 
 
 def predictions_forward(u, w):

@@ -13,9 +13,30 @@ copying for a memory ceiling of COLUMN_BYTES. Each group is still one large matr
 (for the primary capsules a row alone has C*kw = 2304 terms), and every weight row's
 gradient is computed over the whole batch at once, so nothing is accumulated across chunks.
 """
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
 from .backend import get_array_module
 
 COLUMN_BYTES = {"numpy": 16 * 2 ** 20, "cupy": 1024 * 2 ** 20}
+# NumPy copies on one core; the strided copies of im2col and col2im are a third of a CPU
+# training step, so on the host they are split over the channels among threads (NumPy
+# releases the GIL while it copies).
+_THREADS = min(4, os.cpu_count() or 1)
+_pool = ThreadPoolExecutor(_THREADS) if _THREADS > 1 else None
+
+
+def _by_channels(xt, work):
+    """Run work(c0, c1) over channel ranges of xt, in parallel threads for NumPy arrays."""
+    C = xt.shape[0]
+    if _pool is None or get_array_module(xt) is not np or C < _THREADS:
+        work(0, C)
+        return
+    bounds = [C * n // _THREADS for n in range(_THREADS + 1)]
+    for future in [_pool.submit(work, c0, c1) for c0, c1 in zip(bounds[:-1], bounds[1:])]:
+        future.result()
 
 
 def output_size(size, kernel, stride, pad):
@@ -23,7 +44,7 @@ def output_size(size, kernel, stride, pad):
     return (size + 2 * pad - kernel) // stride + 1
 
 
-def _batch_last(x, pad):
+def to_batch_last(x, pad=0):
     """x (B, C, H, W) as (C, H + 2 pad, W + 2 pad, B), zero-padded."""
     xp = get_array_module(x)
     xt = xp.ascontiguousarray(x.transpose(1, 2, 3, 0))
@@ -35,25 +56,33 @@ def _columns(xt, rows, kw, oh, ow, stride):
     xp = get_array_module(xt)
     C, _, _, B = xt.shape
     cols = xp.empty((C, len(rows), kw, oh, ow, B), dtype=xt.dtype)
-    for n, i in enumerate(rows):
-        for j in range(kw):
-            cols[:, n, j] = xt[:, i:i + stride * oh:stride, j:j + stride * ow:stride]
+
+    def copy(c0, c1):
+        for n, i in enumerate(rows):
+            for j in range(kw):
+                cols[c0:c1, n, j] = xt[c0:c1, i:i + stride * oh:stride, j:j + stride * ow:stride]
+
+    _by_channels(xt, copy)
     return cols
 
 
 def _add_columns(dxt, dcols, rows, stride):
     """The adjoint of _columns: add dcols (C, len(rows), kw, oh, ow, B) into dxt."""
     _, _, kw, oh, ow, _ = dcols.shape
-    for n, i in enumerate(rows):
-        for j in range(kw):
-            dxt[:, i:i + stride * oh:stride, j:j + stride * ow:stride] += dcols[:, n, j]
+
+    def add(c0, c1):
+        for n, i in enumerate(rows):
+            for j in range(kw):
+                dxt[c0:c1, i:i + stride * oh:stride, j:j + stride * ow:stride] += dcols[c0:c1, n, j]
+
+    _by_channels(dxt, add)
 
 
 def im2col(x, kh, kw, *, stride=1, pad=0):
     """Patches of x (B, C, H, W) as columns (C, kh, kw, oh, ow, B)."""
     _, _, H, W = x.shape
     oh, ow = output_size(H, kh, stride, pad), output_size(W, kw, stride, pad)
-    return _columns(_batch_last(x, pad), range(kh), kw, oh, ow, stride)
+    return _columns(to_batch_last(x, pad), range(kh), kw, oh, ow, stride)
 
 
 def col2im(cols, x_shape, *, stride=1, pad=0):
@@ -76,35 +105,34 @@ def _row_groups(xt, w, oh, ow):
     return [range(i, min(kh, i + size)) for i in range(0, kh, size)]
 
 
-def conv2d_forward(x, w, b, *, stride=1, pad=0):
-    """out[b, o] = sum over c, kh, kw of w[o, c] * patch + b[o].
+def conv2d_forward_batch_last(xt, w, b, *, stride=1, pad=0):
+    """The convolution on batch-last arrays: xt (C, H, W, B) -> out (O, oh, ow, B).
 
-    x (B, C, H, W), w (O, C, kh, kw), b (O,) -> out (B, O, oh, ow).
-    """
-    xp = get_array_module(x)
+    The capsule network keeps its feature maps batch-last from conv1 to the primary
+    capsules, which saves four transposing copies of conv1's output per training step."""
     O, C, kh, kw = w.shape
-    B, _, H, W = x.shape
-    oh, ow = output_size(H, kh, stride, pad), output_size(W, kw, stride, pad)
-    xt = _batch_last(x, pad)  # (C, H', W', B)
+    if pad:
+        xt = get_array_module(xt).pad(xt, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    _, H, W, B = xt.shape
+    oh, ow = output_size(H, kh, stride, 0), output_size(W, kw, stride, 0)
     out = None
     for rows in _row_groups(xt, w, oh, ow):
         cols = _columns(xt, rows, kw, oh, ow, stride)  # (C, g, kw, oh, ow, B)
         w_rows = w[:, :, rows.start:rows.stop].reshape(O, -1)  # (O, C*g*kw)
         part = w_rows @ cols.reshape(w_rows.shape[1], -1)  # (O, oh*ow*B)
         out = part if out is None else out + part
-    out = out.reshape(O, oh, ow, B).transpose(3, 0, 1, 2) + b.reshape(1, O, 1, 1)
-    return out, (xt, x.shape, w, stride, pad)
+    out = out.reshape(O, oh, ow, B)
+    out += b.reshape(O, 1, 1, 1)
+    return out, (xt, w, stride, pad)
 
 
-def conv2d_backward(dout, cache, *, need_dx=True):
-    """dx, dw, db for dout (B, O, oh, ow). dx is None when need_dx is False (the input
-    layer needs no gradient, and col2im is a fifth of the backward pass)."""
-    xt, x_shape, w, stride, pad = cache
+def conv2d_backward_batch_last(dout, cache, *, need_dx=True):
+    """dxt (C, H, W, B) or None, dw, db from dout (O, oh, ow, B)."""
+    xt, w, stride, pad = cache
     xp = get_array_module(dout)
     O, C, kh, kw = w.shape
-    B, _, oh, ow = dout.shape
-    _, _, H, W = x_shape
-    dout_2d = xp.ascontiguousarray(dout.transpose(1, 2, 3, 0)).reshape(O, -1)  # (O, oh*ow*B)
+    _, oh, ow, _ = dout.shape
+    dout_2d = dout.reshape(O, -1)  # (O, oh*ow*B)
     dw = xp.empty_like(w)
     dxt = xp.zeros_like(xt) if need_dx else None
     for rows in _row_groups(xt, w, oh, ow):
@@ -114,7 +142,29 @@ def conv2d_backward(dout, cache, *, need_dx=True):
         if need_dx:
             w_rows = w[:, :, rows.start:rows.stop].reshape(O, -1)
             _add_columns(dxt, (w_rows.T @ dout_2d).reshape(cols.shape), rows, stride)
-    dx = None
-    if need_dx:
-        dx = xp.ascontiguousarray(dxt[:, pad:pad + H, pad:pad + W].transpose(3, 0, 1, 2))
-    return dx, dw, dout_2d.sum(axis=1)
+    if need_dx and pad:
+        dxt = dxt[:, pad:-pad, pad:-pad]
+    return dxt, dw, dout_2d.sum(axis=1)
+
+
+def conv2d_forward(x, w, b, *, stride=1, pad=0):
+    """out[b, o] = sum over c, kh, kw of w[o, c] * patch + b[o].
+
+    x (B, C, H, W), w (O, C, kh, kw), b (O,) -> out (B, O, oh, ow).
+    """
+    out, cache = conv2d_forward_batch_last(to_batch_last(x, pad), w, b, stride=stride)
+    return out.transpose(3, 0, 1, 2), (cache, pad)
+
+
+def conv2d_backward(dout, cache, *, need_dx=True):
+    """dx, dw, db for dout (B, O, oh, ow). dx is None when need_dx is False (the input
+    layer needs no gradient, and col2im is a fifth of the backward pass)."""
+    cache, pad = cache
+    xp = get_array_module(dout)
+    dxt, dw, db = conv2d_backward_batch_last(
+        xp.ascontiguousarray(dout.transpose(1, 2, 3, 0)), cache, need_dx=need_dx)
+    if dxt is None:
+        return None, dw, db
+    if pad:
+        dxt = dxt[:, pad:-pad, pad:-pad]
+    return xp.ascontiguousarray(dxt.transpose(3, 0, 1, 2)), dw, db

@@ -19,7 +19,8 @@ from .backend import get_array_module
 from .capsules import (length_backward, length_forward, predictions_backward,
                        predictions_forward, primary_capsules_backward,
                        primary_capsules_forward)
-from .conv import conv2d_backward, conv2d_forward, output_size
+from .conv import (conv2d_backward_batch_last, conv2d_forward_batch_last, output_size,
+                   to_batch_last)
 from .errors import MinicapsError
 from .layers import (linear_backward, linear_forward, relu_backward, relu_forward,
                      sigmoid_backward, sigmoid_forward)
@@ -148,10 +149,12 @@ class CapsNet(Network):
         self._build(config, init_params(config, seed), device)
 
     def _capsules(self, x):
-        """The class capsules v (B, J, E) of a prepared batch, with the caches for backward."""
+        """The class capsules v (B, J, E) of a prepared batch, with the caches for backward.
+        Feature maps stay batch-last (C, H, W, B) from conv1 to the primary capsules."""
         p, cfg = self.params, self.config
-        h, conv_cache = conv2d_forward(x, p["conv1.w"], p["conv1.b"], stride=cfg.conv_stride)
-        h, relu_cache = relu_forward(h)
+        h, conv_cache = conv2d_forward_batch_last(to_batch_last(x), p["conv1.w"], p["conv1.b"],
+                                                  stride=cfg.conv_stride)
+        h, relu_cache = relu_forward(h)  # (conv_channels, H1, W1, B)
         u, primary_cache = primary_capsules_forward(
             h, p["primary.w"], p["primary.b"], types=cfg.primary_types,
             stride=cfg.primary_stride)  # (B, I, D)
@@ -166,7 +169,8 @@ class CapsNet(Network):
         du, grads["caps.w"] = predictions_backward(du_hat, pred_cache)
         dh, grads["primary.w"], grads["primary.b"] = primary_capsules_backward(du, primary_cache)
         dh = relu_backward(dh, relu_cache)
-        _, grads["conv1.w"], grads["conv1.b"] = conv2d_backward(dh, conv_cache, need_dx=False)
+        _, grads["conv1.w"], grads["conv1.b"] = conv2d_backward_batch_last(
+            dh, conv_cache, need_dx=False)
 
     def _decode(self, v, mask):
         """Reconstruction (B, C*H*W) from v (B, J, E) with all capsules but `mask`'s zeroed."""

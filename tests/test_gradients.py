@@ -71,8 +71,8 @@ def draw_primary(data):
                   dims(data, 1, 3, "D"))
     k, stride = dims(data, 1, 3, "k"), dims(data, 1, 2, "stride")
     H_, W_ = dims(data, k, 6, "H"), dims(data, k, 6, "W")
-    inputs = [normal(data, (B, C, H_, W_)), normal(data, (T * D, C, k, k)),
-              normal(data, (T * D,))]
+    inputs = [normal(data, (C, H_, W_, B)), normal(data, (T * D, C, k, k)),
+              normal(data, (T * D,))]  # batch-last input, as conv1 leaves it
     return inputs, {"types": T, "stride": stride}
 
 
