@@ -24,20 +24,48 @@ def constant(lr):
     return ExponentialDecay(lr, rate=1.0)
 
 
-class Adam:
-    """Adam (Kingma & Ba) with bias correction; `schedule` maps the step to a learning rate."""
+class Optimizer:
+    """What Adam and SGD share: the params dict they update, a step count, the schedule."""
 
-    def __init__(self, params, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, schedule=None):
+    def __init__(self, params, lr, schedule):
         self.params = params
         self.schedule = schedule or constant(lr)
-        self.beta1, self.beta2, self.eps = beta1, beta2, eps
         self.step_count = 0
-        self.m = {name: get_array_module(p).zeros_like(p) for name, p in params.items()}
-        self.v = {name: get_array_module(p).zeros_like(p) for name, p in params.items()}
 
     @property
     def lr(self):
         return self.schedule(self.step_count)
+
+    def _zeros(self):
+        return {name: get_array_module(p).zeros_like(p) for name, p in self.params.items()}
+
+    def _buffers(self):
+        """{prefix: {param name: array}} of the per-parameter state to checkpoint."""
+        raise NotImplementedError
+
+    def state_dict(self):
+        state = {"step": self.step_count}
+        for prefix, buffers in self._buffers().items():
+            state.update({f"{prefix}.{n}": a for n, a in buffers.items()})
+        return state
+
+    def load_state_dict(self, state):
+        self.step_count = int(state["step"])
+        for prefix, buffers in self._buffers().items():
+            for name, p in self.params.items():
+                buffers[name] = to_device(state[f"{prefix}.{name}"], device_of(p)).astype(p.dtype)
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction; `schedule` maps the step to a learning rate."""
+
+    def __init__(self, params, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, schedule=None):
+        super().__init__(params, lr, schedule)
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+        self.m, self.v = self._zeros(), self._zeros()
+
+    def _buffers(self):
+        return {"m": self.m, "v": self.v}
 
     def step(self, grads):
         lr = self.lr
@@ -55,32 +83,17 @@ class Adam:
             v += (1 - self.beta2) * (g * g)
             p -= step_size * m / (xp.sqrt(v) + eps)
 
-    def state_dict(self):
-        state = {"step": self.step_count}
-        state.update({f"m.{n}": a for n, a in self.m.items()})
-        state.update({f"v.{n}": a for n, a in self.v.items()})
-        return state
 
-    def load_state_dict(self, state):
-        self.step_count = int(state["step"])
-        for name, p in self.params.items():
-            self.m[name] = to_device(state[f"m.{name}"], device_of(p)).astype(p.dtype)
-            self.v[name] = to_device(state[f"v.{name}"], device_of(p)).astype(p.dtype)
-
-
-class SGD:
+class SGD(Optimizer):
     """Plain stochastic gradient descent, with optional (heavy-ball) momentum."""
 
     def __init__(self, params, lr=0.01, momentum=0.0, schedule=None):
-        self.params = params
-        self.schedule = schedule or constant(lr)
+        super().__init__(params, lr, schedule)
         self.momentum = momentum
-        self.step_count = 0
-        self.velocity = {name: get_array_module(p).zeros_like(p) for name, p in params.items()}
+        self.velocity = self._zeros()
 
-    @property
-    def lr(self):
-        return self.schedule(self.step_count)
+    def _buffers(self):
+        return {"velocity": self.velocity}
 
     def step(self, grads):
         lr = self.lr
@@ -93,14 +106,3 @@ class SGD:
                 p -= lr * vel
             else:
                 p -= lr * grads[name]
-
-    def state_dict(self):
-        state = {"step": self.step_count}
-        state.update({f"velocity.{n}": a for n, a in self.velocity.items()})
-        return state
-
-    def load_state_dict(self, state):
-        self.step_count = int(state["step"])
-        for name, p in self.params.items():
-            self.velocity[name] = to_device(state[f"velocity.{name}"],
-                                            device_of(p)).astype(p.dtype)

@@ -8,6 +8,7 @@ Parameters, their gradients and Adam's two moments add four copies of the weight
 """
 import os
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -40,26 +41,34 @@ class Plan:
         return per_image * self.batch_size
 
 
-def _sizes(config, B):
-    """Element counts of the arrays a step of batch B creates, by name."""
+def _dims(config):
+    """The sizes a step's arrays are made of: C, H, W, K (conv channels), k (kernel),
+    h1, w1 (conv1's output), gh, gw (the capsule grid), I, J, E, D, R (routing iterations)."""
     C, H, W = config.in_shape
-    K, k = config.conv_channels, config.kernel_size
     h1, w1 = config.conv1_size
     gh, gw = config.grid
-    I, J, E, D = config.n_primary, config.n_classes, config.class_dim, config.primary_dim
-    R = config.routing_iters
-    TD = config.primary_types * D
+    return SimpleNamespace(C=C, H=H, W=W, K=config.conv_channels, k=config.kernel_size,
+                           h1=h1, w1=w1, gh=gh, gw=gw, I=config.n_primary,
+                           J=config.n_classes, E=config.class_dim, D=config.primary_dim,
+                           R=config.routing_iters, TD=config.primary_types * config.primary_dim)
+
+
+def _sizes(config, B):
+    """Element counts of the arrays a step of batch B creates, by name."""
+    d = _dims(config)
+    full = config.routing_grad == "full"
     return {
-        "x": B * C * H * W,
-        "conv1_cols": C * k * k * B * h1 * w1,
-        "conv1_out": B * K * h1 * w1,
-        "primary_cols": K * k * k * B * gh * gw,
-        "primary_out": B * TD * gh * gw,
-        "u": B * I * D,
-        "u_hat": B * J * I * E,
-        "couplings": B * J * I * (R if config.routing_grad == "full" else 1),
-        "decoder": B * (J * E + 2 * 512 + 2 * 1024 + 2 * C * H * W) if config.reconstruction else 0,
-        "routing_left": B * J * I * (2 * R - 1 if config.routing_grad == "full" else 1),
+        "x": B * d.C * d.H * d.W,
+        "conv1_cols": d.C * d.k * d.k * B * d.h1 * d.w1,
+        "conv1_out": B * d.K * d.h1 * d.w1,
+        "primary_cols": d.K * d.k * d.k * B * d.gh * d.gw,
+        "primary_out": B * d.TD * d.gh * d.gw,
+        "u": B * d.I * d.D,
+        "u_hat": B * d.J * d.I * d.E,
+        "couplings": B * d.J * d.I * (d.R if full else 1),
+        "decoder": B * (d.J * d.E + 2 * 512 + 2 * 1024 + 2 * d.C * d.H * d.W)
+        if config.reconstruction else 0,
+        "routing_left": B * d.J * d.I * (2 * d.R - 1 if full else 1),
     }
 
 
@@ -93,18 +102,13 @@ def activation_bytes(config, batch_size, device="cpu"):
 
 def _flop_parts(config):
     """Forward FLOPs per image (a multiply-add is 2) of each stage."""
-    C, H, W = config.in_shape
-    K, k = config.conv_channels, config.kernel_size
-    h1, w1 = config.conv1_size
-    gh, gw = config.grid
-    I, J, E, D = config.n_primary, config.n_classes, config.class_dim, config.primary_dim
-    R = config.routing_iters
+    d = _dims(config)
     return {
-        "conv1": 2 * K * C * k * k * h1 * w1,
-        "primary": 2 * config.primary_types * D * K * k * k * gh * gw,
-        "predictions": 2 * I * J * E * D,
-        "routing": 2 * J * I * E * (2 * R - 1),
-        "decoder": 2 * (J * E * 512 + 512 * 1024 + 1024 * C * H * W)
+        "conv1": 2 * d.K * d.C * d.k * d.k * d.h1 * d.w1,
+        "primary": 2 * d.TD * d.K * d.k * d.k * d.gh * d.gw,
+        "predictions": 2 * d.I * d.J * d.E * d.D,
+        "routing": 2 * d.J * d.I * d.E * (2 * d.R - 1),
+        "decoder": 2 * (d.J * d.E * 512 + 512 * 1024 + 1024 * d.C * d.H * d.W)
         if config.reconstruction else 0,
     }
 

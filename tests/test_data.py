@@ -31,15 +31,6 @@ from minicaps.errors import MinicapsError
 NOLOGO_CLASSES = ["ard", "br", "n24", "nologo"]
 
 
-@pytest.fixture
-def shared_data():
-    """The shared real data folder from MINICAPS_DATA; skip only when it is unset."""
-    root = os.environ.get("MINICAPS_DATA")
-    if not root:
-        pytest.skip("MINICAPS_DATA is not set")
-    return Path(root)
-
-
 # ---------------------------------------------------------------- bundled sample and npz
 
 
@@ -125,17 +116,17 @@ def test_idx_synthetic_loads(tmp_path, gz):
     assert np.array_equal(ds.train_x[:, 0], read_idx(next(root.glob("train-images*"))))
 
 
-def test_idx_real_mnist(shared_data):
-    ds = load_dataset(shared_data / "mnist", limit=50)
+def test_idx_real_mnist(data_root):
+    ds = load_dataset(data_root / "mnist", limit=50)
     assert ds.name == "mnist" and ds.classes == [str(d) for d in range(10)]
     assert ds.train_x.shape == (50, 1, 28, 28) and ds.test_x.shape == (50, 1, 28, 28)
     assert np.bincount(ds.train_y).tolist() == [5] * 10
-    full = read_idx(shared_data / "mnist/train-labels-idx1-ubyte.gz")
+    full = read_idx(data_root / "mnist/train-labels-idx1-ubyte.gz")
     assert np.bincount(full).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 
 
-def test_idx_real_fashion_has_its_class_names(shared_data):
-    ds = load_dataset(shared_data / "fashion-mnist", limit=10)
+def test_idx_real_fashion_has_its_class_names(data_root):
+    ds = load_dataset(data_root / "fashion-mnist", limit=10)
     assert ds.classes[0] == "T-shirt/top" and ds.classes[9] == "Ankle boot"
 
 
@@ -351,8 +342,8 @@ def test_rs_unsplit_folders_hold_out_frames(tmp_path):
     assert len(ds.train_frame_y) == 4 and len(ds.test_frame_y) == 1
 
 
-def test_rs_real_tvlogos(shared_data):
-    ds = load_dataset(shared_data / "tvlogos-de", limit=32)
+def test_rs_real_tvlogos(data_root):
+    ds = load_dataset(data_root / "tvlogos-de", limit=32)
     assert ds.classes == list(CHANNELS) + ["nologo"]
     assert ds.train_x.shape == (128, 3, 56, 128) and ds.test_x.shape == (128, 3, 56, 128)
     assert np.bincount(ds.train_frame_y).tolist() == [2] * 16
@@ -370,8 +361,8 @@ def test_rs_real_tvlogos(shared_data):
         assert (corners[frames, k] == ds.classes.index(name)).all(), name
 
 
-def test_rs_real_raw_copy(shared_data, tmp_path):
-    src = shared_data / "tvlogos-de"
+def test_rs_real_raw_copy(data_root, tmp_path):
+    src = data_root / "tvlogos-de"
     for d in ("ard/train-0000", "ard/test-0000", "n24/train-0000", "n24/test-0000"):
         shutil.copytree(src / d, tmp_path / "tv" / d)
     for split in ("train", "test"):
@@ -382,9 +373,9 @@ def test_rs_real_raw_copy(shared_data, tmp_path):
     assert ds.train_y.reshape(-1, 4).tolist() == [[2, 0, 2, 2], [2, 2, 1, 2], [2, 2, 2, 2]]
 
 
-def test_default_crop_holds_every_real_logo(shared_data):
-    assert crop_coverage(shared_data / "tvlogos-de") == 1.0
-    assert crop_coverage(shared_data / "tvlogos-de", RSCrop(width=192, height=96)) < 1.0
+def test_default_crop_holds_every_real_logo(data_root):
+    assert crop_coverage(data_root / "tvlogos-de") == 1.0
+    assert crop_coverage(data_root / "tvlogos-de", RSCrop(width=192, height=96)) < 1.0
 
 
 def test_frame_examples_cut_the_corners():
@@ -448,8 +439,8 @@ def test_channel_of_every_real_name():
     assert channel_of("11406-7max") == "prosiebenmaxx" and channel_of("arte") == "arte"
 
 
-def test_channel_of_agrees_with_the_real_folders(shared_data):
-    with open(shared_data / "rs-annotations.csv") as f:
+def test_channel_of_agrees_with_the_real_folders(data_root):
+    with open(data_root / "rs-annotations.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["label"] != "nologo"]
     assert {r["label"] for r in rows} == set(REAL_NAMES)
     disagree = {r["label"] for r in rows if channel_of(r["label"], r["img_path"].split("/")[0])
