@@ -89,8 +89,12 @@ def draw_routing(data):
     B, J, I, E = (dims(data, 1, 2, "B"), dims(data, 1, 4, "J"), dims(data, 1, 5, "I"),
                   dims(data, 1, 4, "E"))
     scale = data.draw(st.sampled_from([0.3, 1.0, 2.0]), label="scale")
-    return [normal(data, (B, J, I, E), scale)], {"iters": dims(data, 1, 4, "iters"),
-                                                "grad": "full"}
+    u_hat, iters = normal(data, (B, J, I, E), scale), dims(data, 1, 4, "iters")
+    # Squash is only once differentiable at s = 0 (v ~ s |s|): keep every iteration's class
+    # capsules clear of it, as draw_vectors does for squash alone.
+    _, cache = routing.routing_forward(u_hat, iters=iters)
+    assume(min(norm.min() for _, _, norm in cache[2]) > KINK_MARGIN)
+    return [u_hat], {"iters": iters, "grad": "full"}
 
 
 def draw_margin(data):
