@@ -1,6 +1,7 @@
 """Commands that measure and check a configuration without training it: bench, plan,
 gradcheck. Registered on the `minicaps` group by cli.py."""
 import json
+from pathlib import Path
 
 import click
 import numpy as np
@@ -113,4 +114,91 @@ def gradcheck_command(batch_size, entries, tolerance, seed, **options):
         raise SystemExit(1)
 
 
-COMMANDS = (bench_command, plan_command, gradcheck_command)
+def _checkpoint_and_examples(path, data):
+    """The network of a checkpoint and the test images of its data (or of `data`)."""
+    from . import checkpoint, train
+    ckpt = checkpoint.load(path)
+    net = CapsNet.from_config(ckpt.model_config, ckpt.params)
+    options = {**ckpt.train_config, "limit": None, **({"data": data} if data else {})}
+    return net, train.load_data(train.TrainConfig.from_json(options)).test_x
+
+
+def _save(image, out):
+    image.save(out)
+    click.echo(f"wrote {out} ({image.width}x{image.height})")
+
+
+CHECKPOINT = click.argument("checkpoint_path", metavar="CHECKPOINT",
+                            type=click.Path(exists=True, dir_okay=False))
+DATA = click.option("--data", type=click.Path(exists=True), default=None,
+                    help="Take the images from this dataset's test split.",
+                    show_default="the checkpoint's own data")
+
+
+def _index_option(f):
+    return click.option("--index", type=click.IntRange(min=0), default=0,
+                        help="Which test image.")(f)
+
+
+@click.group("show")
+def show_group():
+    """Pictures (PNG) of a trained network: reconstructions, capsule dimensions,
+    coupling coefficients, training curves."""
+
+
+@show_group.command("reconstructions")
+@CHECKPOINT
+@DATA
+@click.option("--n", type=click.IntRange(1, 256), default=16, help="Test images.")
+@click.option("--out", type=click.Path(dir_okay=False), default="reconstructions.png",
+              help="PNG to write.")
+def show_reconstructions(checkpoint_path, data, n, out):
+    """Test images beside their reconstructions from the predicted class's capsule."""
+    from .show import reconstruction_grid
+    net, x = _checkpoint_and_examples(checkpoint_path, data)
+    _save(reconstruction_grid(net, x[:n]), out)
+
+
+@show_group.command("perturbations")
+@CHECKPOINT
+@DATA
+@_index_option
+@click.option("--out", type=click.Path(dir_okay=False), default="perturbations.png",
+              help="PNG to write.")
+def show_perturbations(checkpoint_path, data, index, out):
+    """Each dimension of the predicted capsule moved by -0.25..0.25 in steps of 0.05
+    (a row per dimension), as in the paper's Figure 4."""
+    from .show import perturbation_grid
+    net, x = _checkpoint_and_examples(checkpoint_path, data)
+    _save(perturbation_grid(net, x[min(index, len(x) - 1)]), out)
+
+
+@show_group.command("couplings")
+@CHECKPOINT
+@DATA
+@_index_option
+@click.option("--iteration", type=int, default=-1, help="Routing iteration (-1: the last).")
+@click.option("--out", type=click.Path(dir_okay=False), default="couplings.png",
+              help="PNG to write.")
+def show_couplings(checkpoint_path, data, index, iteration, out):
+    """Coupling coefficients of one test image: a row per class, a tile per primary type."""
+    from .show import coupling_map
+    net, x = _checkpoint_and_examples(checkpoint_path, data)
+    _save(coupling_map(net, x[min(index, len(x) - 1)], iteration), out)
+
+
+@show_group.command("curves")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), default="curves.png",
+              help="PNG to write.")
+def show_curves(run_dir, out):
+    """Training loss and accuracies per epoch from a run folder's metrics.jsonl."""
+    from .errors import MinicapsError
+    from .show import training_curves
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise MinicapsError(f"{run_dir}: no metrics.jsonl (not a minicaps run folder)")
+    _save(training_curves(path), out)
+
+
+COMMANDS = (bench_command, plan_command, gradcheck_command, show_group)
