@@ -53,6 +53,31 @@ def routing_forward(u_hat, *, iters=3, grad="full"):
     return v, (u_hat, couplings, squash_caches, vs, grad)
 
 
+def _gradient_paths(dv, cache):
+    """The outer-product terms left (B, J, I) x right (B, J, E) whose sum is du_hat, with
+    the path each belongs to: ("sum", r) for iteration r's weighted sum (through c_r, as
+    constants), ("agreement", r) for the logit update that feeds iteration r (the
+    gradient that flows through the coupling coefficients)."""
+    u_hat, couplings, squash_caches, vs, grad = cache
+    terms = []
+    db_later = None  # gradient reaching b_r from the iterations after r
+    for r in range(len(couplings) - 1, -1, -1):
+        c = couplings[r]
+        ds = squash_backward(dv, squash_caches[r])  # (B, J, E)
+        terms.append((("sum", r), c, ds))
+        if grad == "last" or r == 0:  # b_0 = 0 is a constant
+            break
+        dc = (u_hat @ ds[..., None])[..., 0]  # (B, J, I)
+        db = c * (dc - (dc * c).sum(axis=1, keepdims=True))  # softmax backward over J
+        if db_later is not None:
+            db = db + db_later
+        # b_r = b_(r-1) + <u_hat, v_(r-1)>: db flows on to b_(r-1) and into the agreement.
+        terms.append((("agreement", r), db, vs[r - 1]))
+        dv = (db[:, :, None, :] @ u_hat)[:, :, 0, :]  # (B, J, E), gradient of v_(r-1)
+        db_later = db
+    return terms
+
+
 def routing_backward(dv, cache):
     """du_hat (B, J, I, E) from dv (B, J, E).
 
@@ -61,25 +86,20 @@ def routing_backward(dv, cache):
     summed with one batched matrix product at the end.
     """
     xp = get_array_module(dv)
-    u_hat, couplings, squash_caches, vs, grad = cache
-    lefts, rights = [], []
-    db_later = None  # gradient reaching b_r from the iterations after r
-    for r in range(len(couplings) - 1, -1, -1):
-        c = couplings[r]
-        ds = squash_backward(dv, squash_caches[r])  # (B, J, E)
-        lefts.append(c)
-        rights.append(ds)
-        if grad == "last" or r == 0:  # b_0 = 0 is a constant
-            break
-        dc = (u_hat @ ds[..., None])[..., 0]  # (B, J, I)
-        db = c * (dc - (dc * c).sum(axis=1, keepdims=True))  # softmax backward over J
-        if db_later is not None:
-            db = db + db_later
-        # b_r = b_(r-1) + <u_hat, v_(r-1)>: db flows on to b_(r-1) and into the agreement.
-        lefts.append(db)
-        rights.append(vs[r - 1])
-        dv = (db[:, :, None, :] @ u_hat)[:, :, 0, :]  # (B, J, E), gradient of v_(r-1)
-        db_later = db
-    left = xp.stack(lefts, axis=-1)  # (B, J, I, K)
-    right = xp.stack(rights, axis=2)  # (B, J, K, E)
+    terms = _gradient_paths(dv, cache)
+    left = xp.stack([t[1] for t in terms], axis=-1)  # (B, J, I, K)
+    right = xp.stack([t[2] for t in terms], axis=2)  # (B, J, K, E)
     return left @ right
+
+
+def gradient_path_norms(dv, cache):
+    """{("sum" | "agreement", r): Frobenius norm of that path's share of du_hat}: how much
+    of the gradient reaches u_hat through each weighted sum, and how much through the
+    coupling coefficients (the agreements), iteration by iteration."""
+    xp = get_array_module(dv)
+    norms = {}
+    for path, left, right in _gradient_paths(dv, cache):
+        # ||l x r||_F over (I, E) is ||l|| ||r|| for each (b, j); summed in quadrature.
+        per_bj = (left * left).sum(axis=2) * (right * right).sum(axis=2)  # (B, J)
+        norms[path] = float(xp.sqrt(per_bj.sum()))
+    return norms

@@ -225,3 +225,19 @@ def test_adam_matches_its_definition():
         m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
         w = w - 0.1 * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
     np.testing.assert_allclose(p["w"], w, rtol=1e-9)
+
+
+def test_gradient_path_norms_account_for_every_path():
+    from minicaps.routing import gradient_path_norms, routing_backward
+    rng = np.random.default_rng(5)
+    u_hat, dv = rng.standard_normal((2, 3, 6, 4)), rng.standard_normal((2, 3, 4))
+    _, cache = routing_forward(u_hat, iters=3)
+    norms = gradient_path_norms(dv, cache)
+    assert sorted(norms) == [("agreement", 1), ("agreement", 2), ("sum", 0), ("sum", 1),
+                             ("sum", 2)]
+    assert all(n > 0 for n in norms.values())
+    _, cache = routing_forward(u_hat, iters=1)  # one path: its norm is du_hat's
+    (only,) = gradient_path_norms(dv, cache).values()
+    assert only == pytest.approx(np.linalg.norm(routing_backward(dv, cache)), rel=1e-12)
+    _, cache = routing_forward(u_hat, iters=3, grad="last")
+    assert list(gradient_path_norms(dv, cache)) == [("sum", 2)]
