@@ -50,7 +50,7 @@ def routing_forward(u_hat, *, iters=3, grad="full"):
             b = b + (u_hat @ v[..., None])[..., 0]  # agreement <u_hat, v>, (B, J, I)
     if grad == "last":  # the backward pass needs only the last iteration
         couplings, squash_caches, vs = couplings[-1:], squash_caches[-1:], vs[-1:]
-    return v, (u_hat, couplings, squash_caches, vs, grad)
+    return v, (u_hat, couplings, squash_caches, vs, grad, iters)
 
 
 def _gradient_paths(dv, cache):
@@ -58,13 +58,14 @@ def _gradient_paths(dv, cache):
     the path each belongs to: ("sum", r) for iteration r's weighted sum (through c_r, as
     constants), ("agreement", r) for the logit update that feeds iteration r (the
     gradient that flows through the coupling coefficients)."""
-    u_hat, couplings, squash_caches, vs, grad = cache
+    u_hat, couplings, squash_caches, vs, grad, iters = cache
+    first = iters - len(couplings)  # "last" keeps only the last iteration's caches
     terms = []
     db_later = None  # gradient reaching b_r from the iterations after r
     for r in range(len(couplings) - 1, -1, -1):
         c = couplings[r]
         ds = squash_backward(dv, squash_caches[r])  # (B, J, E)
-        terms.append((("sum", r), c, ds))
+        terms.append((("sum", first + r), c, ds))
         if grad == "last" or r == 0:  # b_0 = 0 is a constant
             break
         dc = (u_hat @ ds[..., None])[..., 0]  # (B, J, I)
@@ -72,7 +73,7 @@ def _gradient_paths(dv, cache):
         if db_later is not None:
             db = db + db_later
         # b_r = b_(r-1) + <u_hat, v_(r-1)>: db flows on to b_(r-1) and into the agreement.
-        terms.append((("agreement", r), db, vs[r - 1]))
+        terms.append((("agreement", first + r), db, vs[r - 1]))
         dv = (db[:, :, None, :] @ u_hat)[:, :, 0, :]  # (B, J, E), gradient of v_(r-1)
         db_later = db
     return terms
