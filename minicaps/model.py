@@ -27,7 +27,7 @@ from .layers import (linear_backward, linear_forward, relu_backward, relu_forwar
 from .losses import (margin_loss_backward, margin_loss_forward, one_hot,
                      reconstruction_loss_backward, reconstruction_loss_forward)
 from .network import Network
-from .routing import ROUTING_GRADS, routing_backward, routing_forward
+from .routing import ROUTING_GRADS, gradient_path_norms, routing_backward, routing_forward
 
 DECODER_WIDTHS = (512, 1024)
 
@@ -215,14 +215,28 @@ class CapsNet(Network):
             caches["mask"] = mask
         return loss, parts, caches
 
-    def _backward(self, caches):
-        grads = {}
+    def _class_capsule_grad(self, caches, grads):
+        """dv (B, J, E): the loss's gradient at the class capsules (decoder grads go to
+        `grads` on the way)."""
         dv = length_backward(margin_loss_backward(1.0, caches["margin"]), caches["length"])
         if self.config.reconstruction:
             drecon = reconstruction_loss_backward(1.0, caches["reconstruction"])
             dv = dv + self._decode_backward(drecon, caches["decoder"], caches["mask"], grads)
+        return dv
+
+    def _backward(self, caches):
+        grads = {}
+        dv = self._class_capsule_grad(caches, grads)
         self._capsules_backward(dv, caches["capsules"], grads)
         return grads
+
+    def routing_gradient_paths(self, x, y):
+        """How the loss's gradient reaches u_hat on this batch: {("sum" | "agreement", r):
+        norm}, through each iteration's weighted sum and through the coupling coefficients
+        (see routing.gradient_path_norms)."""
+        _, _, caches = self._forward_loss(x, y)
+        dv = self._class_capsule_grad(caches, {})
+        return gradient_path_norms(dv, caches["capsules"][-1])
 
     def _kinks(self, caches):
         """Sides of conv1's and the decoder's ReLU units and of the margin-loss hinges."""

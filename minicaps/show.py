@@ -82,37 +82,44 @@ def coupling_map(net, x, iteration=-1):
     return grid(rows, 1, gap=3)
 
 
-def training_curves(metrics_path, size=(640, 300)):
-    """Loss (left) and accuracies (right) per epoch from a run's metrics.jsonl."""
-    with open(metrics_path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    epochs = [r["epoch"] for r in records]
-    panels = [("train loss", {"loss": [r["train_loss"] for r in records]}),
-              ("accuracy", {k: [r.get(f"{k}_accuracy") for r in records]
-                            for k in ("train", "val", "test")})]
-    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44)]
+def line_charts(panels, xs, size=(640, 300)):
+    """Side-by-side line charts. panels: [(title, {series name: [y per x, None to skip]})]."""
+    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+    xs = list(xs)
     w, h = size
-    sheet = Image.new("RGB", (2 * w, h), "white")
+    sheet = Image.new("RGB", (len(panels) * w, h), "white")
     draw = ImageDraw.Draw(sheet)
     for p, (title, series) in enumerate(panels):
         left, top, right, bottom = p * w + 50, 25, p * w + w - 15, h - 30
-        values = [v for s in series.values() for v in s if v is not None]
+        values = [v for ys in series.values() for v in ys if v is not None]
         lo, hi = min(values), max(values)
         hi = hi if hi > lo else lo + 1
         draw.rectangle([left, top, right, bottom], outline="black")
         draw.text((left, 5), title, fill="black")
-        draw.text((5, top), f"{hi:.3g}", fill="black") if p == 0 else \
-            draw.text((p * w + 5, top), f"{hi:.3g}", fill="black")
+        draw.text((p * w + 5, top), f"{hi:.3g}", fill="black")
         draw.text((p * w + 5, bottom - 10), f"{lo:.3g}", fill="black")
-        draw.text((right - 40, bottom + 5), f"epoch {epochs[-1]}", fill="black")
-        span = max(1, epochs[-1] - epochs[0])
+        draw.text((left, bottom + 5), f"{xs[0]}", fill="black")
+        draw.text((right - 30, bottom + 5), f"{xs[-1]}", fill="black")
+        span = max(1, xs[-1] - xs[0])
         for n, (name, ys) in enumerate(series.items()):
-            points = [(left + (right - left) * (e - epochs[0]) / span,
+            colour = colours[n % len(colours)]
+            points = [(left + (right - left) * (x - xs[0]) / span,
                        bottom - (bottom - top) * (y - lo) / (hi - lo))
-                      for e, y in zip(epochs, ys) if y is not None]
+                      for x, y in zip(xs, ys) if y is not None]
             if len(points) > 1:
-                draw.line(points, fill=colours[n], width=2)
+                draw.line(points, fill=colour, width=2)
             for px, py in points:
-                draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colours[n])
-            draw.text((left + 8, top + 8 + 12 * n), name, fill=colours[n])
+                draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
+            draw.text((left + 8, top + 8 + 12 * n), name, fill=colour)
     return sheet
+
+
+def training_curves(metrics_path, size=(640, 300)):
+    """Loss (left) and accuracies (right) per epoch from a run's metrics.jsonl."""
+    with open(metrics_path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return line_charts([
+        ("train loss", {"loss": [r["train_loss"] for r in records]}),
+        ("accuracy", {k: [r.get(f"{k}_accuracy") for r in records]
+                      for k in ("train", "val", "test")}),
+    ], [r["epoch"] for r in records], size)
