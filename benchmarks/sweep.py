@@ -1,0 +1,57 @@
+"""Images/s, memory and the planner's predictions across batch size, routing iterations,
+number of classes and input size, for the README's table.
+
+    python benchmarks/sweep.py [--gpu] [--steps 5] > sweep.md
+
+Every row is `minicaps bench` (medians of --steps training steps after a warm-up) beside
+`minicaps plan` (predicted step time and memory), so the planner's error is measured in
+the same run.
+"""
+import argparse
+import dataclasses
+
+from minicaps import CapsNetConfig
+from minicaps.bench import bandwidth_gbs, benchmark, gemm_gflops
+from minicaps.plan import plan
+
+PAPER = CapsNetConfig()
+LOGOS = CapsNetConfig(in_shape=(3, 56, 128), n_classes=16, conv_channels=32, kernel_size=5,
+                      conv_stride=2, primary_types=16, share_transforms=True,
+                      reconstruction=False)
+
+
+def rows():
+    for b in (1, 8, 32, 128, 256):
+        yield "batch size", b, PAPER, b
+    for r in (1, 2, 3, 4, 5):
+        yield "routing iterations", r, dataclasses.replace(PAPER, routing_iters=r), 32
+    for j in (10, 16, 32, 59):
+        yield "classes", j, dataclasses.replace(PAPER, n_classes=j), 32
+    for size in (28, 40, 56):
+        yield "input size", f"{size}x{size}", dataclasses.replace(PAPER, in_shape=(1, size, size)), 32
+    yield "logo crops (3x56x128, shared W, no decoder)", "-", LOGOS, 32
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+    device = "gpu" if args.gpu else "cpu"
+    rate, bandwidth = gemm_gflops(device), bandwidth_gbs(device)
+    print(f"{device}: float32 GEMM {rate:.0f} GFLOP/s, element-wise {bandwidth:.0f} GB/s\n")
+    print("| varied | value | batch | train images/s | infer images/s | GFLOP/s | "
+          "peak memory (MiB) | planned memory (MiB) | predicted images/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for what, value, config, batch in rows():
+        r = benchmark(config, batch_size=batch, steps=args.steps, warmup=1, device=device)
+        p = plan(config, batch, device)
+        predicted = batch / p.step_seconds(rate, bandwidth)
+        print(f"| {what} | {value} | {batch} | {r['images_per_s']:.1f} | "
+              f"{r['infer_images_per_s']:.1f} | {r['gflops']:.0f} | "
+              f"{r['peak_mem_bytes'] / 2**20:.0f} | {r['predicted_mem_bytes'] / 2**20:.0f} | "
+              f"{predicted:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
