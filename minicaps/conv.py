@@ -13,30 +13,10 @@ copying for a memory ceiling of COLUMN_BYTES. Each group is still one large matr
 (for the primary capsules a row alone has C*kw = 2304 terms), and every weight row's
 gradient is computed over the whole batch at once, so nothing is accumulated across chunks.
 """
-import os
-from concurrent.futures import ThreadPoolExecutor
-
-import numpy as np
-
 from .backend import get_array_module
+from .parallel import in_parts
 
 COLUMN_BYTES = {"numpy": 16 * 2 ** 20, "cupy": 1024 * 2 ** 20}
-# NumPy copies on one core; the strided copies of im2col and col2im are a third of a CPU
-# training step, so on the host they are split over the channels among threads (NumPy
-# releases the GIL while it copies).
-_THREADS = min(4, os.cpu_count() or 1)
-_pool = ThreadPoolExecutor(_THREADS) if _THREADS > 1 else None
-
-
-def _by_channels(xt, work):
-    """Run work(c0, c1) over channel ranges of xt, in parallel threads for NumPy arrays."""
-    C = xt.shape[0]
-    if _pool is None or get_array_module(xt) is not np or C < _THREADS:
-        work(0, C)
-        return
-    bounds = [C * n // _THREADS for n in range(_THREADS + 1)]
-    for future in [_pool.submit(work, c0, c1) for c0, c1 in zip(bounds[:-1], bounds[1:])]:
-        future.result()
 
 
 def output_size(size, kernel, stride, pad):
@@ -62,7 +42,7 @@ def _columns(xt, rows, kw, oh, ow, stride):
             for j in range(kw):
                 cols[c0:c1, n, j] = xt[c0:c1, i:i + stride * oh:stride, j:j + stride * ow:stride]
 
-    _by_channels(xt, copy)
+    in_parts(xt, xt.shape[0], copy)  # channel ranges in parallel threads
     return cols
 
 
@@ -75,7 +55,7 @@ def _add_columns(dxt, dcols, rows, stride):
             for j in range(kw):
                 dxt[c0:c1, i:i + stride * oh:stride, j:j + stride * ow:stride] += dcols[c0:c1, n, j]
 
-    _by_channels(dxt, add)
+    in_parts(dxt, dxt.shape[0], add)
 
 
 def im2col(x, kh, kw, *, stride=1, pad=0):

@@ -6,6 +6,7 @@ can store it and a resumed run continues exactly where it stopped.
 from dataclasses import dataclass
 
 from .backend import device_of, get_array_module, to_device
+from .parallel import in_parts
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,10 @@ class Optimizer:
     """What Adam and SGD share: the params dict they update, a step count, the schedule."""
 
     def __init__(self, params, lr, schedule):
+        # Updates go through flat views of the parameters: those must not be copies.
+        for name, p in params.items():
+            if not p.flags.c_contiguous:
+                raise ValueError(f"parameter {name} is not a contiguous array")
         self.params = params
         self.schedule = schedule or constant(lr)
         self.step_count = 0
@@ -75,13 +80,18 @@ class Adam(Optimizer):
         step_size = lr * (1 - self.beta2 ** t) ** 0.5 / (1 - self.beta1 ** t)
         eps = self.eps * (1 - self.beta2 ** t) ** 0.5
         for name, p in self.params.items():
-            xp = get_array_module(p)
-            g, m, v = grads[name], self.m[name], self.v[name]
-            m *= self.beta1
-            m += (1 - self.beta1) * g
-            v *= self.beta2
-            v += (1 - self.beta2) * (g * g)
-            p -= step_size * m / (xp.sqrt(v) + eps)
+            flat = [a.reshape(-1) for a in (p, grads[name], self.m[name], self.v[name])]
+
+            def update(start, stop, flat=flat):
+                p, g, m, v = (a[start:stop] for a in flat)
+                xp = get_array_module(p)
+                m *= self.beta1
+                m += (1 - self.beta1) * g
+                v *= self.beta2
+                v += (1 - self.beta2) * (g * g)
+                p -= step_size * m / (xp.sqrt(v) + eps)
+
+            in_parts(flat[0], flat[0].size, update)
 
 
 class SGD(Optimizer):
