@@ -46,13 +46,75 @@ def rotate(x, max_degrees, rng):
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))  # (B, C, H, W)
 
 
-def augment(x, rng, *, max_shift=0, hflip=False, max_degrees=0.0):
-    """x with the requested augmentations, in the order rotate, flip, shift. Steps that are
-    off draw nothing from `rng`."""
+def zoom(x, max_scale, rng):
+    """Each image scaled about its centre by a factor drawn log-uniformly from
+    1/(1+max_scale)..1+max_scale, bilinear: logos of other sizes than the training set's.
+    Pixels from outside the image are 0."""
+    B, C, H, W = x.shape
+    s = np.exp(rng.uniform(-np.log1p(max_scale), np.log1p(max_scale), size=B))  # (B,)
+    cy, cx = (H - 1) / 2, (W - 1) / 2
+    sy = cy + (np.arange(H)[None, :] - cy) / s[:, None]  # (B, H) source rows
+    sx = cx + (np.arange(W)[None, :] - cx) / s[:, None]  # (B, W) source columns
+    y0, x0 = np.floor(sy).astype(np.intp), np.floor(sx).astype(np.intp)
+    fy, fx = (sy - y0).astype(np.float32), (sx - x0).astype(np.float32)
+    xf = np.zeros((B, C, H + 2, W + 2), np.float32)  # one zero pixel around the image
+    xf[:, :, 1:-1, 1:-1] = x
+    b = np.arange(B)[:, None, None]
+
+    def at(yy, xx):  # (B, H, W) -> (B, C, H, W) gathered from the padded image
+        yy = np.clip(yy + 1, 0, H + 1)[:, :, None]
+        xx = np.clip(xx + 1, 0, W + 1)[:, None, :]
+        return xf[b, :, yy, xx].transpose(0, 3, 1, 2)
+
+    wy, wx = fy[:, None, :, None], fx[:, None, None, :]  # (B, 1, H, 1), (B, 1, 1, W)
+    out = ((1 - wy) * ((1 - wx) * at(y0, x0) + wx * at(y0, x0 + 1))
+           + wy * ((1 - wx) * at(y0 + 1, x0) + wx * at(y0 + 1, x0 + 1)))
+    return np.rint(out).astype(x.dtype)
+
+
+def jitter(x, strength, rng):
+    """Per image: contrast about its mean times 1+-strength, brightness +-strength*128,
+    each colour channel's gain times 1+-strength/2; clipped to 0..255. Frames from other
+    cameras, channels' logos at other opacities and colours."""
+    B, C = x.shape[:2]
+    contrast = 1 + rng.uniform(-strength, strength, size=(B, 1, 1, 1))
+    brightness = rng.uniform(-strength, strength, size=(B, 1, 1, 1)) * 128
+    gain = 1 + rng.uniform(-strength / 2, strength / 2, size=(B, C, 1, 1))
+    xf = x.astype(np.float32)
+    mean = xf.mean(axis=(1, 2, 3), keepdims=True)  # (B, 1, 1, 1)
+    out = ((xf - mean) * contrast.astype(np.float32) + mean + brightness.astype(np.float32))
+    out *= gain.astype(np.float32)
+    return np.clip(np.rint(out), 0, 255).astype(x.dtype)
+
+
+def blur(x, p, rng):
+    """A fraction p of the images (drawn per image) smoothed by the 3x3 binomial filter
+    [1 2 1]/4 in each direction: softer renderings and re-encoded frames. Edges repeat."""
+    chosen = rng.random(len(x)) < p
+    out = x.copy()
+    if not chosen.any():
+        return out
+    xf = np.pad(x[chosen].astype(np.float32), ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
+    xf = (xf[:, :, :-2] + 2 * xf[:, :, 1:-1] + xf[:, :, 2:]) / 4  # rows
+    xf = (xf[:, :, :, :-2] + 2 * xf[:, :, :, 1:-1] + xf[:, :, :, 2:]) / 4  # columns
+    out[chosen] = np.rint(xf).astype(x.dtype)
+    return out
+
+
+def augment(x, rng, *, max_shift=0, hflip=False, max_degrees=0.0, max_scale=0.0,
+            colour=0.0, blur_p=0.0):
+    """x with the requested augmentations, in the order rotate, zoom, flip, shift, colour
+    jitter, blur. Steps that are off draw nothing from `rng`, so older runs replay exactly."""
     if max_degrees:
         x = rotate(x, max_degrees, rng)
+    if max_scale:
+        x = zoom(x, max_scale, rng)
     if hflip:
         x = flip(x, rng)
     if max_shift:
         x = shift(x, max_shift, rng)
+    if colour:
+        x = jitter(x, colour, rng)
+    if blur_p:
+        x = blur(x, blur_p, rng)
     return x

@@ -136,7 +136,8 @@ def load(path):
     if set(ckpt.params) != set(expected) or any(
             tuple(ckpt.params[n].shape) != expected[n] for n in expected):
         raise MinicapsError(f"{path}: its parameters do not match its model configuration")
-    if len(ckpt.classes) != ckpt.model_config.n_classes:
+    capsules = ckpt.model_config.n_classes  # a net without a nologo capsule has one fewer
+    if len(ckpt.classes) != capsules and ckpt.classes[capsules:] != ["nologo"]:
         raise MinicapsError(f"{path}: {len(ckpt.classes)} class names for "
                             f"{ckpt.model_config.n_classes} classes")
     return ckpt

@@ -16,24 +16,45 @@ from .data.common import IMAGE_ERRORS, RESAMPLE, to_chw
 from .errors import MinicapsError
 
 NOLOGO = "nologo"
+# A logo corner must be at least this long to vote (0: any non-nologo winner votes).
+FRAME_THRESHOLD = 0.0
+# A network without a nologo capsule (train --no-nologo-capsule) says "nologo" when no class
+# capsule is longer than this, the margin loss's midpoint: its nologo column is this constant.
+PRESENT = 0.5
 
 
-def class_lengths(net, x, *, batch_size=256):
-    """The class-capsule lengths (N, J) of the uint8 images x, as a host array."""
+def with_nologo(lengths, n_classes):
+    """lengths (N, J) of a network with one capsule fewer than `n_classes` (no capsule for
+    the last class, nologo) with that class's column appended as the constant PRESENT, so
+    argmax says nologo exactly when no capsule is present; other lengths are returned as
+    they are."""
+    if lengths.shape[1] != n_classes - 1:
+        return lengths
+    xp = get_array_module(lengths)
+    return xp.concatenate([lengths, xp.full((len(lengths), 1), PRESENT, lengths.dtype)], axis=1)
+
+
+def class_lengths(net, x, *, batch_size=256, n_classes=None):
+    """The class-capsule lengths (N, J) of the uint8 images x, as a host array; with
+    `n_classes` (the data's) a network without a nologo capsule gets its PRESENT column."""
     chunks = [net.predict(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
     if not chunks:
-        return np.zeros((0, net.config.n_classes), net.config.dtype)
-    xp = get_array_module(chunks[0])
-    return to_host(xp.concatenate(chunks))  # (N, J), the one sync
+        lengths = np.zeros((0, net.config.n_classes), net.config.dtype)
+    else:
+        xp = get_array_module(chunks[0])
+        lengths = to_host(xp.concatenate(chunks))  # (N, J), the one sync
+    return lengths if n_classes is None else with_nologo(lengths, n_classes)
 
 
-def frame_decision(lengths, frame, nologo):
+def frame_decision(lengths, frame, nologo, threshold=FRAME_THRESHOLD):
     """Frame ids (F,) and their predicted class (F,) from the lengths (N, J) of their corner
     examples, `frame` (N,) giving each example's frame. A corner whose longest capsule is not
-    `nologo` votes for that class with that length as its confidence; a frame takes the class
-    of its most confident voting corner, and is `nologo` when no corner votes."""
+    `nologo` and at least `threshold` long votes for that class with that length as its
+    confidence; a frame takes the class of its most confident voting corner, and is `nologo`
+    when no corner votes."""
     pred = lengths.argmax(axis=1)  # (N,)
-    conf = np.where(pred == nologo, -1.0, lengths.max(axis=1))  # (N,) -1: no vote
+    top = lengths.max(axis=1)  # (N,)
+    conf = np.where((pred == nologo) | (top < threshold), -1.0, top)  # (N,) -1: no vote
     order = np.lexsort((conf, frame))  # by frame, then by confidence
     f = frame[order]
     last = order[np.r_[f[1:] != f[:-1], True]]  # each frame's most confident corner
@@ -71,7 +92,8 @@ def evaluate(net, x, y, *, batch_size=256, frame=None, frame_y=None, classes=Non
     """Score the network on images x (N, C, H, W) uint8 with labels y (N,). With `frame`
     (N,) and `frame_y` (all frames' labels) also decide and score whole frames; the no-logo
     class is the one named "nologo" in `classes`."""
-    lengths = class_lengths(net, x, batch_size=batch_size)
+    lengths = class_lengths(net, x, batch_size=batch_size,
+                            n_classes=None if classes is None else len(classes))
     ev = Evaluation(y=np.asarray(y), pred=lengths.argmax(axis=1), lengths=lengths)
     if frame is not None and frame_y is not None:
         if classes is None or NOLOGO not in classes:
@@ -143,7 +165,7 @@ def predict_files(net, paths, classes, data_info):
     out = []
     for path in paths:
         x = image_examples(path, net.config.in_shape, data_info)
-        lengths = class_lengths(net, x)
+        lengths = class_lengths(net, x, n_classes=len(classes))
         if data_info.get("layout") == "rs":
             _, decided = frame_decision(lengths, np.zeros(len(x), np.int64),
                                         classes.index(NOLOGO))

@@ -23,10 +23,11 @@ import numpy as np
 
 from . import checkpoint
 from .augment import augment
-from .backend import get_array_module, require_gpu
+from .backend import get_array_module, require_gpu, to_host
 from .data import RSCrop, detect_layout, load_dataset
 from .errors import MinicapsError
-from .evaluate import evaluate
+from .epochs import epoch_order, epoch_size
+from .evaluate import NOLOGO, evaluate, with_nologo
 from .model import CapsNet, CapsNetConfig
 from .optim import SGD, Adam, ExponentialDecay
 from .plan import check_fits
@@ -58,7 +59,13 @@ class TrainConfig:
     shift: int = 2
     flip: bool = False
     rotate: float = 0.0
+    scale_jitter: float = 0.0  # random zoom by up to 1 +- this (training only)
+    colour_jitter: float = 0.0  # random contrast, brightness, colour gains (training only)
+    blur: float = 0.0  # fraction of training images blurred
     balance: bool = False  # draw each epoch's examples with equal weight per class
+    nologo_ratio: float = None  # R&S: nologo examples per logo example in an epoch (None: all)
+    nologo_capsule: bool = True  # False: no capsule for nologo; it means "no capsule present"
+    init_length: float = None  # median class-capsule length at the start (None: caps.w std 0.01)
     limit: int = None
     routing_iters: int = 3
     routing_grad: str = "full"
@@ -109,9 +116,14 @@ def load_data(config):
 def model_config(config, dataset):
     """The CapsNetConfig of a run on `dataset`."""
     base = BUNDLED_ARCH if config.data is None else {}
+    n_classes = dataset.n_classes
+    if not config.nologo_capsule and NOLOGO in dataset.classes:
+        if dataset.classes[-1] != NOLOGO:
+            raise MinicapsError(f"without a nologo capsule, {NOLOGO!r} must be the last class")
+        n_classes -= 1  # nologo examples train every capsule towards absent
     arch = {f: getattr(config, f) if getattr(config, f) is not None
             else base.get(f, getattr(CapsNetConfig, f)) for f in ARCH_FIELDS}
-    return CapsNetConfig(in_shape=dataset.in_shape, n_classes=dataset.n_classes,
+    return CapsNetConfig(in_shape=dataset.in_shape, n_classes=n_classes,
                          routing_iters=config.routing_iters, routing_grad=config.routing_grad,
                          share_transforms=config.share_transforms,
                          reconstruction=config.reconstruction, **arch)
@@ -164,33 +176,41 @@ def _finite(params):
     return all(bool(get_array_module(p).isfinite(p).all()) for p in params.values())
 
 
-def epoch_order(y, rng, balance=False):
-    """The example indices of one epoch: a permutation, or with `balance` len(y) draws with
-    replacement in which every class is equally likely (rare classes repeat)."""
-    if not balance:
-        return rng.permutation(len(y))
-    counts = np.bincount(y)
-    return rng.choice(len(y), size=len(y), p=1 / (counts[y] * np.count_nonzero(counts)))
+def calibrate_transforms(net, x, target, rounds=4):
+    """Scale caps.w so that the median class-capsule length on the images x is about
+    `target`. With the paper's std 0.01 the logo net's capsules start ~0.01 long, where the
+    squash is flat (|v| ~ |s|^2) and barely passes gradient; they died there. s is linear in
+    caps.w in the first routing iteration, so each round rescales by the ratio of the wanted
+    |s| to the median one (|v| = n^2 / (1 + n^2)); later iterations make a few rounds
+    necessary. Deterministic: no random numbers drawn."""
+    want = math.sqrt(target / (1 - target))  # |s| whose squash has length target
+    for _ in range(rounds):
+        median = float(np.median(to_host(net.predict(x))))
+        if not 0 < median < 1:
+            break
+        net.params["caps.w"] *= want / math.sqrt(median / (1 - median))
 
 
-def train_epoch(net, opt, train, config, rng, progress, epoch):
+def train_epoch(net, opt, train, config, rng, progress, epoch, nologo, n_classes):
     """One pass over the shuffled, augmented training split; (mean loss, accuracy). Loss and
     hits are summed on the device and read back every `check_every` steps, where a
     non-finite loss stops the run before anything is saved."""
-    n, B = len(train.y), config.batch_size
+    order = epoch_order(train.y, rng, config.balance, nologo, config.nologo_ratio)
+    n, B = len(order), config.batch_size
     steps = math.ceil(n / B)
     check_every = 1 if config.device == "cpu" else GPU_CHECK_EVERY
-    order = epoch_order(train.y, rng, config.balance)
     loss_sum = hits = 0
     progress("epoch_start", epoch=epoch, steps=steps)
     for step in range(steps):
         idx = order[step * B:(step + 1) * B]
         xb = augment(train.x[idx], rng, max_shift=config.shift, hflip=config.flip,
-                     max_degrees=config.rotate)
+                     max_degrees=config.rotate, max_scale=config.scale_jitter,
+                     colour=config.colour_jitter, blur_p=config.blur)
         loss, grads, parts = net.loss_and_grads(xb, train.y[idx], return_parts=True)
         xp = get_array_module(loss)
         loss_sum = loss_sum + loss * len(idx)
-        hits = hits + (parts["lengths"].argmax(axis=1) == xp.asarray(train.y[idx])).sum()
+        lengths = with_nologo(parts["lengths"], n_classes)  # (B, classes)
+        hits = hits + (lengths.argmax(axis=1) == xp.asarray(train.y[idx])).sum()
         if (step + 1) % check_every == 0 or step + 1 == steps:
             if not math.isfinite(float(loss_sum)):
                 raise MinicapsError(
@@ -250,9 +270,13 @@ def _run(config, progress, dataset, resume):
     train, val, test = split_validation(ds, config.val_fraction, config.seed)
     if not len(train.y):
         raise MinicapsError("no training examples left after the validation split")
-    steps_per_epoch = math.ceil(len(train.y) / config.batch_size)
+    nologo = ds.classes.index(NOLOGO) if NOLOGO in ds.classes else None
+    n_epoch = epoch_size(train.y, nologo, config.nologo_ratio)
+    steps_per_epoch = math.ceil(n_epoch / config.batch_size)
     net = CapsNet.from_config(mconfig, resume.params if resume else None, seed=config.seed,
                               device=config.device)
+    if config.init_length is not None and not resume:
+        calibrate_transforms(net, train.x[:256], config.init_length)
     opt = make_optimizer(config, net.params, steps_per_epoch)
     rng = np.random.default_rng([config.seed, 2])
     history, start = [], 0
@@ -277,7 +301,8 @@ def _run(config, progress, dataset, resume):
     t_start = time.perf_counter()
     for epoch in range(start + 1, config.epochs + 1):
         t0 = time.perf_counter()
-        loss, acc = train_epoch(net, opt, train, config, rng, progress, epoch)
+        loss, acc = train_epoch(net, opt, train, config, rng, progress, epoch, nologo,
+                                ds.n_classes)
         if not _finite(net.params):
             raise MinicapsError(f"the parameters became non-finite in epoch {epoch}; training "
                                 f"stopped, the last good checkpoint is kept (try a lower --lr)")
@@ -285,7 +310,7 @@ def _run(config, progress, dataset, resume):
         record = {"epoch": epoch, "train_loss": loss, "train_accuracy": acc,
                   **_scores(net, val, config, ds.classes, "val"),
                   **_scores(net, test, config, ds.classes, "test"),
-                  "lr": opt.lr, "images_per_s": len(train.y) / t_train,
+                  "lr": opt.lr, "images_per_s": n_epoch / t_train,
                   "epoch_s": time.perf_counter() - t0,
                   "elapsed_s": elapsed0 + time.perf_counter() - t_start}
         history.append(record)

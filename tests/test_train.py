@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from minicaps import checkpoint, train
-from minicaps.augment import augment, flip, rotate, shift
+from minicaps.augment import augment, blur, flip, jitter, rotate, shift, zoom
 from minicaps.data import Dataset, load_dataset
 from minicaps.errors import MinicapsError
-from minicaps.evaluate import evaluate, frame_decision
+from minicaps.evaluate import PRESENT, evaluate, frame_decision, with_nologo
 from minicaps.model import CapsNet
 
 TINY = dict(conv_channels=8, primary_types=4, primary_dim=4, class_dim=8, kernel_size=5,
@@ -62,6 +62,26 @@ def test_augment_is_seeded_and_flip_rotate_behave():
     assert rotate(square, 45, np.random.default_rng(0))[0, 0, 4, 4] == 9
 
 
+def test_zoom_jitter_blur_keep_uint8_and_do_what_they_say():
+    x = np.random.default_rng(1).integers(0, 255, (6, 3, 10, 14)).astype(np.uint8)
+    rng = np.random.default_rng(0)
+    for out in (zoom(x, 0.2, rng), jitter(x, 0.3, rng), blur(x, 0.5, rng)):
+        assert out.shape == x.shape and out.dtype == np.uint8
+    assert np.array_equal(zoom(x, 0.0, rng), x)  # factor 1: bilinear at the pixels themselves
+    assert np.array_equal(jitter(x, 0.0, rng), x)
+    assert np.array_equal(blur(x, 0.0, rng), x) and np.array_equal(blur(x, 1.0, rng), blur(x, 1.0, rng))
+    flat = np.full((2, 3, 5, 5), 77, np.uint8)  # a constant image stays constant when blurred
+    assert np.array_equal(blur(flat, 1.0, rng), flat)
+    big = zoom(np.pad(np.full((1, 1, 3, 3), 200, np.uint8), ((0, 0), (0, 0), (4, 4), (4, 4))),
+               1.0, np.random.default_rng(3))  # the centre pixel stays put under any zoom
+    assert big[0, 0, 5, 5] == 200
+    bright = jitter(np.full((50, 3, 4, 4), 128, np.uint8), 0.3, np.random.default_rng(0))
+    assert bright.min() >= (128 - 0.3 * 128) * 0.85 - 1 and bright.std() > 5  # images differ
+    kw = dict(max_shift=2, max_scale=0.1, colour=0.2, blur_p=0.3)
+    assert np.array_equal(augment(x, np.random.default_rng(4), **kw),
+                          augment(x, np.random.default_rng(4), **kw))
+
+
 # evaluation
 
 def test_frame_decision_takes_most_confident_logo_corner():
@@ -87,6 +107,34 @@ def test_evaluate_scores_frames():
                   classes=["a", "b", "nologo"])
     assert len(ev.frame_y) == frame.max() + 1 and 0 <= ev.frame_accuracy <= 1
     assert ev.confusion(3).sum() == len(ds.test_y)
+
+
+def test_frame_decision_threshold_and_the_nologo_column():
+    lengths = np.array([[0.45, 0.2, 0.1], [0.1, 0.3, 0.2]])  # two frames, one corner each
+    assert frame_decision(lengths, np.array([0, 1]), 2)[1].tolist() == [0, 1]
+    assert frame_decision(lengths, np.array([0, 1]), 2, threshold=0.4)[1].tolist() == [0, 2]
+    padded = with_nologo(lengths[:, :2], 3)  # a net without a nologo capsule
+    assert padded.shape == (2, 3) and np.all(padded[:, 2] == PRESENT)
+    assert padded.argmax(axis=1).tolist() == [2, 2]  # no capsule longer than 0.5: nologo
+    assert with_nologo(lengths, 3) is lengths
+
+
+def test_training_without_a_nologo_capsule_and_with_calibrated_transforms(tmp_path):
+    ds = synthetic()
+    ds.classes = ["top", "middle", "nologo"]  # the last class gets no capsule
+    ds.train_frame, ds.test_frame = np.arange(48), np.arange(24)
+    ds.train_frame_y, ds.test_frame_y = ds.train_y.copy(), ds.test_y.copy()
+    config = tiny_config(tmp_path, epochs=1, nologo_capsule=False, init_length=0.5,
+                         nologo_ratio=1.0, reconstruction=False)
+    history = train.run(config, dataset=ds)
+    ckpt = checkpoint.load(tmp_path / "best.npz")
+    assert ckpt.model_config.n_classes == 2 and ckpt.classes == ds.classes
+    assert history[0]["test_frame_accuracy"] is not None
+    net = CapsNet.from_config(ckpt.model_config, ckpt.params)
+    fresh = CapsNet.from_config(ckpt.model_config, seed=0)
+    train.calibrate_transforms(fresh, ds.train_x[:32], 0.5)
+    assert 0.4 < np.median(fresh.predict(ds.train_x[:32])) < 0.6
+    assert evaluate(net, ds.test_x, ds.test_y, classes=ds.classes).lengths.shape == (24, 3)
 
 
 def test_validation_split_is_seeded_disjoint_and_keeps_frames_together():
@@ -205,3 +253,13 @@ def test_balanced_epochs_draw_every_class_equally():
     order = train.epoch_order(y, np.random.default_rng(0), balance=True)
     assert len(order) == 100 and 0.35 < np.mean(y[order] == 1) < 0.65
     assert sorted(train.epoch_order(y, np.random.default_rng(0))) == list(range(100))
+
+
+def test_nologo_ratio_keeps_every_logo_and_subsamples_nologo():
+    y = np.array([3] * 60 + [0] * 10 + [1] * 5)  # class 3 is nologo
+    rng = np.random.default_rng(0)
+    a, b = (train.epoch_order(y, rng, nologo=3, nologo_ratio=2.0) for _ in range(2))
+    assert len(a) == train.epoch_size(y, 3, 2.0) == 45 and len(set(a.tolist())) == 45
+    assert sorted(a[y[a] != 3].tolist()) == list(range(60, 75))  # every logo once
+    assert np.sum(y[a] == 3) == 30 and set(a.tolist()) != set(b.tolist())  # fresh nologo draws
+    assert train.epoch_size(y, 3, 100.0) == 75  # never more than there are

@@ -1,0 +1,31 @@
+"""What one training epoch shows: the order of the example indices.
+
+Each function draws from the training generator it is given, so a resumed run (whose
+generator state comes from the checkpoint) sees the same epochs as an uninterrupted one.
+"""
+import numpy as np
+
+
+def epoch_size(y, nologo=None, nologo_ratio=None):
+    """Examples per epoch: all of them, or with `nologo_ratio` every example of the other
+    classes and that many `nologo` examples per such example (at most all of them)."""
+    if nologo_ratio is None or nologo is None:
+        return len(y)
+    n_logo = int(np.count_nonzero(y != nologo))
+    return n_logo + min(int(round(nologo_ratio * n_logo)), len(y) - n_logo)
+
+
+def epoch_order(y, rng, balance=False, nologo=None, nologo_ratio=None):
+    """The example indices of one epoch: a permutation, or with `balance` len(y) draws with
+    replacement in which every class is equally likely (rare classes repeat), or with
+    `nologo_ratio` every non-`nologo` example once and a fresh random subset of the `nologo`
+    ones (R&S corners: three in four show no logo; this spends the steps on logos and still
+    shows every background over a few epochs)."""
+    if nologo_ratio is not None and nologo is not None:
+        logo, empty = np.flatnonzero(y != nologo), np.flatnonzero(y == nologo)
+        n = epoch_size(y, nologo, nologo_ratio) - len(logo)
+        return rng.permutation(np.concatenate([logo, rng.choice(empty, n, replace=False)]))
+    if not balance:
+        return rng.permutation(len(y))
+    counts = np.bincount(y)
+    return rng.choice(len(y), size=len(y), p=1 / (counts[y] * np.count_nonzero(counts)))
