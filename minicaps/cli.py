@@ -16,7 +16,10 @@ from .backend import require_gpu
 from .errors import MinicapsError
 from .evaluate import evaluate as evaluate_split
 from .evaluate import predict_files, report
+from .data import detect_layout
 from .model import CapsNet
+from .presets import RS_DEFAULTS as RS
+from .presets import layout_defaults
 
 RS_CORNERS = ("tl", "tr", "bl", "br")
 
@@ -105,12 +108,15 @@ class Progress:
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out from last.npz (its stored options apply; "
                    "--epochs sets the new total).")
-@click.option("--epochs", type=click.IntRange(min=1), default=8, help="Epochs in total.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, help="Images per step.")
+@click.option("--epochs", type=click.IntRange(min=1), default=8, help="Epochs in total.",
+              show_default=f"8; {RS['epochs']} on R&S frames")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, help="Images per step.",
+              show_default=f"64; {RS['batch_size']} on R&S frames")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3,
-              help="Learning rate.")
+              help="Learning rate.", show_default=f"0.003; {RS['lr']:g} on R&S frames")
 @click.option("--lr-decay", type=click.FloatRange(min=0, max=1, min_open=True), default=0.95,
-              help="Learning-rate factor per epoch (applied smoothly every step).")
+              help="Learning-rate factor per epoch (applied smoothly every step).",
+              show_default=f"0.95; {RS['lr_decay']:g} on R&S frames")
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam",
               help="Adam, or SGD with momentum 0.9.")
 @click.option("--seed", type=int, default=0, help="Seed of weights, split, shuffles, augmentation.")
@@ -119,8 +125,31 @@ class Progress:
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="At most this many examples (R&S: frames) per split, class-balanced.")
 @click.option("--shift", type=click.IntRange(min=0), default=2,
-              help="Random shifts up to this many pixels (training only; the paper's 2).")
+              help="Random shifts up to this many pixels (training only; the paper's 2).",
+              show_default=f"2; {RS['shift']} on R&S frames")
+@click.option("--scale-jitter", type=click.FloatRange(0, 1), default=0.0,
+              help="Random zoom by a factor up to 1 + this or down to 1 / (1 + this) "
+                   "(training only).", show_default=f"0; {RS['scale_jitter']:g} on R&S frames")
+@click.option("--colour-jitter", type=click.FloatRange(0, 1), default=0.0,
+              help="Random contrast and brightness (+-this) and colour gains (+-half of it) "
+                   "per image (training only).",
+              show_default=f"0; {RS['colour_jitter']:g} on R&S frames")
+@click.option("--blur", type=click.FloatRange(0, 1), default=0.0,
+              help="Fraction of training images blurred by a 3x3 binomial filter.",
+              show_default=f"0; {RS['blur']:g} on R&S frames")
 @click.option("--flip", is_flag=True, help="Random horizontal flips (training only).")
+@click.option("--nologo-ratio", type=click.FloatRange(min=0), default=None,
+              help="R&S layout: each epoch shows every logo corner once and this many "
+                   "nologo corners per logo corner, drawn afresh (all of them if unset).",
+              show_default=f"all; {RS['nologo_ratio']:g} on R&S frames")
+@click.option("--nologo-capsule/--no-nologo-capsule", default=True,
+              help="R&S layout: a class capsule for nologo, or none: then a corner is nologo "
+                   "when no channel's capsule is longer than 0.5, and nologo corners train "
+                   "every capsule towards absent.")
+@click.option("--init-length", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=None, help="Scale the initial capsule transforms so the median class-"
+              "capsule length on the first training images is this (unset: std 0.01, the "
+              "paper's).")
 @click.option("--balance", is_flag=True,
               help="Draw training examples with equal weight per class (with replacement), "
                    "e.g. for R&S corners, most of which show no logo.")
@@ -130,45 +159,53 @@ class Progress:
               help="Routing iterations.")
 @click.option("--routing-grad", type=click.Choice(["full", "last"]), default="full",
               help="Backpropagate through every routing iteration, or the last one only.")
-@click.option("--no-reconstruction", is_flag=True, help="Train without the decoder.")
-@click.option("--share-transforms", is_flag=True,
+@click.option("--reconstruction/--no-reconstruction", default=True,
+              help="Train with the reconstruction decoder, or without it.",
+              show_default="with; without on R&S frames")
+@click.option("--share-transforms/--own-transforms", default=False,
               help="One transformation matrix per primary capsule type and class, shared by "
-                   "all grid positions (far fewer weights for large inputs such as R&S crops).")
+                   "all grid positions (far fewer weights for large inputs such as R&S "
+                   "crops), or one per primary capsule (the paper's).",
+              show_default="own; shared on R&S frames")
 @click.option("--conv-channels", type=click.IntRange(min=1), default=None,
               help="Channels of the first convolution. The paper's 256 trains at ~30 "
                    "images/s on two CPU cores, so the bundled sample gets 64.",
-              show_default="256; 64 on the bundled sample")
+              show_default=f"256; 64 on the bundled sample; {RS['conv_channels']} on R&S frames")
 @click.option("--kernel-size", type=click.IntRange(min=1), default=9,
-              help="Kernel size of both convolutions.")
+              help="Kernel size of both convolutions.",
+              show_default=f"9; {RS['kernel_size']} on R&S frames")
 @click.option("--conv-stride", type=click.IntRange(min=1), default=1,
-              help="Stride of the first convolution.")
+              help="Stride of the first convolution.",
+              show_default=f"1; {RS['conv_stride']} on R&S frames")
 @click.option("--primary-types", type=click.IntRange(min=1), default=None,
               help="Primary capsule types (the paper's 32; 8 on the bundled sample, "
                    "for speed as above).",
-              show_default="32; 8 on the bundled sample")
+              show_default=f"32; 8 on the bundled sample; {RS['primary_types']} on R&S frames")
 @click.option("--primary-dim", type=click.IntRange(min=1), default=8,
               help="Dimension of a primary capsule.")
 @click.option("--primary-stride", type=click.IntRange(min=1), default=2,
               help="Stride of the primary capsules' convolution.")
 @click.option("--class-dim", type=click.IntRange(min=1), default=16,
               help="Dimension of a class capsule.")
-@click.option("--crop-corners", default=",".join(RS_CORNERS),
-              help="R&S layout: corners cut from each frame (comma-separated tl,tr,bl,br).")
-@click.option("--crop-width", type=click.IntRange(1, 720), default=320,
+@click.option("--crop-corners", default=",".join(RS["crop_corners"]),
+              help="R&S layout: corners cut from each frame (comma-separated, of "
+                   f"{','.join(RS_CORNERS)}).")
+@click.option("--crop-width", type=click.IntRange(1, 720), default=RS["crop_width"],
               help="R&S layout: crop width in frame pixels (of 720).")
-@click.option("--crop-height", type=click.IntRange(1, 405), default=140,
+@click.option("--crop-height", type=click.IntRange(1, 405), default=RS["crop_height"],
               help="R&S layout: crop height in frame pixels (of 405).")
-@click.option("--crop-scale", type=click.FloatRange(0, 4, min_open=True), default=0.4,
-              help="R&S layout: resize factor of each crop.")
+@click.option("--crop-scale", type=click.FloatRange(0, 4, min_open=True),
+              default=RS["crop_scale"], help="R&S layout: resize factor of each crop.")
 @click.option("--crop-grey", is_flag=True, help="R&S layout: greyscale crops instead of RGB.")
 @click.option("--no-merge-variants", is_flag=True,
               help="R&S layout: keep logo variants (e.g. sat1-werbung) as classes of their own.")
 @click.pass_context
-def train_command(ctx, data, out, gpu, resume, epochs, no_reconstruction, crop_corners,
-                  no_merge_variants, **options):
+def train_command(ctx, data, out, gpu, resume, crop_corners, no_merge_variants, **options):
     """Train a CapsNet; a checkpoint after every epoch.
 
     Without --data it trains on the bundled MNIST sample (a few minutes on two CPU cores).
+    On R&S frames (tvlogos-de) the defaults are the logo-frame configuration of the README
+    (minicaps/presets.py): every option marked "on R&S frames" takes that value unless given.
     """
     device = "gpu" if gpu else "cpu"
     if gpu:
@@ -176,11 +213,15 @@ def train_command(ctx, data, out, gpu, resume, epochs, no_reconstruction, crop_c
     corners = tuple(c.strip() for c in crop_corners.split(",") if c.strip())
     if data is not None:  # stored absolute, so evaluate finds it from any folder
         data = str(Path(data).resolve())
+        for field, value in layout_defaults(detect_layout(data)).items():
+            if field in options and not _given(ctx, field):
+                options[field] = value
+    epochs = options.pop("epochs")
     if out is None:
         out = f"runs/{'mnist-sample' if data is None else _name(data)}"
     config = train.TrainConfig(
         data=data, out=out, device=device, epochs=epochs, crop_corners=corners,
-        reconstruction=not no_reconstruction, merge_variants=not no_merge_variants, **options)
+        merge_variants=not no_merge_variants, **options)
     progress = Progress()
     try:
         if resume:
@@ -206,6 +247,10 @@ def train_command(ctx, data, out, gpu, resume, epochs, no_reconstruction, crop_c
         click.echo(f"checkpoints: {out}/last.npz{best}; metrics: {out}/metrics.jsonl", err=True)
 
 
+def _given(ctx, name):
+    return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+
+
 def _name(path):
     p = Path(path).resolve()
     return p.stem if p.is_file() else p.name
@@ -214,7 +259,7 @@ def _name(path):
 def _check_resume(ctx, config):
     """--resume takes the stored options: refuse explicitly given ones that differ."""
     stored = train.stored_config(config.out)
-    fields = {"no_reconstruction": "reconstruction", "no_merge_variants": "merge_variants"}
+    fields = {"no_merge_variants": "merge_variants"}
     differ = []
     for param in ctx.command.params:
         name = param.name

@@ -7,11 +7,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from minicaps import checkpoint
+from minicaps import checkpoint, train
 from minicaps.backend import gpu_available
 from minicaps.cli import main
 from minicaps.data import load_dataset
 from minicaps.model import CapsNet
+from minicaps.presets import RS_DEFAULTS
 
 TINY = ["--conv-channels", "8", "--primary-types", "4", "--primary-dim", "4",
         "--class-dim", "8", "--batch-size", "32", "--epochs", "1"]
@@ -159,7 +160,7 @@ def test_rs_frames_end_to_end(data_root, tmp_path):
     prediction (the shared data, read from MINICAPS_DATA)."""
     data = data_root / "tvlogos-de"
     out = tmp_path / "rs"
-    result = invoke("train", "--data", data, "--out", out, "--limit", 16, "--crop-scale", 0.1,
+    result = invoke("train", "--data", data, "--out", out, "--limit", 16, "--crop-scale", 0.2,
                     "--kernel-size", 5, *TINY, "--val-fraction", 0)
     assert result.exit_code == 0, result.output
     assert "frames: val - test" in result.stdout
@@ -170,8 +171,26 @@ def test_rs_frames_end_to_end(data_root, tmp_path):
     result = invoke("predict", out / "last.npz", frame)
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert len(lines) == 5 and [line.split(":")[0].strip() for line in lines[1:]] == \
-        ["tl", "tr", "bl", "br"]
+    assert len(lines) == 4 and [line.split(":")[0].strip() for line in lines[1:]] == \
+        ["tl", "tr", "bl"]  # the R&S default corners
+
+
+def test_rs_layout_defaults_apply_unless_given(data_root, tmp_path, monkeypatch):
+    """On R&S data the presets fill every option the user did not give; given ones win."""
+    seen = {}
+    monkeypatch.setattr(train, "run", lambda config, progress: seen.setdefault("c", config) and [])
+    result = invoke("train", "--data", data_root / "tvlogos-de", "--out", tmp_path / "a",
+                    "--epochs", 2, "--kernel-size", 3, "--reconstruction")
+    assert result.exit_code == 0, result.output
+    c = seen["c"]
+    assert (c.epochs, c.kernel_size, c.reconstruction) == (2, 3, True)  # given
+    for field in ("lr", "shift", "share_transforms", "conv_channels", "nologo_ratio",
+                  "colour_jitter", "crop_corners", "crop_width", "crop_scale"):
+        assert getattr(c, field) == RS_DEFAULTS[field], field
+    seen.clear()
+    result = invoke("train", "--out", tmp_path / "b")  # the bundled sample keeps its own
+    assert result.exit_code == 0, result.output
+    assert seen["c"].conv_channels is None and seen["c"].share_transforms is False
 
 
 def test_resume_of_a_finished_run_says_so(run_dir):
