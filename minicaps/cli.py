@@ -24,6 +24,13 @@ from .presets import layout_defaults
 RS_CORNERS = ("tl", "tr", "bl", "br")
 
 
+def _rs(general, field):
+    """--help's default: the general one, and the R&S frames' one where it differs."""
+    value = RS[field]
+    shown = "all" if value is None else f"{value:g}" if isinstance(value, float) else value
+    return general if str(shown) == general else f"{general}; {shown} on R&S frames"
+
+
 class UserError(click.ClickException):
     def show(self, file=None):
         click.echo(f"minicaps: error: {self.message}", err=True)
@@ -109,14 +116,14 @@ class Progress:
               help="Continue the run in --out from last.npz (its stored options apply; "
                    "--epochs sets the new total).")
 @click.option("--epochs", type=click.IntRange(min=1), default=8, help="Epochs in total.",
-              show_default=f"8; {RS['epochs']} on R&S frames")
+              show_default=_rs("8", "epochs"))
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, help="Images per step.",
-              show_default=f"64; {RS['batch_size']} on R&S frames")
+              show_default=_rs("64", "batch_size"))
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3,
-              help="Learning rate.", show_default=f"0.003; {RS['lr']:g} on R&S frames")
+              help="Learning rate.", show_default=_rs("0.003", "lr"))
 @click.option("--lr-decay", type=click.FloatRange(min=0, max=1, min_open=True), default=0.95,
               help="Learning-rate factor per epoch (applied smoothly every step).",
-              show_default=f"0.95; {RS['lr_decay']:g} on R&S frames")
+              show_default=_rs("0.95", "lr_decay"))
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam",
               help="Adam, or SGD with momentum 0.9.")
 @click.option("--seed", type=int, default=0, help="Seed of weights, split, shuffles, augmentation.")
@@ -126,22 +133,22 @@ class Progress:
               help="At most this many examples (R&S: frames) per split, class-balanced.")
 @click.option("--shift", type=click.IntRange(min=0), default=2,
               help="Random shifts up to this many pixels (training only; the paper's 2).",
-              show_default=f"2; {RS['shift']} on R&S frames")
+              show_default=_rs("2", "shift"))
 @click.option("--scale-jitter", type=click.FloatRange(0, 1), default=0.0,
               help="Random zoom by a factor up to 1 + this or down to 1 / (1 + this) "
-                   "(training only).", show_default=f"0; {RS['scale_jitter']:g} on R&S frames")
+                   "(training only).", show_default=_rs("0", "scale_jitter"))
 @click.option("--colour-jitter", type=click.FloatRange(0, 1), default=0.0,
               help="Random contrast and brightness (+-this) and colour gains (+-half of it) "
                    "per image (training only).",
-              show_default=f"0; {RS['colour_jitter']:g} on R&S frames")
+              show_default=_rs("0", "colour_jitter"))
 @click.option("--blur", type=click.FloatRange(0, 1), default=0.0,
               help="Fraction of training images blurred by a 3x3 binomial filter.",
-              show_default=f"0; {RS['blur']:g} on R&S frames")
+              show_default=_rs("0", "blur"))
 @click.option("--flip", is_flag=True, help="Random horizontal flips (training only).")
 @click.option("--nologo-ratio", type=click.FloatRange(min=0), default=None,
               help="R&S layout: each epoch shows every logo corner once and this many "
                    "nologo corners per logo corner, drawn afresh (all of them if unset).",
-              show_default=f"all; {RS['nologo_ratio']:g} on R&S frames")
+              show_default=_rs("all", "nologo_ratio"))
 @click.option("--nologo-capsule/--no-nologo-capsule", default=True,
               help="R&S layout: a class capsule for nologo, or none: then a corner is nologo "
                    "when no channel's capsule is longer than 0.5, and nologo corners train "
@@ -162,6 +169,9 @@ class Progress:
 @click.option("--reconstruction/--no-reconstruction", default=True,
               help="Train with the reconstruction decoder, or without it.",
               show_default="with; without on R&S frames")
+@click.option("--none-capsule/--no-none-capsule", default=False,
+              help="An extra routing parent for input capsules of no class (background): "
+                   "'none of the above', as the paper used for CIFAR-10; no loss reaches it.")
 @click.option("--share-transforms/--own-transforms", default=False,
               help="One transformation matrix per primary capsule type and class, shared by "
                    "all grid positions (far fewer weights for large inputs such as R&S "
@@ -170,17 +180,17 @@ class Progress:
 @click.option("--conv-channels", type=click.IntRange(min=1), default=None,
               help="Channels of the first convolution. The paper's 256 trains at ~30 "
                    "images/s on two CPU cores, so the bundled sample gets 64.",
-              show_default=f"256; 64 on the bundled sample; {RS['conv_channels']} on R&S frames")
+              show_default=_rs("256; 64 on the bundled sample", "conv_channels"))
 @click.option("--kernel-size", type=click.IntRange(min=1), default=9,
               help="Kernel size of both convolutions.",
-              show_default=f"9; {RS['kernel_size']} on R&S frames")
+              show_default=_rs("9", "kernel_size"))
 @click.option("--conv-stride", type=click.IntRange(min=1), default=1,
               help="Stride of the first convolution.",
-              show_default=f"1; {RS['conv_stride']} on R&S frames")
+              show_default=_rs("1", "conv_stride"))
 @click.option("--primary-types", type=click.IntRange(min=1), default=None,
               help="Primary capsule types (the paper's 32; 8 on the bundled sample, "
                    "for speed as above).",
-              show_default=f"32; 8 on the bundled sample; {RS['primary_types']} on R&S frames")
+              show_default=_rs("32; 8 on the bundled sample", "primary_types"))
 @click.option("--primary-dim", type=click.IntRange(min=1), default=8,
               help="Dimension of a primary capsule.")
 @click.option("--primary-stride", type=click.IntRange(min=1), default=2,
