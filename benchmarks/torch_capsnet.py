@@ -47,6 +47,7 @@ class TorchCapsNet:
             v = squash(torch.einsum("bji,bjie->bje", c, source))
             if not last:
                 logits = logits + torch.einsum("bjie,bje->bji", routed, v)
+        v = v[:, :cfg.n_classes]  # without the none-of-the-above capsule, if any
         lengths = v.norm(dim=-1)
         t = F.one_hot(y, cfg.n_classes).to(lengths.dtype)
         loss = (t * F.relu(M_PLUS - lengths) ** 2

@@ -169,6 +169,9 @@ class Progress:
 @click.option("--reconstruction/--no-reconstruction", default=True,
               help="Train with the reconstruction decoder, or without it.",
               show_default="with; without on R&S frames")
+@click.option("--none-capsule/--no-none-capsule", default=False,
+              help="An extra routing parent for input capsules of no class (background): "
+                   "'none of the above', as the paper used for CIFAR-10; no loss reaches it.")
 @click.option("--share-transforms/--own-transforms", default=False,
               help="One transformation matrix per primary capsule type and class, shared by "
                    "all grid positions (far fewer weights for large inputs such as R&S "

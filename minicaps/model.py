@@ -47,6 +47,10 @@ class CapsNetConfig:
     routing_iters: int = 3
     routing_grad: str = "full"
     share_transforms: bool = False  # one W_tj per primary type, shared by its grid positions
+    # An extra routing parent that no class owns ("none of the above", as the paper did
+    # for CIFAR-10): input capsules that belong to no class (background) can route there
+    # instead of lengthening a class capsule. It takes no part in the loss or predictions.
+    none_capsule: bool = False
     reconstruction: bool = True
     dtype: str = "float32"
 
@@ -82,6 +86,11 @@ class CapsNetConfig:
         return output_size(h1, k, s, 0), output_size(w1, k, s, 0)
 
     @property
+    def n_parents(self):
+        """Routing parents: the classes, and the none-of-the-above capsule if any."""
+        return self.n_classes + int(self.none_capsule)
+
+    @property
     def n_primary(self):
         """I, the number of primary capsules."""
         gh, gw = self.grid
@@ -95,7 +104,7 @@ class CapsNetConfig:
             "conv1.w": (K, C, k, k), "conv1.b": (K,),
             "primary.w": (TD, K, k, k), "primary.b": (TD,),
             "caps.w": (self.primary_types if self.share_transforms else self.n_primary,
-                       self.n_classes, self.class_dim, self.primary_dim),
+                       self.n_parents, self.class_dim, self.primary_dim),
         }
         if self.reconstruction:
             widths = (self.n_classes * self.class_dim, *DECODER_WIDTHS, C * H * W)
@@ -139,13 +148,15 @@ class CapsNet(Network):
     def __init__(self, in_shape=(1, 28, 28), n_classes=10, conv_channels=256, kernel_size=9,
                  primary_types=32, primary_dim=8, class_dim=16, routing_iters=3,
                  routing_grad="full", reconstruction=True, dtype="float32", seed=0,
-                 conv_stride=1, primary_stride=2, share_transforms=False, device="cpu"):
+                 conv_stride=1, primary_stride=2, share_transforms=False, none_capsule=False,
+                 device="cpu"):
         config = CapsNetConfig(
             in_shape=in_shape, n_classes=n_classes, conv_channels=conv_channels,
             kernel_size=kernel_size, conv_stride=conv_stride, primary_types=primary_types,
             primary_dim=primary_dim, primary_stride=primary_stride, class_dim=class_dim,
             routing_iters=routing_iters, routing_grad=routing_grad,
-            share_transforms=share_transforms, reconstruction=reconstruction, dtype=dtype)
+            share_transforms=share_transforms, none_capsule=none_capsule,
+            reconstruction=reconstruction, dtype=dtype)
         self._build(config, init_params(config, seed), device)
 
     def _capsules(self, x):
@@ -158,14 +169,15 @@ class CapsNet(Network):
         u, primary_cache = primary_capsules_forward(
             h, p["primary.w"], p["primary.b"], types=cfg.primary_types,
             stride=cfg.primary_stride)  # (B, I, D)
-        u_hat, pred_cache = predictions_forward(u, p["caps.w"])  # (B, J, I, E)
+        u_hat, pred_cache = predictions_forward(u, p["caps.w"])  # (B, J', I, E)
         v, routing_cache = routing_forward(u_hat, iters=cfg.routing_iters,
-                                           grad=cfg.routing_grad)  # (B, J, E)
+                                           grad=cfg.routing_grad)  # (B, J', E)
+        v = v[:, :cfg.n_classes]  # (B, J, E): without the none-of-the-above capsule
         return v, (conv_cache, relu_cache, primary_cache, pred_cache, routing_cache)
 
     def _capsules_backward(self, dv, caches, grads):
         conv_cache, relu_cache, primary_cache, pred_cache, routing_cache = caches
-        du_hat = routing_backward(dv, routing_cache)
+        du_hat = routing_backward(self._all_parents(dv), routing_cache)
         du, grads["caps.w"] = predictions_backward(du_hat, pred_cache)
         dh, grads["primary.w"], grads["primary.b"] = primary_capsules_backward(du, primary_cache)
         dh = relu_backward(dh, relu_cache)
@@ -236,7 +248,15 @@ class CapsNet(Network):
         (see routing.gradient_path_norms)."""
         _, _, caches = self._forward_loss(x, y)
         dv = self._class_capsule_grad(caches, {})
-        return gradient_path_norms(dv, caches["capsules"][-1])
+        return gradient_path_norms(self._all_parents(dv), caches["capsules"][-1])
+
+    def _all_parents(self, dv):
+        """dv (B, J, E) extended by a zero gradient for the none-of-the-above capsule,
+        which no loss reaches: (B, J', E)."""
+        if not self.config.none_capsule:
+            return dv
+        xp = get_array_module(dv)
+        return xp.concatenate([dv, xp.zeros_like(dv[:, :1])], axis=1)
 
     def _kinks(self, caches):
         """Sides of conv1's and the decoder's ReLU units and of the margin-loss hinges."""

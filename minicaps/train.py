@@ -70,6 +70,7 @@ class TrainConfig:
     routing_iters: int = 3
     routing_grad: str = "full"
     share_transforms: bool = False
+    none_capsule: bool = False  # a routing parent for background (see CapsNetConfig)
     reconstruction: bool = True
     conv_channels: int = None
     kernel_size: int = None
@@ -126,6 +127,7 @@ def model_config(config, dataset):
     return CapsNetConfig(in_shape=dataset.in_shape, n_classes=n_classes,
                          routing_iters=config.routing_iters, routing_grad=config.routing_grad,
                          share_transforms=config.share_transforms,
+                         none_capsule=config.none_capsule,
                          reconstruction=config.reconstruction, **arch)
 
 

@@ -17,7 +17,7 @@ def data_root():
 
 
 def small_net(*, in_shape=(1, 14, 12), n_classes=3, routing_iters=3, routing_grad="full",
-              reconstruction=True, share_transforms=False, seed=1):
+              reconstruction=True, share_transforms=False, none_capsule=False, seed=1):
     """A float64 CapsNet small enough for finite differences, with its weights scaled so
     that the class capsules have lengths of 0.5-0.8: the regime training works in, where
     every loss term has gradients well above the rounding of finite differences (at the
@@ -25,7 +25,8 @@ def small_net(*, in_shape=(1, 14, 12), n_classes=3, routing_iters=3, routing_gra
     net = CapsNet(in_shape=in_shape, n_classes=n_classes, conv_channels=4, kernel_size=3,
                   primary_types=2, primary_dim=4, class_dim=5, routing_iters=routing_iters,
                   routing_grad=routing_grad, reconstruction=reconstruction,
-                  share_transforms=share_transforms, dtype="float64", seed=seed)
+                  share_transforms=share_transforms, none_capsule=none_capsule,
+                  dtype="float64", seed=seed)
     net.params["conv1.w"] *= 3
     net.params["primary.w"] *= 3
     net.params["caps.w"] *= 30

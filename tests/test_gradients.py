@@ -203,6 +203,8 @@ MODEL_CASES = {
     "four classes, four iterations": dict(in_shape=(2, 12, 13), n_classes=4,
                                           routing_iters=4),
     "shared transforms": dict(in_shape=(1, 14, 12), share_transforms=True),
+    "none-of-the-above capsule": dict(in_shape=(1, 14, 12), share_transforms=True,
+                                      none_capsule=True),
 }
 
 

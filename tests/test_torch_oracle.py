@@ -15,6 +15,7 @@ from torch_capsnet import TorchCapsNet  # noqa: E402
 
 @pytest.mark.parametrize("kwargs", [{}, {"routing_grad": "last"}, {"reconstruction": False},
                                     {"share_transforms": True},
+                                    {"share_transforms": True, "none_capsule": True},
                                     {"in_shape": (3, 13, 11), "routing_iters": 4}])
 def test_loss_and_gradients_match_pytorch_autograd(kwargs):
     net = small_net(**kwargs)
