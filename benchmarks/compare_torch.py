@@ -115,15 +115,16 @@ def main():
     print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"the paper's network, {config.n_params():,} parameters")
     for B in (int(b) for b in args.batch_sizes.split(",")):
+        line = f"batch {B:4d}: "
+        if args.memory:  # first, in fresh subprocesses, before this process grows
+            (peak, before), (t_peak, t_before) = (peak_rss(config, B, False),
+                                                  peak_rss(config, B, True))
+            line += (f"memory of training per image: minicaps {(peak - before) / B / 1024:.2f}"
+                     f" MiB, PyTorch {(t_peak - t_before) / B / 1024:.2f} MiB "
+                     f"(peak RSS {peak / 1024:.0f} / {t_peak / 1024:.0f} MiB); ")
         ours, theirs = alternate(config, B, args.steps, args.warmup)
-        line = (f"batch {B:4d}: minicaps {B / ours:6.1f} images/s, PyTorch {B / theirs:6.1f} "
-                f"images/s, ratio {theirs / ours:.2f} (medians of {args.steps} alternated steps)")
-        if args.memory:
-            mine = peak_rss(config, B, False)
-            torch_rss = peak_rss(config, B, True)
-            per_image = [(peak - before) / B / 1024 for peak, before in (mine, torch_rss)]
-            line += (f"; memory of training per image: minicaps {per_image[0]:.1f} MiB, "
-                     f"PyTorch {per_image[1]:.1f} MiB")
+        line += (f"minicaps {B / ours:6.1f} images/s, PyTorch {B / theirs:6.1f} images/s, "
+                 f"ratio {theirs / ours:.2f} (medians of {args.steps} alternated steps)")
         print(line, flush=True)
 
 
