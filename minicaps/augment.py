@@ -10,10 +10,14 @@ import numpy as np
 def shift(x, max_shift, rng):
     """Each image moved by its own dy, dx drawn uniformly from -max_shift..max_shift:
     the paper's only augmentation (2 px). Pure slicing, no arithmetic on pixels."""
-    B, _, H, W = x.shape
-    d = rng.integers(-max_shift, max_shift + 1, size=(B, 2))
+    return shift_by(x, rng.integers(-max_shift, max_shift + 1, size=(len(x), 2)))
+
+
+def shift_by(x, offsets):
+    """Image b moved down by offsets[b, 0] and right by offsets[b, 1] pixels (B, 2)."""
+    _, _, H, W = x.shape
     out = np.zeros_like(x)
-    for b, (dy, dx) in enumerate(d):
+    for b, (dy, dx) in enumerate(offsets):
         # positive dy moves the content down, positive dx to the right
         out[b, :, max(dy, 0):H + min(dy, 0), max(dx, 0):W + min(dx, 0)] = \
             x[b, :, max(-dy, 0):H + min(-dy, 0), max(-dx, 0):W + min(-dx, 0)]
@@ -32,8 +36,13 @@ def rotate(x, max_degrees, rng):
     """Each image rotated about its centre by an angle drawn uniformly from
     -max_degrees..max_degrees, nearest-neighbour: every output pixel takes the input pixel
     nearest to where the inverse rotation puts it (0 where that falls outside)."""
+    return rotate_by(x, rng.uniform(-max_degrees, max_degrees, size=len(x)))
+
+
+def rotate_by(x, degrees):
+    """Image b rotated about its centre by degrees[b], nearest-neighbour (see rotate)."""
     B, _, H, W = x.shape
-    theta = np.deg2rad(rng.uniform(-max_degrees, max_degrees, size=B))[:, None, None]  # (B, 1, 1)
+    theta = np.deg2rad(np.asarray(degrees, dtype=float))[:, None, None]  # (B, 1, 1)
     cy, cx = (H - 1) / 2, (W - 1) / 2
     yy, xx = np.mgrid[0:H, 0:W]  # (H, W) output pixel coordinates
     cos, sin = np.cos(theta), np.sin(theta)
@@ -50,8 +59,14 @@ def zoom(x, max_scale, rng):
     """Each image scaled about its centre by a factor drawn log-uniformly from
     1/(1+max_scale)..1+max_scale, bilinear: logos of other sizes than the training set's.
     Pixels from outside the image are 0."""
+    return zoom_by(x, np.exp(rng.uniform(-np.log1p(max_scale), np.log1p(max_scale),
+                                         size=len(x))))
+
+
+def zoom_by(x, factors):
+    """Image b scaled about its centre by factors[b], bilinear (see zoom)."""
     B, C, H, W = x.shape
-    s = np.exp(rng.uniform(-np.log1p(max_scale), np.log1p(max_scale), size=B))  # (B,)
+    s = np.asarray(factors, dtype=float)  # (B,)
     cy, cx = (H - 1) / 2, (W - 1) / 2
     sy = cy + (np.arange(H)[None, :] - cy) / s[:, None]  # (B, H) source rows
     sx = cx + (np.arange(W)[None, :] - cx) / s[:, None]  # (B, W) source columns

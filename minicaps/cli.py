@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__, checkpoint, train
+from . import __version__, checkpoint, train, transforms
 from .backend import require_gpu
 from .errors import MinicapsError
 from .evaluate import evaluate as evaluate_split
@@ -300,8 +300,12 @@ def _load_net(path, gpu):
               help="Dataset to score on (its test split).  [default: the checkpoint's own data]")
 @click.option("--gpu", is_flag=True, help="Evaluate on the GPU with CuPy.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, help="Images per batch.")
-def evaluate_command(checkpoint_path, data, gpu, batch_size):
+@click.option("--transform", "transform_spec", default=None,
+              help="Transform every test image first: rotate:DEG, flip, shift:PX or scale:S.")
+def evaluate_command(checkpoint_path, data, gpu, batch_size, transform_spec):
     """Accuracy, per-class accuracy and confusion matrix of a checkpoint on test data."""
+    if transform_spec is not None:
+        transforms.parse(transform_spec)  # a bad spec fails before anything is loaded
     ckpt, net = _load_net(checkpoint_path, gpu)
     config = train.TrainConfig.from_json(ckpt.train_config)
     if data is not None:
@@ -318,10 +322,12 @@ def evaluate_command(checkpoint_path, data, gpu, batch_size):
     if ds.in_shape != net.config.in_shape:
         raise MinicapsError(f"the data's images are {ds.in_shape}, the network takes "
                             f"{net.config.in_shape}")
-    ev = evaluate_split(net, ds.test_x, ds.test_y, batch_size=batch_size, frame=ds.test_frame,
+    test_x = ds.test_x if transform_spec is None else transforms.apply(ds.test_x, transform_spec)
+    ev = evaluate_split(net, test_x, ds.test_y, batch_size=batch_size, frame=ds.test_frame,
                         frame_y=ds.test_frame_y, classes=ds.classes)
+    changed = f", each {transform_spec}" if transform_spec else ""
     click.echo(f"checkpoint {checkpoint_path} (epoch {ckpt.epoch}); {ds.name} test split: "
-               f"{len(ds.test_y)} examples; {time.perf_counter() - t0:.1f}s")
+               f"{len(ds.test_y)} examples{changed}; {time.perf_counter() - t0:.1f}s")
     if ev.frame_accuracy is not None:
         click.echo(report(ev, ds.classes, frames=True))
         click.echo("")

@@ -1,0 +1,41 @@
+"""Fixed test-time transforms and `evaluate --transform`."""
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from minicaps import MinicapsError, transforms
+from minicaps.cli import main
+
+
+def digit():
+    x = np.zeros((1, 1, 9, 9), np.uint8)
+    x[0, 0, 2:7, 4] = 255  # a vertical bar
+    return x
+
+
+def test_rotating_a_bar_by_90_degrees_makes_it_horizontal():
+    out = transforms.apply(digit(), "rotate:90")
+    np.testing.assert_array_equal(out[0, 0], digit()[0, 0].T)  # symmetric about the centre
+
+
+def test_flip_shift_and_scale():
+    x = np.arange(2 * 1 * 4 * 5, dtype=np.uint8).reshape(2, 1, 4, 5)
+    np.testing.assert_array_equal(transforms.apply(x, "flip"), x[:, :, :, ::-1])
+    shifted = transforms.apply(x, "shift:1")
+    np.testing.assert_array_equal(shifted[:, :, 1:, 1:], x[:, :, :-1, :-1])
+    assert (shifted[:, :, 0] == 0).all() and (shifted[:, :, :, 0] == 0).all()
+    np.testing.assert_array_equal(transforms.apply(x, "scale:1"), x)
+
+
+@pytest.mark.parametrize("spec", ["rotate", "scale:0", "scale:-1", "spin:3", "flip:2", "shift:x"])
+def test_bad_specs_are_refused(spec):
+    with pytest.raises(MinicapsError, match="--transform"):
+        transforms.parse(spec)
+
+
+def test_evaluate_with_a_bad_transform_is_one_clear_line(tmp_path):
+    ckpt = tmp_path / "none.npz"
+    ckpt.write_bytes(b"not read")
+    result = CliRunner().invoke(main, ["evaluate", str(ckpt), "--transform", "spin:3"])
+    assert result.exit_code == 1
+    assert "--transform" in result.output and "Traceback" not in result.output
