@@ -125,12 +125,13 @@ def init_params(config, seed=0):
     class capsules start short and the margin loss pulls the true one up.
     """
     rng = np.random.default_rng(seed)
+    shapes = config.param_shapes()
     params = {}
-    for name, shape in config.param_shapes().items():
+    for name, shape in shapes.items():
         if name == "caps.w":
             p = rng.normal(0.0, 0.01, shape)
         else:
-            weight_shape = config.param_shapes()[name[:-1] + "w"]
+            weight_shape = shapes[name[:-1] + "w"]
             fan_in = int(np.prod(weight_shape[1:])) if len(weight_shape) == 4 else weight_shape[0]
             bound = 1 / np.sqrt(fan_in)
             p = rng.uniform(-bound, bound, shape)
