@@ -130,8 +130,10 @@ def load(path):
             raise
         raise MinicapsError(f"{path}: not a valid minicaps checkpoint ({e})") from None
     except (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile) as e:
-        raise MinicapsError(f"{path}: truncated or corrupt checkpoint "
-                            f"({type(e).__name__}: {e})") from None
+        # NumPy's own message for a pickled entry suggests loading it unsafely: never that.
+        reason = "it holds pickled objects" if "pickle" in str(e) else f"{type(e).__name__}: {e}"
+        raise MinicapsError(f"{path}: not a minicaps checkpoint, or a truncated or corrupt one "
+                            f"({reason})") from None
     expected = ckpt.model_config.param_shapes()
     if set(ckpt.params) != set(expected) or any(
             tuple(ckpt.params[n].shape) != expected[n] for n in expected):

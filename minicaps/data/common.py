@@ -95,7 +95,9 @@ def map_images(read: Callable[[Path], T], paths: Sequence[Path], what: str) -> t
     kept = [i for i, (_, err) in enumerate(outcomes) if err is None]
     bad = [(paths[i], err) for i, (_, err) in enumerate(outcomes) if err is not None]
     if bad:
-        names = ", ".join(f"{p} ({e})" for p, e in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        # A few names with their reasons are enough to act on; the count says the rest.
+        names = "; ".join(f"{p} ({e})" for p, e in bad[:3]) + \
+            (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
         if len(bad) > MAX_BAD_FRACTION * len(paths):
             raise MinicapsError(
                 f"{what}: {len(bad)} of {len(paths)} images are unreadable "
