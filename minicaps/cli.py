@@ -169,6 +169,10 @@ class Progress:
 @click.option("--reconstruction/--no-reconstruction", default=True,
               help="Train with the reconstruction decoder, or without it.",
               show_default="with; without on R&S frames")
+@click.option("--standardize/--raw-pixels", default=False,
+              help="Feed the network (x - mean) / std per channel, from the training data "
+                   "(stored in the checkpoint), or raw [0, 1] pixels as the paper.",
+              show_default="raw; standardised on R&S frames")
 @click.option("--none-capsule/--no-none-capsule", default=False,
               help="An extra routing parent for input capsules of no class (background): "
                    "'none of the above', as the paper used for CIFAR-10; no loss reaches it.")

@@ -52,10 +52,27 @@ class CapsNetConfig:
     # instead of lengthening a class capsule. It takes no part in the loss or predictions.
     none_capsule: bool = False
     reconstruction: bool = True
+    # Per-channel statistics the input is standardised with, (x - mean) / std, before conv1
+    # (None: the paper's raw [0, 1] pixels). Photographs need it: on the logo crops a net
+    # fed raw pixels fitted 64 training corners to 72 % in 60 steps, standardised to 97 %.
+    # The decoder still reconstructs the raw pixels.
+    input_mean: tuple = None
+    input_std: tuple = None
     dtype: str = "float32"
 
     def __post_init__(self):
         object.__setattr__(self, "in_shape", tuple(int(n) for n in self.in_shape))
+        for name in ("input_mean", "input_std"):
+            stats = getattr(self, name)
+            if stats is not None:
+                stats = tuple(float(s) for s in stats)
+                if len(stats) != self.in_shape[0]:
+                    raise MinicapsError(f"{name} needs one value per input channel "
+                                        f"({self.in_shape[0]}), not {len(stats)}")
+                object.__setattr__(self, name, stats)
+        if (self.input_mean is None) != (self.input_std is None) or \
+                (self.input_std is not None and min(self.input_std) <= 0):
+            raise MinicapsError("input_mean and input_std go together, std positive")
         if self.routing_grad not in ROUTING_GRADS:
             raise MinicapsError(f"routing_grad must be one of {ROUTING_GRADS}, "
                                 f"not {self.routing_grad!r}")
@@ -164,6 +181,11 @@ class CapsNet(Network):
         """The class capsules v (B, J, E) of a prepared batch, with the caches for backward.
         Feature maps stay batch-last (C, H, W, B) from conv1 to the primary capsules."""
         p, cfg = self.params, self.config
+        if cfg.input_mean is not None:  # no gradient is needed with respect to the input
+            xp = get_array_module(x)
+            shape = (1, -1, 1, 1)
+            x = (x - xp.asarray(cfg.input_mean, dtype=x.dtype).reshape(shape)) \
+                / xp.asarray(cfg.input_std, dtype=x.dtype).reshape(shape)
         h, conv_cache = conv2d_forward_batch_last(to_batch_last(x), p["conv1.w"], p["conv1.b"],
                                                   stride=cfg.conv_stride)
         h, relu_cache = relu_forward(h)  # (conv_channels, H1, W1, B)

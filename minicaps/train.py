@@ -71,6 +71,7 @@ class TrainConfig:
     routing_grad: str = "full"
     share_transforms: bool = False
     none_capsule: bool = False  # a routing parent for background (see CapsNetConfig)
+    standardize: bool = False  # feed conv1 (x - mean) / std per channel of the training data
     reconstruction: bool = True
     conv_channels: int = None
     kernel_size: int = None
@@ -128,7 +129,17 @@ def model_config(config, dataset):
                          routing_iters=config.routing_iters, routing_grad=config.routing_grad,
                          share_transforms=config.share_transforms,
                          none_capsule=config.none_capsule,
-                         reconstruction=config.reconstruction, **arch)
+                         reconstruction=config.reconstruction,
+                         **(channel_statistics(dataset.train_x) if config.standardize else {}),
+                         **arch)
+
+
+def channel_statistics(x, sample=4096):
+    """{"input_mean", "input_std"}: per-channel mean and standard deviation of uint8 images
+    (B, C, H, W) in [0, 1] units, from an evenly spaced sample of at most `sample` images."""
+    picked = x[::max(1, len(x) // sample)].astype(np.float64) / 255
+    return {"input_mean": tuple(picked.mean(axis=(0, 2, 3))),
+            "input_std": tuple(np.maximum(picked.std(axis=(0, 2, 3)), 1e-3))}
 
 
 def split_validation(ds, fraction, seed):

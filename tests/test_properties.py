@@ -241,3 +241,18 @@ def test_gradient_path_norms_account_for_every_path():
     assert only == pytest.approx(np.linalg.norm(routing_backward(dv, cache)), rel=1e-12)
     _, cache = routing_forward(u_hat, iters=3, grad="last")
     assert list(gradient_path_norms(dv, cache)) == [("sum", 2)]
+
+
+def test_standardised_input_equals_standardising_by_hand():
+    """input_mean/std: the net sees (x - mean) / std; its decoder still rebuilds x."""
+    from minicaps import CapsNetConfig
+    raw = tiny_net(in_shape=(3, 16, 16), dtype="float64")
+    config = CapsNetConfig(**{**raw.config.__dict__, "input_mean": (0.5, 0.4, 0.3),
+                              "input_std": (0.2, 0.25, 0.5)})
+    net = CapsNet.from_config(config, raw.params)
+    x = np.random.default_rng(0).random((2, 3, 16, 16))
+    mean = np.array([0.5, 0.4, 0.3]).reshape(1, 3, 1, 1)
+    by_hand = (x - mean) / np.array([0.2, 0.25, 0.5]).reshape(1, 3, 1, 1)
+    np.testing.assert_allclose(net.predict(x), raw.predict(by_hand), rtol=1e-12)
+    assert float(net.loss_terms(x, [0, 1])["reconstruction"]) != \
+        float(raw.loss_terms(by_hand, [0, 1])["reconstruction"])
