@@ -19,8 +19,9 @@ overrides its entry. Why each value (README, "Logo frames"):
   raw pixels and shared transforms. Raw photographs, unlike MNIST's black background,
   drove conv1's ReLUs dead in every full run before this (README, "Logo frames").
 
-Not measured to a result: a full run of these defaults (the session ended first). The
-jitter options are there, off.
+Measured so far: a 3-epoch screening run of these defaults reached 11.5, 46.8 and 80.0 %
+test frame accuracy after epochs 1-3 (README, "Logo frames"); a full 12-epoch run is still
+to be made. The jitter options are there, off.
 """
 
 RS_DEFAULTS = dict(
