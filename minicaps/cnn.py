@@ -17,7 +17,7 @@ from .conv import conv2d_backward, conv2d_forward
 from .errors import MinicapsError
 from .layers import linear_backward, linear_forward, relu_backward, relu_forward
 from .losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
-from .network import Network
+from .network import Network, fan_in_uniform
 from .pooling import maxpool_backward, maxpool_forward
 from .routing import softmax
 
@@ -68,12 +68,7 @@ def init_cnn_params(config, seed=0):
     """Uniform in +-1/sqrt(fan_in), weights and biases (PyTorch's default), host arrays."""
     rng = np.random.default_rng(seed)
     shapes = config.param_shapes()
-    params = {}
-    for name, shape in shapes.items():
-        w_shape = shapes[name[:-1] + "w"]
-        fan_in = int(np.prod(w_shape[1:])) if len(w_shape) == 4 else w_shape[0]
-        params[name] = (rng.uniform(-1, 1, shape) / np.sqrt(fan_in)).astype(config.dtype)
-    return params
+    return {name: fan_in_uniform(rng, shapes, name).astype(config.dtype) for name in shapes}
 
 
 class PoolingCNN(Network):

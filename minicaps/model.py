@@ -26,7 +26,7 @@ from .layers import (linear_backward, linear_forward, relu_backward, relu_forwar
                      sigmoid_backward, sigmoid_forward)
 from .losses import (margin_loss_backward, margin_loss_forward, one_hot,
                      reconstruction_loss_backward, reconstruction_loss_forward)
-from .network import Network
+from .network import Network, fan_in_uniform
 from .routing import ROUTING_GRADS, gradient_path_norms, routing_backward, routing_forward
 
 DECODER_WIDTHS = (512, 1024)
@@ -148,10 +148,7 @@ def init_params(config, seed=0):
         if name == "caps.w":
             p = rng.normal(0.0, 0.01, shape)
         else:
-            weight_shape = shapes[name[:-1] + "w"]
-            fan_in = int(np.prod(weight_shape[1:])) if len(weight_shape) == 4 else weight_shape[0]
-            bound = 1 / np.sqrt(fan_in)
-            p = rng.uniform(-bound, bound, shape)
+            p = fan_in_uniform(rng, shapes, name)
         params[name] = p.astype(config.dtype)
     return params
 

@@ -10,6 +10,16 @@ from .backend import device_of, get_array_module, to_device, to_host
 from .errors import MinicapsError
 
 
+def fan_in_uniform(rng, shapes, name):
+    """A conv or linear parameter drawn uniformly in +-1/sqrt(fan_in) of its layer
+    (PyTorch's default, for weights and biases alike). Conv weights are (out, in, kh, kw),
+    linear weights (in, out); `shapes` holds the layer's weight under name[:-1] + "w"."""
+    w_shape = shapes[name[:-1] + "w"]
+    fan_in = int(np.prod(w_shape[1:])) if len(w_shape) == 4 else w_shape[0]
+    bound = 1 / np.sqrt(fan_in)
+    return rng.uniform(-bound, bound, shapes[name])
+
+
 class Network:
     """`params` maps stable names to arrays; `loss_and_grads` returns gradients under the
     same names; nothing is updated in place. The config is a frozen dataclass with

@@ -4,7 +4,6 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-import numpy as np
 from hypothesis import given, settings, HealthCheck, strategies as st
 from test_gradients import OPS, check_op
 from conftest import small_net, batch

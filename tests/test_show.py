@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from minicaps import Adam, CapsNet
 from minicaps.cli import main

@@ -1,7 +1,6 @@
 """The training loop, checkpoints, augmentation and evaluation (tiny networks, seconds each)."""
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
