@@ -41,18 +41,10 @@ def rotate(x, max_degrees, rng):
 
 def rotate_by(x, degrees):
     """Image b rotated about its centre by degrees[b], nearest-neighbour (see rotate)."""
-    B, _, H, W = x.shape
-    theta = np.deg2rad(np.asarray(degrees, dtype=float))[:, None, None]  # (B, 1, 1)
-    cy, cx = (H - 1) / 2, (W - 1) / 2
-    yy, xx = np.mgrid[0:H, 0:W]  # (H, W) output pixel coordinates
+    theta = np.deg2rad(np.asarray(degrees, dtype=float))
     cos, sin = np.cos(theta), np.sin(theta)
-    sy = np.rint(cy + cos * (yy - cy) - sin * (xx - cx)).astype(np.intp)  # (B, H, W)
-    sx = np.rint(cx + sin * (yy - cy) + cos * (xx - cx)).astype(np.intp)
-    inside = (sy >= 0) & (sy < H) & (sx >= 0) & (sx < W)  # (B, H, W)
-    b = np.arange(B)[:, None, None]
-    out = x[b, :, np.clip(sy, 0, H - 1), np.clip(sx, 0, W - 1)]  # (B, H, W, C)
-    out = out * inside[..., None].astype(x.dtype)
-    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))  # (B, C, H, W)
+    return warp(x, np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], 1),
+                nearest=True)
 
 
 def zoom(x, max_scale, rng):
@@ -65,25 +57,38 @@ def zoom(x, max_scale, rng):
 
 def zoom_by(x, factors):
     """Image b scaled about its centre by factors[b], bilinear (see zoom)."""
+    inverse = 1 / np.asarray(factors, dtype=float)
+    zero = np.zeros_like(inverse)
+    return warp(x, np.stack([np.stack([inverse, zero], -1), np.stack([zero, inverse], -1)], 1))
+
+
+def warp(x, inverse, *, nearest=False):
+    """Images resampled through their own affine maps about the centre: output pixel
+    (y, x) of image b takes the input at centre + inverse[b] @ ((y, x) - centre), the
+    inverse (B, 2, 2) of the transformation wanted, rows and columns in (y, x) order.
+    Bilinear, or nearest-neighbour; input from outside the image is 0."""
     B, C, H, W = x.shape
-    s = np.asarray(factors, dtype=float)  # (B,)
+    A = np.asarray(inverse, dtype=float)
     cy, cx = (H - 1) / 2, (W - 1) / 2
-    sy = cy + (np.arange(H)[None, :] - cy) / s[:, None]  # (B, H) source rows
-    sx = cx + (np.arange(W)[None, :] - cx) / s[:, None]  # (B, W) source columns
-    y0, x0 = np.floor(sy).astype(np.intp), np.floor(sx).astype(np.intp)
-    fy, fx = (sy - y0).astype(np.float32), (sx - x0).astype(np.float32)
-    xf = np.zeros((B, C, H + 2, W + 2), np.float32)  # one zero pixel around the image
-    xf[:, :, 1:-1, 1:-1] = x
+    dy, dx = np.mgrid[0:H, 0:W] - np.array([cy, cx])[:, None, None]  # (H, W) each
+    sy = cy + A[:, 0, 0, None, None] * dy + A[:, 0, 1, None, None] * dx  # (B, H, W)
+    sx = cx + A[:, 1, 0, None, None] * dy + A[:, 1, 1, None, None] * dx
+    padded = np.zeros((B, C, H + 2, W + 2), np.float32)  # one zero pixel around the image
+    padded[:, :, 1:-1, 1:-1] = x
     b = np.arange(B)[:, None, None]
 
-    def at(yy, xx):  # (B, H, W) -> (B, C, H, W) gathered from the padded image
-        yy = np.clip(yy + 1, 0, H + 1)[:, :, None]
-        xx = np.clip(xx + 1, 0, W + 1)[:, None, :]
-        return xf[b, :, yy, xx].transpose(0, 3, 1, 2)
+    def at(yy, xx):  # (B, H, W) integer source pixels -> (B, C, H, W), 0 outside
+        yy, xx = np.clip(yy + 1, 0, H + 1), np.clip(xx + 1, 0, W + 1)
+        return padded[b, :, yy, xx].transpose(0, 3, 1, 2)
 
-    wy, wx = fy[:, None, :, None], fx[:, None, None, :]  # (B, 1, H, 1), (B, 1, 1, W)
-    out = ((1 - wy) * ((1 - wx) * at(y0, x0) + wx * at(y0, x0 + 1))
-           + wy * ((1 - wx) * at(y0 + 1, x0) + wx * at(y0 + 1, x0 + 1)))
+    if nearest:
+        out = at(np.rint(sy).astype(np.intp), np.rint(sx).astype(np.intp))
+    else:
+        y0, x0 = np.floor(sy).astype(np.intp), np.floor(sx).astype(np.intp)
+        wy = (sy - y0).astype(np.float32)[:, None]  # (B, 1, H, W)
+        wx = (sx - x0).astype(np.float32)[:, None]
+        out = ((1 - wy) * ((1 - wx) * at(y0, x0) + wx * at(y0, x0 + 1))
+               + wy * ((1 - wx) * at(y0 + 1, x0) + wx * at(y0 + 1, x0 + 1)))
     return np.rint(out).astype(x.dtype)
 
 

@@ -7,7 +7,8 @@ Keys of the archive (format "minicaps-checkpoint-1"):
     optim/<key>         arrays    the optimizer's state_dict ("step" as a 0-d int64)
     epoch               0-d int   epochs completed
     rng_state           0-d str   JSON of the training generator's bit_generator.state
-    model_config        0-d str   JSON of the CapsNetConfig
+    model_kind          0-d str   "capsnet" or "cnn" (minicaps.networks; absent: capsnet)
+    model_config        0-d str   JSON of the network's config
     train_config        0-d str   JSON of the training options
     classes             1-d str   class names, the index is the label
     history             0-d str   JSON list of the per-epoch metrics so far
@@ -30,7 +31,7 @@ import numpy as np
 
 from .backend import to_host
 from .errors import MinicapsError
-from .model import CapsNetConfig
+from .networks import config_from_dict, kind_of
 
 FORMAT = "minicaps-checkpoint-1"
 
@@ -41,7 +42,7 @@ class Checkpoint:
     optimizer: dict
     epoch: int
     rng_state: dict
-    model_config: CapsNetConfig
+    model_config: object  # CapsNetConfig or CNNConfig
     train_config: dict
     classes: list
     history: list = field(default_factory=list)
@@ -59,6 +60,7 @@ def save(path, ckpt):
         "format": np.array(FORMAT),
         "epoch": np.array(ckpt.epoch, np.int64),
         "rng_state": _text(ckpt.rng_state),
+        "model_kind": np.array(kind_of(ckpt.model_config)),
         "model_config": _text(dataclasses.asdict(ckpt.model_config)),
         "train_config": _text(ckpt.train_config),
         "classes": np.array(list(ckpt.classes), dtype=str),
@@ -119,7 +121,9 @@ def load(path):
             optimizer={k[len("optim/"):]: a for k, a in arrays.items() if k.startswith("optim/")},
             epoch=int(arrays["epoch"]),
             rng_state=_json(arrays, "rng_state"),
-            model_config=CapsNetConfig(**_json(arrays, "model_config")),
+            model_config=config_from_dict(
+                str(arrays["model_kind"][()]) if "model_kind" in arrays else "capsnet",
+                _json(arrays, "model_config")),
             train_config=_json(arrays, "train_config"),
             classes=[str(c) for c in arrays["classes"]],
             history=_json(arrays, "history"),

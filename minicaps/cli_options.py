@@ -1,4 +1,5 @@
-"""Click options shared by the commands that build a network from the command line."""
+"""Click pieces shared by the commands: the user-error type, option parsers, and the options
+that build a CapsNet from the command line."""
 import click
 
 from .model import CapsNetConfig
@@ -6,13 +7,36 @@ from .model import CapsNetConfig
 DEFAULTS = CapsNetConfig()
 
 
+class UserError(click.ClickException):
+    """A user's mistake: one line `minicaps: error: ...` on stderr, exit status 1."""
+
+    def show(self, file=None):
+        click.echo(f"minicaps: error: {self.message}", err=True)
+
+
+def _positive_ints(value):
+    """'32,64,64' -> (32, 64, 64); () unless every entry is a positive integer."""
+    try:
+        numbers = tuple(int(n) for n in value.split(","))
+    except ValueError:
+        return ()
+    return numbers if numbers and min(numbers) >= 1 else ()
+
+
+def parse_widths(ctx, param, value):
+    """'32,64,64' -> (32, 64, 64) of positive ints; None stays None (the default)."""
+    if value is None:
+        return None
+    widths = _positive_ints(value)
+    if not widths:
+        raise click.BadParameter(f"expected positive integers such as 32,64,64, not {value!r}")
+    return widths
+
+
 def parse_shape(ctx, param, value):
     """'C,H,W' -> (C, H, W) of positive ints."""
-    try:
-        shape = tuple(int(n) for n in value.split(","))
-    except ValueError:
-        shape = ()
-    if len(shape) != 3 or min(shape) < 1:
+    shape = _positive_ints(value)
+    if len(shape) != 3:
         raise click.BadParameter(f"expected C,H,W such as 1,28,28, not {value!r}")
     return shape
 

@@ -9,7 +9,8 @@ import numpy as np
 from .bench import bandwidth_gbs, benchmark, gemm_gflops
 from .cli_options import network_config, network_options
 from .gradcheck import check_model, directional_check, scale_to_operating_point
-from .model import CapsNet
+from .errors import MinicapsError
+from .model import CapsNet, CapsNetConfig
 from .plan import available_bytes, plan
 
 GIB, MIB = 2 ** 30, 2 ** 20
@@ -118,6 +119,8 @@ def _checkpoint_and_examples(path, data):
     """The network of a checkpoint and the test images of its data (or of `data`)."""
     from . import checkpoint, train
     ckpt = checkpoint.load(path)
+    if not isinstance(ckpt.model_config, CapsNetConfig):
+        raise MinicapsError(f"{path} holds a CNN: these pictures are of capsules")
     net = CapsNet.from_config(ckpt.model_config, ckpt.params)
     options = {**ckpt.train_config, "limit": None, **({"data": data} if data else {})}
     return net, train.load_data(train.TrainConfig.from_json(options)).test_x

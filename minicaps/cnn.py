@@ -17,7 +17,7 @@ from .conv import conv2d_backward, conv2d_forward
 from .errors import MinicapsError
 from .layers import linear_backward, linear_forward, relu_backward, relu_forward
 from .losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
-from .network import Network, fan_in_uniform
+from .network import Network, checked_input_statistics, fan_in_uniform
 from .pooling import maxpool_backward, maxpool_forward
 from .routing import softmax
 
@@ -31,11 +31,16 @@ class CNNConfig:
     channels: tuple = (256, 256, 128)
     kernel_size: int = 5
     hidden: tuple = (328, 192)
+    input_mean: tuple = None  # per-channel input statistics, as CapsNetConfig's
+    input_std: tuple = None
     dtype: str = "float32"
 
     def __post_init__(self):
         for name in ("in_shape", "channels", "hidden"):
             object.__setattr__(self, name, tuple(int(n) for n in getattr(self, name)))
+        checked_input_statistics(self)
+        if not self.channels or min(self.channels + self.hidden) < 1:
+            raise MinicapsError("the CNN needs at least one convolution, and positive widths")
         if self.kernel_size % 2 == 0:
             raise MinicapsError("the CNN's kernel size must be odd (for 'same' padding)")
         h, w = self.feature_size
@@ -85,7 +90,7 @@ class PoolingCNN(Network):
 
     def _logits(self, x):
         p, cfg = self.params, self.config
-        caches, h = [], x
+        caches, h = [], self._standardized(x)
         for n in range(len(cfg.channels)):
             h, conv_cache = conv2d_forward(h, p[f"conv{n}.w"], p[f"conv{n}.b"],
                                            pad=cfg.kernel_size // 2)

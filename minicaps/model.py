@@ -26,7 +26,7 @@ from .layers import (linear_backward, linear_forward, relu_backward, relu_forwar
                      sigmoid_backward, sigmoid_forward)
 from .losses import (margin_loss_backward, margin_loss_forward, one_hot,
                      reconstruction_loss_backward, reconstruction_loss_forward)
-from .network import Network, fan_in_uniform
+from .network import Network, checked_input_statistics, fan_in_uniform
 from .routing import ROUTING_GRADS, gradient_path_norms, routing_backward, routing_forward
 
 DECODER_WIDTHS = (512, 1024)
@@ -62,17 +62,7 @@ class CapsNetConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "in_shape", tuple(int(n) for n in self.in_shape))
-        for name in ("input_mean", "input_std"):
-            stats = getattr(self, name)
-            if stats is not None:
-                stats = tuple(float(s) for s in stats)
-                if len(stats) != self.in_shape[0]:
-                    raise MinicapsError(f"{name} needs one value per input channel "
-                                        f"({self.in_shape[0]}), not {len(stats)}")
-                object.__setattr__(self, name, stats)
-        if (self.input_mean is None) != (self.input_std is None) or \
-                (self.input_std is not None and min(self.input_std) <= 0):
-            raise MinicapsError("input_mean and input_std go together, std positive")
+        checked_input_statistics(self)
         if self.routing_grad not in ROUTING_GRADS:
             raise MinicapsError(f"routing_grad must be one of {ROUTING_GRADS}, "
                                 f"not {self.routing_grad!r}")
@@ -178,12 +168,7 @@ class CapsNet(Network):
         """The class capsules v (B, J, E) of a prepared batch, with the caches for backward.
         Feature maps stay batch-last (C, H, W, B) from conv1 to the primary capsules."""
         p, cfg = self.params, self.config
-        if cfg.input_mean is not None:  # no gradient is needed with respect to the input
-            xp = get_array_module(x)
-            shape = (1, -1, 1, 1)
-            x = (x - xp.asarray(cfg.input_mean, dtype=x.dtype).reshape(shape)) \
-                / xp.asarray(cfg.input_std, dtype=x.dtype).reshape(shape)
-        h, conv_cache = conv2d_forward_batch_last(to_batch_last(x), p["conv1.w"], p["conv1.b"],
+        h, conv_cache = conv2d_forward_batch_last(to_batch_last(self._standardized(x)), p["conv1.w"], p["conv1.b"],
                                                   stride=cfg.conv_stride)
         h, relu_cache = relu_forward(h)  # (conv_channels, H1, W1, B)
         u, primary_cache = primary_capsules_forward(

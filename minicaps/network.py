@@ -20,10 +20,26 @@ def fan_in_uniform(rng, shapes, name):
     return rng.uniform(-bound, bound, shapes[name])
 
 
+def checked_input_statistics(config):
+    """Validate and normalise a config's input_mean/input_std (per-channel tuples of floats,
+    both or neither, std positive); call from the config's __post_init__."""
+    for name in ("input_mean", "input_std"):
+        stats = getattr(config, name)
+        if stats is not None:
+            stats = tuple(float(s) for s in stats)
+            if len(stats) != config.in_shape[0]:
+                raise MinicapsError(f"{name} needs one value per input channel "
+                                    f"({config.in_shape[0]}), not {len(stats)}")
+            object.__setattr__(config, name, stats)
+    if (config.input_mean is None) != (config.input_std is None) or \
+            (config.input_std is not None and min(config.input_std) <= 0):
+        raise MinicapsError("input_mean and input_std go together, std positive")
+
+
 class Network:
     """`params` maps stable names to arrays; `loss_and_grads` returns gradients under the
     same names; nothing is updated in place. The config is a frozen dataclass with
-    `param_shapes()`, `in_shape`, `n_classes` and `dtype`; `init_params(config, seed)` is
+    `param_shapes()`, `in_shape`, `n_classes`, `dtype`, `input_mean` and `input_std`; `init_params(config, seed)` is
     the subclass's initialiser."""
 
     init_params = None  # set by each subclass: (config, seed) -> dict of host arrays
@@ -65,6 +81,17 @@ class Network:
             raise MinicapsError(f"input batch has shape {tuple(x.shape)}, the net expects "
                                 f"(B, {', '.join(map(str, self.config.in_shape))})")
         return x
+
+    def _standardized(self, x):
+        """(x - input_mean) / input_std per channel, or x itself when the config has no
+        statistics. No gradient is ever needed with respect to the input."""
+        cfg = self.config
+        if cfg.input_mean is None:
+            return x
+        xp = get_array_module(x)
+        shape = (1, -1, 1, 1)
+        return ((x - xp.asarray(cfg.input_mean, dtype=x.dtype).reshape(shape))
+                / xp.asarray(cfg.input_std, dtype=x.dtype).reshape(shape))
 
     def _as_labels(self, y):
         xp = get_array_module(next(iter(self.params.values())))

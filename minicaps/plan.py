@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from .cnn import POOLED_LAYERS
 from .conv import COLUMN_BYTES
 from .errors import MinicapsError
 
@@ -141,7 +142,50 @@ def traffic_per_image(config):
     return float(elements * itemsize)
 
 
+def _cnn_layers(config):
+    """(input channels, output channels, height, width, pooled) of each CNN convolution,
+    at the resolution it runs ('same' padding: its input's)."""
+    (C, H, W), layers = config.in_shape, []
+    for n, K in enumerate(config.channels):
+        pooled = n < POOLED_LAYERS
+        layers.append((C, K, H, W, pooled))
+        C, H, W = K, (H // 2 if pooled else H), (W // 2 if pooled else W)
+    return layers
+
+
+def _cnn_plan(config, batch_size, device):
+    """The CNN baseline's plan, by the same accounting as the CapsNet's: each convolution
+    keeps its padded batch-last input, its output and ReLU output (plus the pooled output
+    and its int64 winners); the largest transient is one column group or a pooling
+    backward (the window gradients and dx). FLOPs: the convolutions and FC layers."""
+    B, k, pad = batch_size, config.kernel_size, config.kernel_size // 2
+    itemsize = np.dtype(config.dtype).itemsize
+    budget = COLUMN_BYTES["cupy" if device == "gpu" else "numpy"] // itemsize
+    cached = transient = conv_flops = traffic = 0
+    for C, K, H, W, pooled in _cnn_layers(config):
+        out = K * H * W
+        pooled_out = out // 4 if pooled else 0
+        cached += C * (H + 2 * pad) * (W + 2 * pad) + 2 * out + 3 * pooled_out
+        row = C * k * H * W * B
+        transient = max(transient, max(1, min(k, budget // row)) * row, 6 * out * B)
+        conv_flops += 2 * K * C * k * k * H * W
+        traffic += 2 * C * k * k * H * W + 8 * out
+    shapes = config.param_shapes()
+    fc_flops = sum(2 * int(np.prod(s)) for name, s in shapes.items()
+                   if name.startswith("fc") and name.endswith(".w"))
+    n = config.n_params()
+    forward = conv_flops + fc_flops
+    return Plan(n_params=n, param_bytes=4 * n * itemsize,
+                activation_bytes=itemsize * (cached * B + transient),
+                flops_forward=float(forward), flops_train=float(3 * forward),
+                gemm_flops_train=float(3 * forward), traffic_bytes=float(traffic * itemsize),
+                batch_size=batch_size)
+
+
 def plan(config, batch_size, device="cpu"):
+    """The Plan of a training step of `config` (a CapsNetConfig or CNNConfig)."""
+    if hasattr(config, "channels"):  # the CNN baseline (cnn.CNNConfig)
+        return _cnn_plan(config, batch_size, device)
     n = config.n_params()
     itemsize = np.dtype(config.dtype).itemsize
     forward, train = flops_per_image(config)

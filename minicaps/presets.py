@@ -32,6 +32,7 @@ RS_DEFAULTS = dict(
     conv_channels=128, kernel_size=9, conv_stride=2, primary_types=16, primary_dim=8,
     primary_stride=2, class_dim=16, routing_iters=3,
     crop_corners=("tl", "tr", "bl"), crop_width=192, crop_height=96, crop_scale=0.5,
+    cnn_channels=(32, 64, 64),  # the CNN baseline, of about this CapsNet's size (README)
 )
 
 

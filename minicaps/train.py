@@ -24,82 +24,17 @@ import numpy as np
 from . import checkpoint
 from .augment import augment
 from .backend import get_array_module, require_gpu, to_host
-from .data import RSCrop, detect_layout, load_dataset
+from .data import detect_layout, load_dataset
 from .errors import MinicapsError
 from .epochs import epoch_order, epoch_size
-from .evaluate import NOLOGO, evaluate, with_nologo
-from .model import CapsNet, CapsNetConfig
+from .evaluate import (NOLOGO, PRESENT, choose_threshold, class_lengths, frame_accuracy,
+                       with_nologo)
+from .networks import build
 from .optim import SGD, Adam, ExponentialDecay
 from .plan import check_fits
+from .train_config import TrainConfig, model_config  # noqa: F401 (TrainConfig: the API)
 
-ARCH_FIELDS = ("conv_channels", "kernel_size", "conv_stride", "primary_types", "primary_dim",
-               "primary_stride", "class_dim")
-# The paper's network trains at ~30 images/s on two CPU cores: an hour per epoch of MNIST.
-# The bundled sample gets a narrower one (fewer conv channels and primary capsule types)
-# that trains ~13x faster and still reaches ~98 % in 8 epochs; any architecture option
-# overrides it.
-BUNDLED_ARCH = dict(conv_channels=64, primary_types=8)
 GPU_CHECK_EVERY = 50  # steps between loss checks on the GPU (each check is a device sync)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every option of a training run. Architecture fields left None take the paper's
-    values, or BUNDLED_ARCH's when training on the bundled sample (data None)."""
-    data: str = None  # dataset path; None: the MNIST sample bundled with minicaps
-    out: str = "runs/train"
-    device: str = "cpu"
-    epochs: int = 8
-    batch_size: int = 64
-    lr: float = 3e-3
-    lr_decay: float = 0.95  # learning rate factor per epoch (applied smoothly every step)
-    optimizer: str = "adam"
-    seed: int = 0
-    val_fraction: float = 0.1
-    shift: int = 2
-    flip: bool = False
-    rotate: float = 0.0
-    scale_jitter: float = 0.0  # random zoom by up to 1 +- this (training only)
-    colour_jitter: float = 0.0  # random contrast, brightness, colour gains (training only)
-    blur: float = 0.0  # fraction of training images blurred
-    balance: bool = False  # draw each epoch's examples with equal weight per class
-    nologo_ratio: float = None  # R&S: nologo examples per logo example in an epoch (None: all)
-    nologo_capsule: bool = True  # False: no capsule for nologo; it means "no capsule present"
-    init_length: float = None  # median class-capsule length at the start (None: caps.w std 0.01)
-    limit: int = None
-    routing_iters: int = 3
-    routing_grad: str = "full"
-    share_transforms: bool = False
-    none_capsule: bool = False  # a routing parent for background (see CapsNetConfig)
-    standardize: bool = False  # feed conv1 (x - mean) / std per channel of the training data
-    reconstruction: bool = True
-    conv_channels: int = None
-    kernel_size: int = None
-    conv_stride: int = None
-    primary_types: int = None
-    primary_dim: int = None
-    primary_stride: int = None
-    class_dim: int = None
-    crop_corners: tuple = ("tl", "tr", "bl", "br")
-    crop_width: int = 320
-    crop_height: int = 140
-    crop_scale: float = 0.4
-    crop_grey: bool = False
-    merge_variants: bool = True
-
-    def to_json(self):
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, d):
-        d = dict(d)
-        d["crop_corners"] = tuple(d.get("crop_corners", cls.crop_corners))
-        return cls(**d)
-
-    @property
-    def crop(self):
-        return RSCrop(corners=tuple(self.crop_corners), width=self.crop_width,
-                      height=self.crop_height, scale=self.crop_scale, grey=self.crop_grey)
 
 
 @dataclass
@@ -112,34 +47,7 @@ class Split:
 
 def load_data(config):
     return load_dataset(config.data, rs_crop=config.crop, merge_variants=config.merge_variants,
-                        limit=config.limit)
-
-
-def model_config(config, dataset):
-    """The CapsNetConfig of a run on `dataset`."""
-    base = BUNDLED_ARCH if config.data is None else {}
-    n_classes = dataset.n_classes
-    if not config.nologo_capsule and NOLOGO in dataset.classes:
-        if dataset.classes[-1] != NOLOGO:
-            raise MinicapsError(f"without a nologo capsule, {NOLOGO!r} must be the last class")
-        n_classes -= 1  # nologo examples train every capsule towards absent
-    arch = {f: getattr(config, f) if getattr(config, f) is not None
-            else base.get(f, getattr(CapsNetConfig, f)) for f in ARCH_FIELDS}
-    return CapsNetConfig(in_shape=dataset.in_shape, n_classes=n_classes,
-                         routing_iters=config.routing_iters, routing_grad=config.routing_grad,
-                         share_transforms=config.share_transforms,
-                         none_capsule=config.none_capsule,
-                         reconstruction=config.reconstruction,
-                         **(channel_statistics(dataset.train_x) if config.standardize else {}),
-                         **arch)
-
-
-def channel_statistics(x, sample=4096):
-    """{"input_mean", "input_std"}: per-channel mean and standard deviation of uint8 images
-    (B, C, H, W) in [0, 1] units, from an evenly spaced sample of at most `sample` images."""
-    picked = x[::max(1, len(x) // sample)].astype(np.float64) / 255
-    return {"input_mean": tuple(picked.mean(axis=(0, 2, 3))),
-            "input_std": tuple(np.maximum(picked.std(axis=(0, 2, 3)), 1e-3))}
+                        limit=config.limit).padded(config.pad)
 
 
 def split_validation(ds, fraction, seed):
@@ -169,14 +77,24 @@ def make_optimizer(config, params, steps_per_epoch):
     raise MinicapsError(f"optimizer must be adam or sgd, not {config.optimizer!r}")
 
 
-def _scores(net, split, config, classes, prefix):
-    if not len(split.y):
-        return {f"{prefix}_accuracy": None}
-    ev = evaluate(net, split.x, split.y, batch_size=max(config.batch_size, 256),
-                  frame=split.frame, frame_y=split.frame_y, classes=classes)
-    out = {f"{prefix}_accuracy": ev.accuracy}
-    if ev.frame_accuracy is not None:
-        out[f"{prefix}_frame_accuracy"] = ev.frame_accuracy
+def _scores(net, val, test, config, classes):
+    """Accuracy on the validation and test splits; for frame data also the frame accuracy,
+    at the frame threshold that does best on the validation frames (recorded)."""
+    out, threshold = {}, PRESENT
+    for prefix, split in (("val", val), ("test", test)):
+        if not len(split.y):
+            out[f"{prefix}_accuracy"] = None
+            continue
+        lengths = class_lengths(net, split.x, batch_size=max(config.batch_size, 256),
+                                n_classes=len(classes))
+        out[f"{prefix}_accuracy"] = float(np.mean(lengths.argmax(axis=1) == split.y))
+        if split.frame is not None:
+            nologo = classes.index(NOLOGO)
+            if prefix == "val":
+                threshold = choose_threshold(lengths, split.frame, split.frame_y, nologo)
+                out["frame_threshold"] = threshold
+            out[f"{prefix}_frame_accuracy"] = frame_accuracy(
+                lengths, split.frame, split.frame_y, nologo, threshold)
     return out
 
 
@@ -235,6 +153,14 @@ def train_epoch(net, opt, train, config, rng, progress, epoch, nologo, n_classes
     return float(loss_sum) / n, float(hits) / n
 
 
+def describe(mconfig):
+    """'4,897,408 parameters, 1728 primary capsules' (or the CNN's layers)."""
+    if hasattr(mconfig, "n_primary"):
+        return f"{mconfig.n_params():,} parameters, {mconfig.n_primary} primary capsules"
+    return (f"CNN with max pooling, conv {','.join(map(str, mconfig.channels))}, "
+            f"FC {','.join(map(str, mconfig.hidden))}: {mconfig.n_params():,} parameters")
+
+
 def _write_metrics(path, history):
     """metrics.jsonl rewritten from the checkpoint's history (atomic, like the checkpoint)."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -286,8 +212,8 @@ def _run(config, progress, dataset, resume):
     nologo = ds.classes.index(NOLOGO) if NOLOGO in ds.classes else None
     n_epoch = epoch_size(train.y, nologo, config.nologo_ratio)
     steps_per_epoch = math.ceil(n_epoch / config.batch_size)
-    net = CapsNet.from_config(mconfig, resume.params if resume else None, seed=config.seed,
-                              device=config.device)
+    net = build(mconfig, resume.params if resume else None, seed=config.seed,
+                device=config.device)
     if config.init_length is not None and not resume:
         calibrate_transforms(net, train.x[:256], config.init_length)
     opt = make_optimizer(config, net.params, steps_per_epoch)
@@ -302,8 +228,7 @@ def _run(config, progress, dataset, resume):
     progress("start", lines=[
         ds.summary(),
         f"split: {len(train.y)} train / {len(val.y)} validation / {len(test.y)} test examples",
-        f"network: {mconfig.n_params():,} parameters, {mconfig.n_primary} primary capsules, "
-        f"{config.device}" + (f"; resuming after epoch {start}" if resume else "")]
+        f"network: {describe(mconfig)}, {config.device}" + (f"; resuming after epoch {start}" if resume else "")]
         + ([f"{out} has finished its {start} epochs: pass --epochs to train longer"]
            if start >= config.epochs else []))
     out.mkdir(parents=True, exist_ok=True)
@@ -321,8 +246,7 @@ def _run(config, progress, dataset, resume):
                                 f"stopped, the last good checkpoint is kept (try a lower --lr)")
         t_train = time.perf_counter() - t0
         record = {"epoch": epoch, "train_loss": loss, "train_accuracy": acc,
-                  **_scores(net, val, config, ds.classes, "val"),
-                  **_scores(net, test, config, ds.classes, "test"),
+                  **_scores(net, val, test, config, ds.classes),
                   "lr": opt.lr, "images_per_s": n_epoch / t_train,
                   "epoch_s": time.perf_counter() - t0,
                   "elapsed_s": elapsed0 + time.perf_counter() - t_start}

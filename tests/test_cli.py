@@ -197,3 +197,22 @@ def test_resume_of_a_finished_run_says_so(run_dir):
     result = invoke("train", "--resume", "--out", run_dir)
     assert result.exit_code == 0 and "pass --epochs to train longer" in result.stderr
     assert checkpoint.load(run_dir / "last.npz").epoch == 1
+
+
+def test_cnn_trains_evaluates_and_is_refused_by_capsule_pictures(tmp_path):
+    out = tmp_path / "cnn"
+    result = invoke("train", "--model", "cnn", "--cnn-channels", "8,8", "--cnn-hidden", "16",
+                    "--limit", 100, "--epochs", 1, "--pad", 2, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "CNN with max pooling" in result.stderr
+    assert checkpoint.load(out / "last.npz").model_config.in_shape == (1, 32, 32)
+    result = invoke("evaluate", out / "last.npz", "--transform", "affine:1")
+    assert result.exit_code == 0, result.output
+    assert "affine:1" in result.output and "accuracy" in result.output
+    assert_user_error(invoke("show", "couplings", out / "last.npz", "--out", tmp_path / "c.png"),
+                      "CNN")
+
+
+def test_bad_cnn_widths_are_a_usage_error(tmp_path):
+    result = invoke("train", "--model", "cnn", "--cnn-channels", "8,x", "--out", tmp_path)
+    assert result.exit_code == 2 and "--cnn-channels" in result.output

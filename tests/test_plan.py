@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from minicaps import CapsNet, CapsNetConfig, MinicapsError
+from minicaps.cnn import PoolingCNN
 from minicaps.plan import check_fits, flops_per_image, largest_batch, plan
 
 
@@ -14,7 +15,18 @@ from minicaps.plan import check_fits, flops_per_image, largest_batch, plan
          conv_stride=2, routing_iters=5, reconstruction=False),
 ])
 def test_predicted_memory_is_within_a_quarter_of_the_measured_peak(kwargs):
-    net = CapsNet(**kwargs)
+    assert_memory_prediction(CapsNet(**kwargs))
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(in_shape=(1, 28, 28), channels=(32, 64, 64)),
+    dict(in_shape=(3, 48, 96), n_classes=16, channels=(16, 32, 32), hidden=(64,)),
+])
+def test_the_cnn_baseline_is_planned_like_the_capsnet(kwargs):
+    assert_memory_prediction(PoolingCNN(**kwargs))
+
+
+def assert_memory_prediction(net):
     B = 16
     rng = np.random.default_rng(0)
     x = rng.random((B, *net.config.in_shape)).astype(np.float32)

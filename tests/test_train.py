@@ -9,7 +9,8 @@ from minicaps import checkpoint, train
 from minicaps.augment import augment, blur, flip, jitter, rotate, shift, zoom
 from minicaps.data import Dataset, load_dataset
 from minicaps.errors import MinicapsError
-from minicaps.evaluate import PRESENT, evaluate, frame_decision, with_nologo
+from minicaps.evaluate import (PRESENT, choose_threshold, evaluate, frame_accuracy,
+                               frame_decision, with_nologo)
 from minicaps.model import CapsNet
 
 TINY = dict(conv_channels=8, primary_types=4, primary_dim=4, class_dim=8, kernel_size=5,
@@ -109,13 +110,23 @@ def test_evaluate_scores_frames():
 
 
 def test_frame_decision_threshold_and_the_nologo_column():
-    lengths = np.array([[0.45, 0.2, 0.1], [0.1, 0.3, 0.2]])  # two frames, one corner each
-    assert frame_decision(lengths, np.array([0, 1]), 2)[1].tolist() == [0, 1]
+    lengths = np.array([[0.45, 0.2, 0.1], [0.1, 0.3, 0.9]])  # two frames, one corner each
+    assert frame_decision(lengths, np.array([0, 1]), 2)[1].tolist() == [2, 2]  # at 0.5
     assert frame_decision(lengths, np.array([0, 1]), 2, threshold=0.4)[1].tolist() == [0, 2]
+    # the nologo capsule takes no part: frame 1's channel 1 counts above the threshold
+    assert frame_decision(lengths, np.array([0, 1]), 2, threshold=0.25)[1].tolist() == [0, 1]
     padded = with_nologo(lengths[:, :2], 3)  # a net without a nologo capsule
     assert padded.shape == (2, 3) and np.all(padded[:, 2] == PRESENT)
     assert padded.argmax(axis=1).tolist() == [2, 2]  # no capsule longer than 0.5: nologo
     assert with_nologo(lengths, 3) is lengths
+
+
+def test_the_frame_threshold_is_the_best_one_on_the_frames_given():
+    lengths = np.array([[0.3, 0.1, 0.9], [0.1, 0.2, 0.9], [0.1, 0.7, 0.1]])
+    frame, frame_y = np.array([0, 1, 2]), np.array([0, 2, 1])  # a faint logo, none, a clear one
+    t = choose_threshold(lengths, frame, frame_y, nologo=2)
+    assert 0.2 < t <= 0.3 and frame_accuracy(lengths, frame, frame_y, 2, t) == 1.0
+    assert frame_accuracy(lengths, frame, frame_y, 2) == pytest.approx(2 / 3)  # at 0.5
 
 
 def test_training_without_a_nologo_capsule_and_with_calibrated_transforms(tmp_path):
@@ -262,3 +273,40 @@ def test_nologo_ratio_keeps_every_logo_and_subsamples_nologo():
     assert sorted(a[y[a] != 3].tolist()) == list(range(60, 75))  # every logo once
     assert np.sum(y[a] == 3) == 30 and set(a.tolist()) != set(b.tolist())  # fresh nologo draws
     assert train.epoch_size(y, 3, 100.0) == 75  # never more than there are
+
+
+# the CNN baseline
+
+def test_the_cnn_baseline_trains_resumes_and_round_trips(tmp_path):
+    kw = dict(model="cnn", cnn_channels=(8, 8), cnn_kernel_size=3, cnn_hidden=(16,),
+              standardize=True, lr=1e-2)
+    history = _run(tmp_path / "straight", 4, **kw)
+    assert history[-1]["test_accuracy"] > 0.8, history  # chance: 1/3; bars are easy
+    ckpt = checkpoint.load(tmp_path / "straight" / "last.npz")
+    assert ckpt.model_config.channels == (8, 8) and ckpt.model_config.input_mean is not None
+    assert train.TrainConfig.from_json(ckpt.train_config).cnn_hidden == (16,)
+    _run(tmp_path / "split", 2, **kw)
+    train.resume(tmp_path / "split", epochs=4, dataset=synthetic())
+    again = checkpoint.load(tmp_path / "split" / "last.npz")
+    for name in ckpt.params:
+        assert np.array_equal(ckpt.params[name], again.params[name]), name
+
+
+def test_capsule_only_options_are_refused_for_the_cnn(tmp_path):
+    with pytest.raises(MinicapsError, match="init-length"):
+        _run(tmp_path, 1, model="cnn", init_length=0.3)
+
+
+def test_a_checkpoint_without_a_model_kind_is_a_capsnet(tmp_path):
+    """Checkpoints written before the CNN existed hold no model_kind."""
+    _run(tmp_path, 1)
+    with np.load(tmp_path / "last.npz", allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files if k != "model_kind"}
+    np.savez(tmp_path / "old.npz", **arrays)
+    assert checkpoint.load(tmp_path / "old.npz").model_config.conv_channels == 8
+
+
+def test_padding_puts_images_in_a_larger_canvas(tmp_path):
+    ds = synthetic().padded(3)
+    assert ds.in_shape == (1, 18, 18) and (ds.train_x[:, :, :3] == 0).all()
+    np.testing.assert_array_equal(ds.test_x[:, :, 3:-3, 3:-3], synthetic().test_x)

@@ -39,3 +39,28 @@ def test_evaluate_with_a_bad_transform_is_one_clear_line(tmp_path):
     result = CliRunner().invoke(main, ["evaluate", str(ckpt), "--transform", "spin:3"])
     assert result.exit_code == 1
     assert "--transform" in result.output and "Traceback" not in result.output
+
+
+def test_affine_is_seeded_per_image_and_keeps_the_content_inside():
+    x = np.zeros((6, 1, 40, 40), np.uint8)
+    x[:, 0, 6:34, 17:23] = 255  # a tall bar, centred as a padded MNIST digit
+    a, b = transforms.apply(x, "affine:3"), transforms.apply(x, "affine:3")
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, transforms.apply(x, "affine:4"))
+    assert len({img.tobytes() for img in a}) == 6  # each image its own map
+    mass = a.astype(float).sum(axis=(1, 2, 3)) / x[0].astype(float).sum()
+    assert ((mass > 0.6) & (mass < 1.6)).all(), mass  # scaled 0.8-1.2 per axis, none cut off
+
+
+def test_warp_by_the_identity_changes_nothing():
+    from minicaps.augment import warp
+    x = np.random.default_rng(0).integers(0, 255, (3, 2, 7, 9)).astype(np.uint8)
+    identity = np.tile(np.eye(2), (3, 1, 1))
+    np.testing.assert_array_equal(warp(x, identity), x)
+    np.testing.assert_array_equal(warp(x, identity, nearest=True), x)
+
+
+@pytest.mark.parametrize("spec", ["affine:x", "affine:-1"])
+def test_bad_affine_specs_are_refused(spec):
+    with pytest.raises(MinicapsError, match="--transform"):
+        transforms.parse(spec)
