@@ -156,18 +156,22 @@ def _cnn_layers(config):
 def _cnn_plan(config, batch_size, device):
     """The CNN baseline's plan, by the same accounting as the CapsNet's: each convolution
     keeps its padded batch-last input, its output and ReLU output (plus the pooled output
-    and its int64 winners); the largest transient is one column group or a pooling
-    backward (the window gradients and dx). FLOPs: the convolutions and FC layers."""
+    and its int64 winners); the largest transient is a column group with the output it
+    makes, a backward pass's columns, their gradient and dx (not in the first layer, which
+    needs no dx), or a pooling backward (window gradients and dx). FLOPs: the convolutions
+    and FC layers."""
     B, k, pad = batch_size, config.kernel_size, config.kernel_size // 2
     itemsize = np.dtype(config.dtype).itemsize
     budget = COLUMN_BYTES["cupy" if device == "gpu" else "numpy"] // itemsize
     cached = transient = conv_flops = traffic = 0
-    for C, K, H, W, pooled in _cnn_layers(config):
+    for n, (C, K, H, W, pooled) in enumerate(_cnn_layers(config)):
         out = K * H * W
         pooled_out = out // 4 if pooled else 0
         cached += C * (H + 2 * pad) * (W + 2 * pad) + 2 * out + 3 * pooled_out
         row = C * k * H * W * B
-        transient = max(transient, max(1, min(k, budget // row)) * row, 6 * out * B)
+        cols = max(1, min(k, budget // row)) * row
+        backward = 2 * cols + 2 * C * (H + 2 * pad) * (W + 2 * pad) * B if n else cols
+        transient = max(transient, cols + 2 * out * B, backward, 6 * out * B)
         conv_flops += 2 * K * C * k * k * H * W
         traffic += 2 * C * k * k * H * W + 8 * out
     shapes = config.param_shapes()
