@@ -41,10 +41,14 @@ def rotate(x, max_degrees, rng):
 
 def rotate_by(x, degrees):
     """Image b rotated about its centre by degrees[b], nearest-neighbour (see rotate)."""
+    return warp(x, rotations(degrees), nearest=True)
+
+
+def rotations(degrees):
+    """(B, 2, 2) matrices turning (y, x) offsets by degrees[b] (as warp uses them)."""
     theta = np.deg2rad(np.asarray(degrees, dtype=float))
     cos, sin = np.cos(theta), np.sin(theta)
-    return warp(x, np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], 1),
-                nearest=True)
+    return np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], 1)
 
 
 def zoom(x, max_scale, rng):
@@ -62,18 +66,28 @@ def zoom_by(x, factors):
     return warp(x, np.stack([np.stack([inverse, zero], -1), np.stack([zero, inverse], -1)], 1))
 
 
-def warp(x, inverse, *, nearest=False):
+def warp(x, inverse, *, nearest=False, chunk=512):
     """Images resampled through their own affine maps about the centre: output pixel
     (y, x) of image b takes the input at centre + inverse[b] @ ((y, x) - centre), the
     inverse (B, 2, 2) of the transformation wanted, rows and columns in (y, x) order.
-    Bilinear, or nearest-neighbour; input from outside the image is 0."""
-    B, C, H, W = x.shape
+    Bilinear, or nearest-neighbour; input from outside the image is 0. Works through
+    `chunk` images at a time, so a whole test set costs a few of its images' floats."""
     A = np.asarray(inverse, dtype=float)
+    out = np.empty_like(x)
+    for start in range(0, len(x), chunk):
+        part = slice(start, start + chunk)
+        out[part] = _warp(x[part], A[part], nearest)
+    return out
+
+
+def _warp(x, A, nearest):
+    B, C, H, W = x.shape
     cy, cx = (H - 1) / 2, (W - 1) / 2
     dy, dx = np.mgrid[0:H, 0:W] - np.array([cy, cx])[:, None, None]  # (H, W) each
     sy = cy + A[:, 0, 0, None, None] * dy + A[:, 0, 1, None, None] * dx  # (B, H, W)
     sx = cx + A[:, 1, 0, None, None] * dy + A[:, 1, 1, None, None] * dx
-    padded = np.zeros((B, C, H + 2, W + 2), np.float32)  # one zero pixel around the image
+    # one zero pixel around the image; nearest-neighbour copies pixels, so it keeps uint8
+    padded = np.zeros((B, C, H + 2, W + 2), x.dtype if nearest else np.float32)
     padded[:, :, 1:-1, 1:-1] = x
     b = np.arange(B)[:, None, None]
 
@@ -82,14 +96,13 @@ def warp(x, inverse, *, nearest=False):
         return padded[b, :, yy, xx].transpose(0, 3, 1, 2)
 
     if nearest:
-        out = at(np.rint(sy).astype(np.intp), np.rint(sx).astype(np.intp))
-    else:
-        y0, x0 = np.floor(sy).astype(np.intp), np.floor(sx).astype(np.intp)
-        wy = (sy - y0).astype(np.float32)[:, None]  # (B, 1, H, W)
-        wx = (sx - x0).astype(np.float32)[:, None]
-        out = ((1 - wy) * ((1 - wx) * at(y0, x0) + wx * at(y0, x0 + 1))
-               + wy * ((1 - wx) * at(y0 + 1, x0) + wx * at(y0 + 1, x0 + 1)))
-    return np.rint(out).astype(x.dtype)
+        return at(np.rint(sy).astype(np.intp), np.rint(sx).astype(np.intp))
+    y0, x0 = np.floor(sy).astype(np.intp), np.floor(sx).astype(np.intp)
+    wy = (sy - y0).astype(np.float32)[:, None]  # (B, 1, H, W)
+    wx = (sx - x0).astype(np.float32)[:, None]
+    out = ((1 - wy) * ((1 - wx) * at(y0, x0) + wx * at(y0, x0 + 1))
+           + wy * ((1 - wx) * at(y0 + 1, x0) + wx * at(y0 + 1, x0 + 1)))
+    return np.rint(out)
 
 
 def jitter(x, strength, rng):

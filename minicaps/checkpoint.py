@@ -1,6 +1,7 @@
 """Checkpoints: one `.npz` of host arrays and JSON text, written atomically.
 
-Keys of the archive (format "minicaps-checkpoint-1"):
+Keys of the archive (format "minicaps-checkpoint-2"; version 1, without model_kind, is
+read as a CapsNet):
 
     format              0-d str   "minicaps-checkpoint-1"
     params/<name>       arrays    the network's parameters, under `net.params`' names
@@ -33,7 +34,8 @@ from .backend import to_host
 from .errors import MinicapsError
 from .networks import config_from_dict, kind_of
 
-FORMAT = "minicaps-checkpoint-1"
+FORMAT = "minicaps-checkpoint-2"  # 2 added model_kind (the CNN baseline)
+READABLE = ("minicaps-checkpoint-1", FORMAT)
 
 
 @dataclass
@@ -113,7 +115,7 @@ def load(path):
         raise MinicapsError(f"{path}: no such checkpoint")
     try:
         with np.load(path, allow_pickle=False) as data:
-            if "format" not in data.files or str(data["format"][()]) != FORMAT:
+            if "format" not in data.files or str(data["format"][()]) not in READABLE:
                 raise MinicapsError(f"{path}: not a minicaps checkpoint ({FORMAT})")
             arrays = {k: data[k] for k in data.files}  # read every member now: CRCs checked
         ckpt = Checkpoint(

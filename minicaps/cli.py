@@ -95,8 +95,9 @@ def evaluate_command(checkpoint_path, data, gpu, batch_size, transform_spec):
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--gpu", is_flag=True, help="Predict on the GPU with CuPy.")
 def predict_command(checkpoint_path, images, gpu):
-    """The class and the class-capsule lengths of each image (a TV frame for a network
-    trained on R&S frames: its corners are cropped as in training)."""
+    """The class and the class-capsule lengths (a CNN's: softmax probabilities) of each
+    image (a TV frame for a network trained on R&S frames: its corners are cropped as in
+    training)."""
     ckpt, net = _load_net(checkpoint_path, gpu)
     width = max(len(c) for c in ckpt.classes)
     for p in predict_files(net, images, ckpt.classes, ckpt.data_info,

@@ -10,7 +10,8 @@ from .bench import bandwidth_gbs, benchmark, gemm_gflops
 from .cli_options import network_config, network_options
 from .gradcheck import check_model, directional_check, scale_to_operating_point
 from .errors import MinicapsError
-from .model import CapsNet, CapsNetConfig
+from .model import CapsNet
+from .networks import kind_of
 from .plan import available_bytes, plan
 
 GIB, MIB = 2 ** 30, 2 ** 20
@@ -119,7 +120,7 @@ def _checkpoint_and_examples(path, data):
     """The network of a checkpoint and the test images of its data (or of `data`)."""
     from . import checkpoint, train
     ckpt = checkpoint.load(path)
-    if not isinstance(ckpt.model_config, CapsNetConfig):
+    if kind_of(ckpt.model_config) != "capsnet":
         raise MinicapsError(f"{path} holds a CNN: these pictures are of capsules")
     net = CapsNet.from_config(ckpt.model_config, ckpt.params)
     options = {**ckpt.train_config, "limit": None, **({"data": data} if data else {})}

@@ -15,6 +15,7 @@ from .errors import MinicapsError
 from .evaluate import PRESENT
 from .presets import RS_DEFAULTS as RS
 from .presets import layout_defaults
+from .train_config import ARCH_FIELDS
 
 RS_CORNERS = ("tl", "tr", "bl", "br")
 
@@ -207,6 +208,7 @@ def train_command(ctx, data, out, gpu, resume, crop_corners, no_merge_variants, 
     On R&S frames (tvlogos-de) the defaults are the logo-frame configuration of the README
     (minicaps/presets.py): every option marked "on R&S frames" takes that value unless given.
     """
+    _check_model_options(ctx, options["model"])
     device = "gpu" if gpu else "cpu"
     if gpu:
         require_gpu()
@@ -246,6 +248,20 @@ def train_command(ctx, data, out, gpu, resume, crop_corners, no_merge_variants, 
     if history:
         best = f", {out}/best.npz" if (Path(out) / "best.npz").is_file() else ""
         click.echo(f"checkpoints: {out}/last.npz{best}; metrics: {out}/metrics.jsonl", err=True)
+
+
+# Options that shape only one kind of network: given for the other, they are refused
+# rather than ignored.
+CAPSULE_OPTIONS = ("routing_iters", "routing_grad", "none_capsule", "share_transforms",
+                   "reconstruction", "init_length", "nologo_capsule", *ARCH_FIELDS)
+CNN_OPTIONS = ("cnn_channels", "cnn_kernel_size", "cnn_hidden")
+
+
+def _check_model_options(ctx, model):
+    foreign = CNN_OPTIONS if model == "capsnet" else CAPSULE_OPTIONS
+    given = [f"--{name.replace('_', '-')}" for name in foreign if _given(ctx, name)]
+    if given:
+        raise MinicapsError(f"{', '.join(given)}: not an option of --model {model}")
 
 
 def _given(ctx, name):

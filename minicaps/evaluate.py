@@ -163,19 +163,23 @@ def _open(path):
 def image_examples(path, in_shape, data_info):
     """The example(s) (K, C, H, W) uint8 the network sees for an image file: for a network
     trained on TV frames, the frame's corner crops; otherwise the image in the trained
-    colour mode, resized to the trained size (as the folder loader resizes)."""
+    colour mode, resized to the trained size (as the folder loader resizes). Either is
+    padded as in training (train --pad)."""
     path = Path(path)
+    pad = data_info.get("pad", 0)
     if data_info.get("layout") == "rs":
         crop = RSCrop(**{**data_info["crop"], "corners": tuple(data_info["crop"]["corners"])})
         try:
-            return frame_examples(_open(path), crop)
+            x = frame_examples(_open(path), crop)
         except IMAGE_ERRORS as e:
             raise MinicapsError(f"{path}: not a readable image ({e})") from None
-    C, H, W = in_shape
-    im = _open(path).convert("L" if C == 1 else "RGB")
-    if im.size != (W, H):
-        im = im.resize((W, H), RESAMPLE)
-    return to_chw(im)[None]  # (1, C, H, W)
+    else:
+        C, H, W = in_shape
+        im = _open(path).convert("L" if C == 1 else "RGB")
+        if im.size != (W - 2 * pad, H - 2 * pad):
+            im = im.resize((W - 2 * pad, H - 2 * pad), RESAMPLE)
+        x = to_chw(im)[None]  # (1, C, H - 2 pad, W - 2 pad)
+    return np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
 
 
 @dataclass

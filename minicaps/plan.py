@@ -15,6 +15,7 @@ import numpy as np
 from .cnn import POOLED_LAYERS
 from .conv import COLUMN_BYTES
 from .errors import MinicapsError
+from .networks import kind_of
 
 GIB = 2 ** 30
 
@@ -188,7 +189,7 @@ def _cnn_plan(config, batch_size, device):
 
 def plan(config, batch_size, device="cpu"):
     """The Plan of a training step of `config` (a CapsNetConfig or CNNConfig)."""
-    if hasattr(config, "channels"):  # the CNN baseline (cnn.CNNConfig)
+    if kind_of(config) == "cnn":
         return _cnn_plan(config, batch_size, device)
     n = config.n_params()
     itemsize = np.dtype(config.dtype).itemsize

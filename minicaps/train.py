@@ -29,10 +29,10 @@ from .errors import MinicapsError
 from .epochs import epoch_order, epoch_size
 from .evaluate import (NOLOGO, PRESENT, choose_threshold, class_lengths, frame_accuracy,
                        with_nologo)
-from .networks import build
+from .networks import build, kind_of
 from .optim import SGD, Adam, ExponentialDecay
 from .plan import check_fits
-from .train_config import TrainConfig, model_config  # noqa: F401 (TrainConfig: the API)
+from .train_config import TrainConfig, model_config
 
 GPU_CHECK_EVERY = 50  # steps between loss checks on the GPU (each check is a device sync)
 
@@ -77,7 +77,7 @@ def make_optimizer(config, params, steps_per_epoch):
     raise MinicapsError(f"optimizer must be adam or sgd, not {config.optimizer!r}")
 
 
-def _scores(net, val, test, config, classes):
+def _split_scores(net, val, test, config, classes):
     """Accuracy on the validation and test splits; for frame data also the frame accuracy,
     at the frame threshold that does best on the validation frames (recorded)."""
     out, threshold = {}, PRESENT
@@ -89,6 +89,8 @@ def _scores(net, val, test, config, classes):
                                 n_classes=len(classes))
         out[f"{prefix}_accuracy"] = float(np.mean(lengths.argmax(axis=1) == split.y))
         if split.frame is not None:
+            if NOLOGO not in classes:
+                raise MinicapsError(f"frame scores need a class named {NOLOGO!r}")
             nologo = classes.index(NOLOGO)
             if prefix == "val":
                 threshold = choose_threshold(lengths, split.frame, split.frame_y, nologo)
@@ -155,7 +157,7 @@ def train_epoch(net, opt, train, config, rng, progress, epoch, nologo, n_classes
 
 def describe(mconfig):
     """'4,897,408 parameters, 1728 primary capsules' (or the CNN's layers)."""
-    if hasattr(mconfig, "n_primary"):
+    if kind_of(mconfig) == "capsnet":
         return f"{mconfig.n_params():,} parameters, {mconfig.n_primary} primary capsules"
     return (f"CNN with max pooling, conv {','.join(map(str, mconfig.channels))}, "
             f"FC {','.join(map(str, mconfig.hidden))}: {mconfig.n_params():,} parameters")
@@ -223,7 +225,7 @@ def _run(config, progress, dataset, resume):
         opt.load_state_dict(resume.optimizer)
         rng.bit_generator.state = resume.rng_state
         history, start = list(resume.history), resume.epoch
-    data_info = {"layout": layout, "name": ds.name,
+    data_info = {"layout": layout, "name": ds.name, "pad": config.pad,
                  "crop": dataclasses.asdict(config.crop) if layout == "rs" else None}
     progress("start", lines=[
         ds.summary(),
@@ -246,7 +248,7 @@ def _run(config, progress, dataset, resume):
                                 f"stopped, the last good checkpoint is kept (try a lower --lr)")
         t_train = time.perf_counter() - t0
         record = {"epoch": epoch, "train_loss": loss, "train_accuracy": acc,
-                  **_scores(net, val, test, config, ds.classes),
+                  **_split_scores(net, val, test, config, ds.classes),
                   "lr": opt.lr, "images_per_s": n_epoch / t_train,
                   "epoch_s": time.perf_counter() - t0,
                   "elapsed_s": elapsed0 + time.perf_counter() - t_start}

@@ -56,7 +56,7 @@ class TrainConfig:
     routing_grad: str = "full"
     share_transforms: bool = False
     none_capsule: bool = False  # a routing parent for background (see CapsNetConfig)
-    standardize: bool = False  # feed conv1 (x - mean) / std per channel of the training data
+    standardize: bool = False  # feed the net (x - mean) / std per channel of the training data
     reconstruction: bool = True
     conv_channels: int = None
     kernel_size: int = None

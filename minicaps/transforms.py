@@ -11,7 +11,7 @@ on `--pad 6 --shift 6`), not its published generator.
 """
 import numpy as np
 
-from .augment import rotate_by, shift_by, warp, zoom_by
+from .augment import rotate_by, rotations, shift_by, warp, zoom_by
 from .errors import MinicapsError
 
 KINDS = ("rotate:DEG", "flip", "shift:PX", "scale:S", "affine[:SEED]")
@@ -58,11 +58,10 @@ def apply(x, spec):
 def random_affine(x, rng):
     """Each image through its own random affine map, affNIST-style (module docstring)."""
     B = len(x)
-    theta = np.deg2rad(rng.uniform(-AFFINE_DEGREES, AFFINE_DEGREES, B))
+    degrees = rng.uniform(-AFFINE_DEGREES, AFFINE_DEGREES, B)
     scale = rng.uniform(*AFFINE_SCALE, size=(B, 2))  # (y, x)
     shear = rng.uniform(-AFFINE_SHEAR, AFFINE_SHEAR, B)
-    cos, sin = np.cos(theta), np.sin(theta)
-    rotation = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], 1)
+    rotation = rotations(degrees)
     shearing = np.tile(np.eye(2), (B, 1, 1))
     shearing[:, 1, 0] = shear  # x moves in proportion to y
     forward = rotation @ shearing @ (np.eye(2) * scale[:, :, None])  # (B, 2, 2)

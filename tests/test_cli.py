@@ -216,3 +216,10 @@ def test_cnn_trains_evaluates_and_is_refused_by_capsule_pictures(tmp_path):
 def test_bad_cnn_widths_are_a_usage_error(tmp_path):
     result = invoke("train", "--model", "cnn", "--cnn-channels", "8,x", "--out", tmp_path)
     assert result.exit_code == 2 and "--cnn-channels" in result.output
+
+
+@pytest.mark.parametrize("args", [["--model", "cnn", "--routing-iters", "2"],
+                                  ["--model", "cnn", "--conv-channels", "8"],
+                                  ["--cnn-hidden", "16"]])
+def test_options_of_the_other_kind_of_network_are_refused(tmp_path, args):
+    assert_user_error(invoke("train", "--out", tmp_path, *args), "not an option of --model")

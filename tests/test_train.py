@@ -84,7 +84,7 @@ def test_zoom_jitter_blur_keep_uint8_and_do_what_they_say():
 
 # evaluation
 
-def test_frame_decision_takes_most_confident_logo_corner():
+def test_a_frame_shows_the_channel_longest_over_its_corners():
     nologo = 2
     lengths = np.array([[0.1, 0.2, 0.9],   # frame 0: nologo
                         [0.6, 0.1, 0.2],   # frame 0: class 0 at 0.6
@@ -302,6 +302,7 @@ def test_a_checkpoint_without_a_model_kind_is_a_capsnet(tmp_path):
     _run(tmp_path, 1)
     with np.load(tmp_path / "last.npz", allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files if k != "model_kind"}
+    arrays["format"] = np.array("minicaps-checkpoint-1")
     np.savez(tmp_path / "old.npz", **arrays)
     assert checkpoint.load(tmp_path / "old.npz").model_config.conv_channels == 8
 
