@@ -1,7 +1,7 @@
 """Backprop through routing: the same network trained with routing_grad "full" and
 "last" from the same seed, on the same batches.
 
-Per epoch it records validation and test accuracy, the gradient norm of every parameter
+Per epoch it records test accuracy, the gradient norm of every parameter
 (mean over the epoch's steps), and on a fixed probe batch how much gradient reaches u_hat
 through each iteration's weighted sum and through the coupling coefficients (the
 "agreement" paths, which "last" cuts). Writes routing_study.json, routing_study.png and a
