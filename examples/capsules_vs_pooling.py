@@ -27,15 +27,19 @@ TRANSFORMS = ("rotate:15", "rotate:30", "rotate:45", "rotate:90", "rotate:180", 
               "shift:3", "shift:6", "scale:0.8", "scale:1.2", "affine:0")
 
 
-def scores(path, specs):
-    """{transform: accuracy} of the checkpoint at `path` on its own data's test split."""
+def scores(path, specs, limit=None):
+    """{transform: accuracy} of the checkpoint at `path` on its own data's test split (its
+    first `limit` images; frame data always whole)."""
     ckpt = checkpoint.load(path)
     net = build(ckpt.model_config, ckpt.params)
     ds = load_data(TrainConfig.from_json({**ckpt.train_config, "limit": None}))
+    test_x, test_y = ds.test_x, ds.test_y
+    if limit and ds.test_frame is None:
+        test_x, test_y = test_x[:limit], test_y[:limit]
     result = {}
     for spec in ("upright", *specs):
-        x = ds.test_x if spec == "upright" else transforms.apply(ds.test_x, spec)
-        ev = evaluate(net, x, ds.test_y, frame=ds.test_frame, frame_y=ds.test_frame_y,
+        x = test_x if spec == "upright" else transforms.apply(test_x, spec)
+        ev = evaluate(net, x, test_y, frame=ds.test_frame, frame_y=ds.test_frame_y,
                       classes=ds.classes, threshold=stored_threshold(ckpt.history))
         result[spec] = ev.frame_accuracy if ev.frame_accuracy is not None else ev.accuracy
     return kind_of(ckpt.model_config), ckpt.model_config.n_params(), ds.name, result
@@ -46,13 +50,14 @@ def main():
     parser.add_argument("checkpoints", nargs="+", help="best.npz of each network")
     parser.add_argument("--transforms", default=",".join(TRANSFORMS),
                         help="comma-separated --transform specs")
+    parser.add_argument("--limit", type=int, help="score the first N test images only")
     parser.add_argument("--json", help="also write the scores here")
     args = parser.parse_args()
     specs = [s for s in args.transforms.split(",") if s]
     for spec in specs:
         transforms.parse(spec)
     t0 = time.perf_counter()
-    columns = {path: scores(path, specs) for path in args.checkpoints}
+    columns = {path: scores(path, specs, args.limit) for path in args.checkpoints}
     names = [f"{kind} ({n:,} weights)" for kind, n, _, _ in columns.values()]
     data = sorted({name for _, _, name, _ in columns.values()})
     print(f"test split of {', '.join(data)}; {time.perf_counter() - t0:.0f}s\n")
