@@ -21,7 +21,7 @@ import time
 from minicaps import checkpoint, transforms
 from minicaps.evaluate import evaluate, stored_threshold
 from minicaps.networks import build, kind_of
-from minicaps.train import TrainConfig, load_data
+from minicaps.train import checkpoint_data
 
 TRANSFORMS = ("rotate:15", "rotate:30", "rotate:45", "rotate:90", "rotate:180", "flip",
               "shift:3", "shift:6", "scale:0.8", "scale:1.2", "affine:0")
@@ -32,7 +32,7 @@ def scores(path, specs, limit=None):
     first `limit` images; frame data always whole)."""
     ckpt = checkpoint.load(path)
     net = build(ckpt.model_config, ckpt.params)
-    ds = load_data(TrainConfig.from_json({**ckpt.train_config, "limit": None}))
+    ds = checkpoint_data(ckpt, path)
     test_x, test_y = ds.test_x, ds.test_y
     if limit and ds.test_frame is None:
         test_x, test_y = test_x[:limit], test_y[:limit]

@@ -61,9 +61,7 @@ def zoom(x, max_scale, rng):
 
 def zoom_by(x, factors):
     """Image b scaled about its centre by factors[b], bilinear (see zoom)."""
-    inverse = 1 / np.asarray(factors, dtype=float)
-    zero = np.zeros_like(inverse)
-    return warp(x, np.stack([np.stack([inverse, zero], -1), np.stack([zero, inverse], -1)], 1))
+    return warp(x, np.eye(2) / np.asarray(factors, dtype=float)[:, None, None])
 
 
 def warp(x, inverse, *, nearest=False, chunk=512):

@@ -3,7 +3,7 @@
 Keys of the archive (format "minicaps-checkpoint-2"; version 1, without model_kind, is
 read as a CapsNet):
 
-    format              0-d str   "minicaps-checkpoint-1"
+    format              0-d str   "minicaps-checkpoint-2"
     params/<name>       arrays    the network's parameters, under `net.params`' names
     optim/<key>         arrays    the optimizer's state_dict ("step" as a 0-d int64)
     epoch               0-d int   epochs completed

@@ -7,7 +7,6 @@ click's own (exit status 2). This module holds the group, evaluate and predict; 
 cli_train.py, the measuring and picture tools in cli_tools.py.
 """
 import time
-from pathlib import Path
 
 import click
 
@@ -62,21 +61,8 @@ def evaluate_command(checkpoint_path, data, gpu, batch_size, transform_spec):
     if transform_spec is not None:
         transforms.parse(transform_spec)  # a bad spec fails before anything is loaded
     ckpt, net = _load_net(checkpoint_path, gpu)
-    config = train.TrainConfig.from_json(ckpt.train_config)
-    if data is not None:
-        config = train.TrainConfig.from_json({**ckpt.train_config, "data": data})
-    elif config.data is not None and not Path(config.data).exists():
-        raise MinicapsError(f"{config.data}, the data {checkpoint_path} was trained on, is not "
-                            f"there: pass --data")
-    config = train.TrainConfig.from_json({**config.to_json(), "limit": None})
     t0 = time.perf_counter()
-    ds = train.load_data(config)
-    if ds.classes != ckpt.classes:
-        raise MinicapsError(f"the data's classes ({', '.join(ds.classes[:5])}...) are not the "
-                            f"checkpoint's ({', '.join(ckpt.classes[:5])}...)")
-    if ds.in_shape != net.config.in_shape:
-        raise MinicapsError(f"the data's images are {ds.in_shape}, the network takes "
-                            f"{net.config.in_shape}")
+    ds = train.checkpoint_data(ckpt, checkpoint_path, data)
     test_x = ds.test_x if transform_spec is None else transforms.apply(ds.test_x, transform_spec)
     ev = evaluate_split(net, test_x, ds.test_y, batch_size=batch_size, frame=ds.test_frame,
                         frame_y=ds.test_frame_y, classes=ds.classes,

@@ -123,8 +123,7 @@ def _checkpoint_and_examples(path, data):
     if kind_of(ckpt.model_config) != "capsnet":
         raise MinicapsError(f"{path} holds a CNN: these pictures are of capsules")
     net = CapsNet.from_config(ckpt.model_config, ckpt.params)
-    options = {**ckpt.train_config, "limit": None, **({"data": data} if data else {})}
-    return net, train.load_data(train.TrainConfig.from_json(options)).test_x
+    return net, train.checkpoint_data(ckpt, path, data).test_x
 
 
 def _save(image, out):
@@ -197,7 +196,6 @@ def show_couplings(checkpoint_path, data, index, iteration, out):
               help="PNG to write.")
 def show_curves(run_dir, out):
     """Training loss and accuracies per epoch from a run folder's metrics.jsonl."""
-    from .errors import MinicapsError
     from .show import training_curves
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():

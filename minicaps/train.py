@@ -27,8 +27,7 @@ from .backend import get_array_module, require_gpu, to_host
 from .data import detect_layout, load_dataset
 from .errors import MinicapsError
 from .epochs import epoch_order, epoch_size
-from .evaluate import (NOLOGO, PRESENT, choose_threshold, class_lengths, frame_accuracy,
-                       with_nologo)
+from .evaluate import NOLOGO, PRESENT, choose_threshold, evaluate, frame_accuracy, with_nologo
 from .networks import build, kind_of
 from .optim import SGD, Adam, ExponentialDecay
 from .plan import check_fits
@@ -48,6 +47,25 @@ class Split:
 def load_data(config):
     return load_dataset(config.data, rs_crop=config.crop, merge_variants=config.merge_variants,
                         limit=config.limit).padded(config.pad)
+
+
+def checkpoint_data(ckpt, path, data=None):
+    """The whole dataset the checkpoint at `path` was trained on (or `data` instead),
+    checked to have the checkpoint's classes and image shape."""
+    options = {**ckpt.train_config, "limit": None}
+    if data is not None:
+        options["data"] = data
+    elif options["data"] is not None and not Path(options["data"]).exists():
+        raise MinicapsError(f"{options['data']}, the data {path} was trained on, is not "
+                            f"there: pass --data")
+    ds = load_data(TrainConfig.from_json(options))
+    if ds.classes != ckpt.classes:
+        raise MinicapsError(f"the data's classes ({', '.join(ds.classes[:5])}...) are not the "
+                            f"checkpoint's ({', '.join(ckpt.classes[:5])}...)")
+    if ds.in_shape != ckpt.model_config.in_shape:
+        raise MinicapsError(f"the data's images are {ds.in_shape}, the network takes "
+                            f"{ckpt.model_config.in_shape}")
+    return ds
 
 
 def split_validation(ds, fraction, seed):
@@ -80,23 +98,25 @@ def make_optimizer(config, params, steps_per_epoch):
 def _split_scores(net, val, test, config, classes):
     """Accuracy on the validation and test splits; for frame data also the frame accuracy,
     at the frame threshold that does best on the validation frames (recorded)."""
-    out, threshold = {}, PRESENT
-    for prefix, split in (("val", val), ("test", test)):
-        if not len(split.y):
-            out[f"{prefix}_accuracy"] = None
-            continue
-        lengths = class_lengths(net, split.x, batch_size=max(config.batch_size, 256),
-                                n_classes=len(classes))
-        out[f"{prefix}_accuracy"] = float(np.mean(lengths.argmax(axis=1) == split.y))
-        if split.frame is not None:
+    batch_size = max(config.batch_size, 256)
+    out, threshold = {"val_accuracy": None, "test_accuracy": None}, PRESENT
+    if len(val.y):
+        ev = evaluate(net, val.x, val.y, batch_size=batch_size, classes=classes)
+        out["val_accuracy"] = ev.accuracy
+        if val.frame is not None:
             if NOLOGO not in classes:
                 raise MinicapsError(f"frame scores need a class named {NOLOGO!r}")
             nologo = classes.index(NOLOGO)
-            if prefix == "val":
-                threshold = choose_threshold(lengths, split.frame, split.frame_y, nologo)
-                out["frame_threshold"] = threshold
-            out[f"{prefix}_frame_accuracy"] = frame_accuracy(
-                lengths, split.frame, split.frame_y, nologo, threshold)
+            threshold = choose_threshold(ev.lengths, val.frame, val.frame_y, nologo)
+            out["frame_threshold"] = threshold
+            out["val_frame_accuracy"] = frame_accuracy(ev.lengths, val.frame, val.frame_y,
+                                                       nologo, threshold)
+    if len(test.y):
+        ev = evaluate(net, test.x, test.y, batch_size=batch_size, frame=test.frame,
+                      frame_y=test.frame_y, classes=classes, threshold=threshold)
+        out["test_accuracy"] = ev.accuracy
+        if ev.frame_accuracy is not None:
+            out["test_frame_accuracy"] = ev.frame_accuracy
     return out
 
 
