@@ -9,6 +9,9 @@ measurement for minicaps.
 
     python benchmarks/compare_torch.py --batch-sizes 32,128 --steps 10
 
+Both run in one process, so both get the allocator setting that `minicaps bench` and
+`minicaps train` use (minicaps/allocator.py); --default-allocator leaves glibc's default.
+
 PyTorch is a dev-only reference here; minicaps never imports it.
 """
 import argparse
@@ -23,6 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 
 from minicaps import Adam, CapsNet, CapsNetConfig  # noqa: E402
+from minicaps.allocator import reuse_freed_memory  # noqa: E402
 
 
 def minicaps_step(net, optimizer, x, y):
@@ -109,11 +113,15 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--memory", action="store_true", help="also measure peak RSS")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="leave glibc's allocator settings alone (see minicaps/allocator.py)")
     args = parser.parse_args()
     import torch
+    reused = not args.default_allocator and reuse_freed_memory()
     config = CapsNetConfig()  # the paper's MNIST network, float32, with the decoder
     print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"the paper's network, {config.n_params():,} parameters")
+          f"the paper's network, {config.n_params():,} parameters; freed memory "
+          f"{'reused' if reused else 'returned (glibc default)'}")
     for B in (int(b) for b in args.batch_sizes.split(",")):
         line = f"batch {B:4d}: "
         if args.memory:  # first, in fresh subprocesses, before this process grows

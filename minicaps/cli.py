@@ -11,6 +11,7 @@ import time
 import click
 
 from . import __version__, checkpoint, train, transforms
+from .allocator import reuse_freed_memory
 from .backend import require_gpu
 from .cli_options import UserError
 from .errors import MinicapsError
@@ -37,6 +38,7 @@ class Group(click.Group):
 @click.version_option(__version__, prog_name="minicaps")
 def main():
     """Capsule Networks with dynamic routing, every pass written by hand (NumPy / CuPy)."""
+    reuse_freed_memory()  # every command trains, times or runs a network (allocator.py)
 
 
 def _load_net(path, gpu):
