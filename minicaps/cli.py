@@ -7,6 +7,7 @@ click's own (exit status 2). This module holds the group, evaluate and predict; 
 cli_train.py, the measuring and picture tools in cli_tools.py.
 """
 import time
+import warnings
 
 import click
 
@@ -20,12 +21,20 @@ from .evaluate import predict_files, report, stored_threshold
 from .networks import build
 
 
+def _warn_in_one_line(message, category, filename, lineno, file=None, line=None):
+    """Python's warning shows the library's source line; a user needs only the message."""
+    click.echo(f"minicaps: warning: {message}", err=True)
+
+
 class Group(click.Group):
-    """A click group that turns the library's user errors into one line and exit status 1."""
+    """A click group that turns the library's user errors into one line and exit status 1,
+    and its warnings (a few unreadable images, logos outside the crops) into one line each."""
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                warnings.showwarning = _warn_in_one_line
+                return super().invoke(ctx)
         except MinicapsError as e:
             raise UserError(" ".join(str(e).split())) from None
         except OSError as e:

@@ -101,6 +101,20 @@ def test_corrupt_images(tmp_path):
                       "unreadable")
 
 
+def test_a_few_corrupt_images_are_one_warning_line(tmp_path):
+    for c, grey in (("a", 40), ("b", 220)):
+        (tmp_path / "d" / c).mkdir(parents=True)
+        for i in range(12):
+            Image.new("L", (28, 28), grey).save(tmp_path / "d" / c / f"{i}.png")
+    (tmp_path / "d" / "b" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    result = invoke("train", "--data", tmp_path / "d", "--out", tmp_path / "o", *TINY,
+                    "--no-reconstruction")
+    assert result.exit_code == 0, result.output
+    warning_lines = [line for line in result.stderr.splitlines() if "broken.png" in line]
+    assert len(warning_lines) == 1 and warning_lines[0].startswith("minicaps: warning: ")
+    assert "warnings.warn" not in result.stderr  # no source line of the library
+
+
 class Hostile:
     def __reduce__(self):
         return (os.system, ("touch pwned",))
