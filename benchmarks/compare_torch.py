@@ -73,6 +73,9 @@ PEAK_RSS = r"""
 import resource, sys, json, numpy as np
 sys.path.insert(0, {bench!r})
 from minicaps import CapsNet, CapsNetConfig, Adam
+from minicaps.allocator import reuse_freed_memory
+if {reuse}:
+    reuse_freed_memory()
 config = CapsNetConfig(**json.loads({config!r}))
 B = {batch}
 rng = np.random.default_rng(0)
@@ -94,14 +97,15 @@ print(json.dumps({{"before": before, "peak": resource.getrusage(resource.RUSAGE_
 """
 
 
-def peak_rss(config, batch_size, use_torch):
+def peak_rss(config, batch_size, use_torch, reuse):
     """(peak, before) resident KiB of a process that takes training steps, and before its
     first step (libraries, weights and the batch loaded): their difference is what the
-    steps need (activations, gradients, optimizer state, allocator caches)."""
+    steps need (activations, gradients, optimizer state, allocator caches). `reuse`: the
+    allocator setting of the measuring process, so both measurements see the same."""
     import dataclasses
     code = PEAK_RSS.format(bench=str(Path(__file__).parent),
                            config=json.dumps(dataclasses.asdict(config)), batch=batch_size,
-                           use_torch=use_torch)
+                           use_torch=use_torch, reuse=reuse)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     return r["peak"], r["before"]
@@ -125,8 +129,8 @@ def main():
     for B in (int(b) for b in args.batch_sizes.split(",")):
         line = f"batch {B:4d}: "
         if args.memory:  # first, in fresh subprocesses, before this process grows
-            (peak, before), (t_peak, t_before) = (peak_rss(config, B, False),
-                                                  peak_rss(config, B, True))
+            (peak, before), (t_peak, t_before) = (peak_rss(config, B, False, reused),
+                                                  peak_rss(config, B, True, reused))
             line += (f"memory of training per image: minicaps {(peak - before) / B / 1024:.2f}"
                      f" MiB, PyTorch {(t_peak - t_before) / B / 1024:.2f} MiB "
                      f"(peak RSS {peak / 1024:.0f} / {t_peak / 1024:.0f} MiB); ")

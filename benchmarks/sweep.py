@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 
 from minicaps import CapsNetConfig
+from minicaps.allocator import reuse_freed_memory
 from minicaps.bench import bandwidth_gbs, benchmark, gemm_gflops
 from minicaps.plan import plan
 
@@ -37,6 +38,7 @@ def main():
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
+    reuse_freed_memory()  # as `minicaps bench` does
     device = "gpu" if args.gpu else "cpu"
     rate, bandwidth = gemm_gflops(device), bandwidth_gbs(device)
     print(f"{device}: float32 GEMM {rate:.0f} GFLOP/s, element-wise {bandwidth:.0f} GB/s\n")
