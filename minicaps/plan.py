@@ -90,8 +90,7 @@ def activation_bytes(config, batch_size, device="cpu"):
     itemsize = np.dtype(config.dtype).itemsize
     cols1 = _group_elements(config, batch_size, device, "conv1")
     cols2 = _group_elements(config, batch_size, device, "primary")
-    # Each convolution keeps its input (batch-last, split into stride phases: conv.to_phases);
-    # conv1's ReLU keeps its output.
+    # Each convolution keeps its input in batch-last layout; conv1's ReLU keeps its output.
     cached = (2 * n["x"] + 2 * n["conv1_out"] + n["primary_out"] + 2 * n["u"] + n["u_hat"]
               + n["couplings"] + n["decoder"])
     forward_peak = max(cols1 + 2 * n["conv1_out"], cols2 + 2 * n["primary_out"])
