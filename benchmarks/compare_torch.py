@@ -2,10 +2,10 @@
 
 Training steps (forward, backward, Adam) of both are timed alternately, one step each in
 turn, so that whatever else the machine is doing slows both alike; medians are reported
-with their ratio. Peak memory per training image: tracemalloc for minicaps (NumPy reports
-its buffers to it), the resident-set growth of a fresh subprocess for PyTorch (whose CPU
-allocator tracemalloc cannot see) -- and, for a like-for-like figure, the same RSS
-measurement for minicaps.
+with their ratio. With --memory, the memory of training per image: how far the resident
+set of a fresh process grows over three training steps, the same measurement for both
+libraries (Linux: read from /proc/self/status; getrusage would report the high-water mark
+of the parent that started the process).
 
     python benchmarks/compare_torch.py --batch-sizes 32,128 --steps 10
 
@@ -70,7 +70,7 @@ def alternate(config, batch_size, steps, warmup, seed=0):
 
 
 PEAK_RSS = r"""
-import resource, sys, json, numpy as np
+import sys, json, numpy as np
 sys.path.insert(0, {bench!r})
 from minicaps import CapsNet, CapsNetConfig, Adam
 from minicaps.allocator import reuse_freed_memory
@@ -90,10 +90,14 @@ else:
     from compare_torch import minicaps_step
     opt = Adam(net.params, lr=1e-4)
     step = lambda x, y: minicaps_step(net, opt, x, y)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # libraries, weights, batch
+def kib(field):  # this process's own figures: getrusage's ru_maxrss keeps the parent's
+    for line in open("/proc/self/status"):  # high-water mark across fork and exec
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+before = kib("VmHWM")  # libraries, weights, batch
 for _ in range(3):
     step(x, y)
-print(json.dumps({{"before": before, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
+print(json.dumps({{"before": before, "peak": kib("VmHWM")}}))
 """
 
 
