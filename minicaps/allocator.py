@@ -5,12 +5,12 @@ A training step allocates and frees the same large arrays every step (im2col col
 mmap threshold (at most 32 MB) with a fresh mapping and hands it back to the kernel when
 it is freed, and gives heap memory back once enough is free at its top. The next step then
 touches brand-new pages, one page fault each: on the logo configuration that was about a
-seventh of a CPU training step (benchmarks/sweep.py and `minicaps bench` measure it; the
-README's speed section has the numbers).
+seventh of a CPU training step, at batch 128 on the paper's network a third (README,
+"Speed and memory").
 
 `reuse_freed_memory()` raises both thresholds so that freed blocks stay in the heap and are
-reused. Peak memory is unchanged (a step's blocks are reused, not added to); only the
-process no longer shrinks between steps. It changes the whole process, so the library never
+reused. The memory a training step needs stays the same (a step's blocks are reused, not
+added to; measured within 3 %); only the process no longer shrinks between steps. It changes the whole process, so the library never
 calls it on import: the command line does, and a library user may.
 """
 import ctypes
