@@ -183,6 +183,15 @@ def test_checkpoint_round_trip(tmp_path):
     assert (tmp_path / "best.npz").is_file()
 
 
+def test_best_checkpoint_breaks_frame_ties_by_corner_accuracy():
+    tied = [{"val_frame_accuracy": 0.9292, "val_accuracy": a} for a in (0.9486, 0.9444, 0.9542)]
+    assert max(range(3), key=lambda n: train._score(tied[n])) == 2
+    better_frames = {"val_frame_accuracy": 0.9333, "val_accuracy": 0.90}
+    assert train._score(better_frames) > train._score(tied[2])
+    assert train._score({"val_accuracy": 0.5}) < train._score({"val_accuracy": 0.6})
+    assert train._score({"val_accuracy": None}) is None
+
+
 def test_resume_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path):
     kw = dict(shift=2, flip=True, rotate=10, optimizer="adam")
     _run(tmp_path / "straight", 2, **kw)
