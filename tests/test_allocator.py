@@ -4,7 +4,6 @@ import platform
 import subprocess
 import sys
 
-import pytest
 
 STEP = """
 import numpy as np
