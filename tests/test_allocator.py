@@ -4,7 +4,6 @@ import platform
 import subprocess
 import sys
 
-
 STEP = """
 import numpy as np
 from minicaps import CapsNet
