@@ -8,10 +8,11 @@ touches brand-new pages, one page fault each: on the logo configuration that was
 seventh of a CPU training step, at batch 128 on the paper's network a third (README,
 "Speed and memory").
 
-`reuse_freed_memory()` raises both thresholds so that freed blocks stay in the heap and are
-reused. The memory a training step needs stays the same (a step's blocks are reused, not
-added to; measured within 4 %); only the process no longer shrinks between steps. It changes the whole process, so the library never
-calls it on import: the command line does, and a library user may.
+`reuse_freed_memory()` raises both thresholds so that freed blocks stay in the heap and
+are reused. The memory a training step needs stays the same (a step's blocks are reused,
+not added to; measured within 4 %); only the process no longer shrinks between steps. It
+changes the whole process, so the library never calls it on import: the command line does,
+and a library user may.
 """
 import ctypes
 

@@ -47,7 +47,7 @@ class Group(click.Group):
 @click.version_option(__version__, prog_name="minicaps")
 def main():
     """Capsule Networks with dynamic routing, every pass written by hand (NumPy / CuPy)."""
-    reuse_freed_memory()  # every command trains, times or runs a network (allocator.py)
+    reuse_freed_memory()  # for the commands that run networks; free for the rest (allocator.py)
 
 
 def _load_net(path, gpu):

@@ -264,7 +264,7 @@ def _run(config, progress, dataset, resume):
     out.mkdir(parents=True, exist_ok=True)
     if resume:
         _write_metrics(out / "metrics.jsonl", history)
-    best = max((_score(r) for r in history if _score(r) is not None), default=None)
+    best = max((s for s in map(_score, history) if s is not None), default=None)
     elapsed0 = history[-1]["elapsed_s"] if history else 0.0
     t_start = time.perf_counter()
     for epoch in range(start + 1, config.epochs + 1):
