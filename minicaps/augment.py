@@ -132,6 +132,32 @@ def blur(x, p, rng):
     return out
 
 
+def swap_backgrounds(x, box, images, empty, box_pool, p, rng):
+    """A fraction p of the images (drawn per image) put on another photograph: where image b
+    shows a logo (box[b] = (y0, x0, y1, x1), -1s where none), its logo box is pasted into
+    a background drawn from images[empty] (the training images without a logo) at the same
+    place; an image without a logo instead gets a patch of a background in a box drawn from
+    `box_pool` (N, 4), so that the pasted rectangle's edges tell the network nothing about
+    whether a logo is there.
+
+    Why: the logo frames' 150 photographs per channel are few enough to be remembered with
+    their logo, and test frames show other photographs."""
+    chosen = rng.random(len(x)) < p
+    source = empty[rng.integers(len(empty), size=len(x))]
+    pooled = rng.integers(len(box_pool), size=len(x))
+    out = x.copy()
+    for b in np.flatnonzero(chosen):
+        background = images[source[b]]
+        if box[b, 0] >= 0:
+            y0, x0, y1, x1 = box[b]
+            out[b] = background
+            out[b, :, y0:y1, x0:x1] = x[b, :, y0:y1, x0:x1]
+        else:
+            y0, x0, y1, x1 = box_pool[pooled[b]]
+            out[b, :, y0:y1, x0:x1] = background[:, y0:y1, x0:x1]
+    return out
+
+
 def augment(x, rng, *, max_shift=0, hflip=False, max_degrees=0.0, max_scale=0.0,
             colour=0.0, blur_p=0.0):
     """x with the requested augmentations, in the order rotate, zoom, flip, shift, colour

@@ -21,7 +21,8 @@ The jitter options are there, off (untested with standardised input).
 
 RS_DEFAULTS = dict(
     epochs=20, batch_size=32, lr=1e-3, lr_decay=0.95,
-    shift=3, scale_jitter=0.0, colour_jitter=0.0, blur=0.0, nologo_ratio=0.5,
+    shift=3, scale_jitter=0.0, colour_jitter=0.0, blur=0.0, background_swap=0.0,
+    nologo_ratio=0.5,
     nologo_capsule=True, init_length=None,
     share_transforms=False, reconstruction=False, standardize=True,
     conv_channels=128, kernel_size=9, conv_stride=2, primary_types=16, primary_dim=8,

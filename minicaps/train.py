@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint
-from .augment import augment
+from .augment import augment, swap_backgrounds
 from .backend import get_array_module, require_gpu, to_host
 from .data import detect_layout, load_dataset
 from .errors import MinicapsError
@@ -42,6 +42,7 @@ class Split:
     y: np.ndarray
     frame: np.ndarray = None  # (N,) frame index of each example, or None
     frame_y: np.ndarray = None  # (F,) labels of the frames those indices refer to
+    box: np.ndarray = None  # (N, 4) logo box of each example, -1s where none; or None
 
 
 def load_data(config):
@@ -81,7 +82,8 @@ def split_validation(ds, fraction, seed):
 
     def part(mask):
         frame = ds.train_frame[mask] if ds.train_frame is not None else None
-        return Split(ds.train_x[mask], ds.train_y[mask], frame, ds.train_frame_y)
+        box = ds.train_box[mask] if ds.train_box is not None else None
+        return Split(ds.train_x[mask], ds.train_y[mask], frame, ds.train_frame_y, box)
     test = Split(ds.test_x, ds.test_y, ds.test_frame, ds.test_frame_y)
     return part(~in_val), part(in_val), test
 
@@ -160,11 +162,18 @@ def train_epoch(net, opt, train, config, rng, progress, epoch, nologo, n_classes
     n, B = len(order), config.batch_size
     steps = math.ceil(n / B)
     check_every = 1 if config.device == "cpu" else GPU_CHECK_EVERY
+    if config.background_swap:
+        has_logo = train.box[:, 0] >= 0
+        empty, box_pool = np.flatnonzero(~has_logo), train.box[has_logo]
     loss_sum = hits = 0
     progress("epoch_start", epoch=epoch, steps=steps)
     for step in range(steps):
         idx = order[step * B:(step + 1) * B]
-        xb = augment(train.x[idx], rng, max_shift=config.shift, hflip=config.flip,
+        xb = train.x[idx]
+        if config.background_swap:
+            xb = swap_backgrounds(xb, train.box[idx], train.x, empty, box_pool,
+                                  config.background_swap, rng)
+        xb = augment(xb, rng, max_shift=config.shift, hflip=config.flip,
                      max_degrees=config.rotate, max_scale=config.scale_jitter,
                      colour=config.colour_jitter, blur_p=config.blur)
         loss, grads, parts = net.loss_and_grads(xb, train.y[idx], return_parts=True)
@@ -239,6 +248,10 @@ def _run(config, progress, dataset, resume):
     train, val, test = split_validation(ds, config.val_fraction, config.seed)
     if not len(train.y):
         raise MinicapsError("no training examples left after the validation split")
+    if config.background_swap and (train.box is None or (train.box[:, 0] >= 0).all()
+                                   or (train.box[:, 0] < 0).all()):
+        raise MinicapsError("--background-swap needs frames with logo boxes and corners "
+                            "without a logo (the R&S layout)")
     nologo = ds.classes.index(NOLOGO) if NOLOGO in ds.classes else None
     n_epoch = epoch_size(train.y, nologo, config.nologo_ratio)
     steps_per_epoch = math.ceil(n_epoch / config.batch_size)

@@ -46,6 +46,7 @@ class TrainConfig:
     scale_jitter: float = 0.0  # random zoom by up to 1 +- this (training only)
     colour_jitter: float = 0.0  # random contrast, brightness, colour gains (training only)
     blur: float = 0.0  # fraction of training images blurred
+    background_swap: float = 0.0  # R&S: fraction of training corners put on another photograph
     balance: bool = False  # draw each epoch's examples with equal weight per class
     nologo_ratio: float = None  # R&S: nologo examples per logo example in an epoch (None: all)
     nologo_capsule: bool = True  # False: no capsule for nologo; it means "no capsule present"

@@ -249,6 +249,12 @@ def check_rs(ds):
     assert ds.train_frame_y.tolist() == ds.test_frame_y.tolist() == [0, 1, 2, 3]
     red = ds.train_x[:, 0].max(axis=(1, 2)) > 180  # (16,) crops that show the red logo
     assert red.tolist() == [k != 3 for row in EXPECTED_CORNERS for k in row]
+    for example, (y0, x0, y1, x1) in zip(ds.train_x, ds.train_box):  # each logo's box
+        logo = example[0] > 180
+        if y0 < 0:
+            assert not logo.any()
+        else:  # holds the whole logo, and little else
+            assert logo[y0:y1, x0:x1].sum() == logo.sum() and (y1 - y0) * (x1 - x0) < 3 * logo.sum()
 
 
 def test_rs_raw_folders(tmp_path):
@@ -355,6 +361,7 @@ def test_rs_real_tvlogos(data_root):
             assert len(logo_corners) == 0
         else:  # exactly one corner holds the frame's logo
             assert corners[f][logo_corners].tolist() == [label]
+    assert np.array_equal(ds.train_box[:, 0] >= 0, ds.train_y != nologo)  # a box per logo
     where = {"ard": 1, "br": 0, "n24": 2, "zdf": 0, "sat1": 1}  # corner index of fixed logos
     for name, k in where.items():
         frames = np.flatnonzero(ds.train_frame_y == ds.classes.index(name))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from minicaps import checkpoint, train
-from minicaps.augment import augment, blur, flip, jitter, rotate, shift, zoom
+from minicaps.augment import augment, blur, flip, jitter, rotate, shift, swap_backgrounds, zoom
 from minicaps.data import Dataset, load_dataset
 from minicaps.errors import MinicapsError
 from minicaps.evaluate import (PRESENT, choose_threshold, evaluate, frame_accuracy,
@@ -80,6 +80,36 @@ def test_zoom_jitter_blur_keep_uint8_and_do_what_they_say():
     kw = dict(max_shift=2, max_scale=0.1, colour=0.2, blur_p=0.3)
     assert np.array_equal(augment(x, np.random.default_rng(4), **kw),
                           augment(x, np.random.default_rng(4), **kw))
+
+
+def test_background_swap_moves_logo_boxes_onto_other_photographs():
+    images = np.random.default_rng(1).integers(0, 255, (10, 3, 8, 12)).astype(np.uint8)
+    box = np.full((10, 4), -1)
+    box[:4] = (2, 3, 5, 7)  # images 0-3 show a logo there, 4-9 none
+    empty, pool = np.arange(4, 10), box[:4]
+    inside = np.zeros((8, 12), bool)
+    inside[2:5, 3:7] = True
+
+    def matches_a_background(image, where):
+        return any(np.array_equal(image[:, where], images[e][:, where]) for e in empty)
+    out = swap_backgrounds(images, box, images, empty, pool, 1.0, np.random.default_rng(0))
+    assert out.dtype == np.uint8 and out.shape == images.shape
+    for b in range(4):  # the logo box kept, everything around it from a logo-free image
+        assert np.array_equal(out[b][:, inside], images[b][:, inside])
+        assert matches_a_background(out[b], ~inside)
+    for b in range(4, 10):  # outside the pasted box nothing changed; inside, a background
+        assert np.array_equal(out[b][:, ~inside], images[b][:, ~inside])
+        assert matches_a_background(out[b], inside)
+    assert not np.array_equal(out, images)
+    assert np.array_equal(swap_backgrounds(images, box, images, empty, pool, 0.0,
+                                           np.random.default_rng(0)), images)
+    again = swap_backgrounds(images, box, images, empty, pool, 1.0, np.random.default_rng(0))
+    assert np.array_equal(again, out)
+
+
+def test_background_swap_needs_logo_boxes(tmp_path):
+    with pytest.raises(MinicapsError, match="background-swap"):
+        train.run(tiny_config(tmp_path, epochs=1, background_swap=0.5), dataset=synthetic())
 
 
 # evaluation

@@ -31,6 +31,8 @@ class Dataset:
     test_frame: np.ndarray | None = None  # (M,) int64
     test_frame_y: np.ndarray | None = None  # (F_test,) int64 label of each test frame
     train_frame_y: np.ndarray | None = None  # (F_train,) int64
+    # (N, 4) int64 (y0, x0, y1, x1) of the logo in each training example, -1s where none
+    train_box: np.ndarray | None = None
 
     def __post_init__(self):
         self.classes = [str(c) for c in self.classes]
@@ -47,6 +49,8 @@ class Dataset:
             if frame is not None:
                 if frame.shape != (len(x),) or frame_y is None or (len(frame) and frame.max() >= len(frame_y)):
                     raise MinicapsError(f"{self.name}: {split}_frame does not match {split}_x / {split}_frame_y")
+        if self.train_box is not None and self.train_box.shape != (len(self.train_x), 4):
+            raise MinicapsError(f"{self.name}: train_box must be ({len(self.train_x)}, 4)")
         if self.train_x.shape[1:] != self.test_x.shape[1:]:
             raise MinicapsError(
                 f"{self.name}: train images {self.train_x.shape[1:]} and test images "
@@ -68,7 +72,11 @@ class Dataset:
         if not pad:
             return self
         widths = ((0, 0), (0, 0), (pad, pad), (pad, pad))
-        return replace(self, train_x=np.pad(self.train_x, widths), test_x=np.pad(self.test_x, widths))
+        box = self.train_box
+        if box is not None:
+            box = np.where(box >= 0, box + pad, box)
+        return replace(self, train_x=np.pad(self.train_x, widths), test_x=np.pad(self.test_x, widths),
+                       train_box=box)
 
     def summary(self) -> str:
         """One line for logs: name, classes, split sizes, example shape."""

@@ -124,6 +124,24 @@ def corner_labels(logos, crop: RSCrop, classes: list[str]) -> list[int]:
     return out
 
 
+def corner_boxes(logos, crop: RSCrop) -> list[tuple[int, int, int, int]]:
+    """(y0, x0, y1, x1) in example pixels of the logo each corner example shows (its box
+    rounded outwards, clipped to the example), or (-1, -1, -1, -1) where it shows none."""
+    h, w = crop.shape[1:]
+    out = []
+    for corner in crop.corners:
+        box = crop.box(corner)
+        inside = [pos for _, pos in logos if _centre_in(box, pos)]
+        if not inside:
+            out.append((-1, -1, -1, -1))
+            continue
+        x, y, lw, lh = inside[0]
+        sx, sy = w / crop.width, h / crop.height
+        out.append((max(int(np.floor((y - box[1]) * sy)), 0), max(int(np.floor((x - box[0]) * sx)), 0),
+                    min(int(np.ceil((y + lh - box[1]) * sy)), h), min(int(np.ceil((x + lw - box[0]) * sx)), w)))
+    return out
+
+
 def crop_coverage(root: str | Path, crop: RSCrop = RSCrop()) -> float:
     """Fraction of the logo boxes of a data folder that lie whole inside one corner crop."""
     frames, _ = read_index(root)
@@ -160,12 +178,13 @@ def load_rs(
                 f"{root} ({split}): {missed} of {len(fs)} logo frames have their logo outside every "
                 f"corner crop {crop.corners} of {crop.width}x{crop.height}", stacklevel=2
             )
-        arrays[split] = (x, y, np.repeat(np.arange(len(fs)), K), frame_y)
+        boxes = np.array([corner_boxes(f.logos, crop) for f in fs], np.int64).reshape(-1, 4)
+        arrays[split] = (x, y, np.repeat(np.arange(len(fs)), K), frame_y, boxes)
     if not len(arrays["train"][0]):
         raise MinicapsError(f"{root}: no readable training frames")
-    (tx, ty, tf, tfy), (vx, vy, vf, vfy) = arrays["train"], arrays["test"]
+    (tx, ty, tf, tfy, tb), (vx, vy, vf, vfy, _) = arrays["train"], arrays["test"]
     return Dataset(
         name=root.resolve().name, classes=classes,
         train_x=tx, train_y=ty, test_x=vx, test_y=vy,
-        train_frame=tf, test_frame=vf, test_frame_y=vfy, train_frame_y=tfy,
+        train_frame=tf, test_frame=vf, test_frame_y=vfy, train_frame_y=tfy, train_box=tb,
     )
