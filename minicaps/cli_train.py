@@ -122,9 +122,10 @@ class Progress:
               help="Fraction of training images blurred by a 3x3 binomial filter.",
               show_default=_rs("0", "blur"))
 @click.option("--background-swap", type=click.FloatRange(0, 1), default=0.0,
-              help="R&S layout: fraction of training corners put on another photograph (a "
-                   "logo's box pasted into a corner without one; a corner without a logo "
-                   "gets a pasted patch of another).",
+              help="R&S layout: fraction of training corners put on another photograph "
+                   "(training only): a logo corner's logo box is pasted into a logo-free "
+                   "training corner; a logo-free corner gets a patch of another one, in a "
+                   "logo-sized box.",
               show_default=_rs("0", "background_swap"))
 @click.option("--flip", is_flag=True, help="Random horizontal flips (training only).")
 @click.option("--nologo-ratio", type=click.FloatRange(min=0), default=None,

@@ -361,7 +361,9 @@ def test_rs_real_tvlogos(data_root):
             assert len(logo_corners) == 0
         else:  # exactly one corner holds the frame's logo
             assert corners[f][logo_corners].tolist() == [label]
-    assert np.array_equal(ds.train_box[:, 0] >= 0, ds.train_y != nologo)  # a box per logo
+    H, W = ds.in_shape[1:]
+    for (y0, x0, y1, x1), label in zip(ds.train_box, ds.train_y):  # a box per logo, inside
+        assert (0 <= y0 < y1 <= H and 0 <= x0 < x1 <= W) if label != nologo else y0 == -1
     where = {"ard": 1, "br": 0, "n24": 2, "zdf": 0, "sat1": 1}  # corner index of fixed logos
     for name, k in where.items():
         frames = np.flatnonzero(ds.train_frame_y == ds.classes.index(name))

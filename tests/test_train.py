@@ -1,4 +1,5 @@
 """The training loop, checkpoints, augmentation and evaluation (tiny networks, seconds each)."""
+import dataclasses
 import json
 import os
 
@@ -30,6 +31,16 @@ def synthetic(n_train=48, n_test=24, seed=0):
     (tx, ty), (vx, vy) = make(n_train), make(n_test)
     return Dataset(name="bars", classes=["top", "middle", "bottom"], train_x=tx, train_y=ty,
                    test_x=vx, test_y=vy)
+
+
+def synthetic_logos():
+    """synthetic() as logo corners: the bottom bar removed to make the class nologo, and
+    each top or middle bar's box, for the background swap."""
+    ds = synthetic()
+    for x, y in ((ds.train_x, ds.train_y), (ds.test_x, ds.test_y)):
+        x[y == 2, :, 8:11] = 20
+    box = np.array([(4 * c, 2, 4 * c + 3, 10) if c < 2 else (-1,) * 4 for c in ds.train_y])
+    return dataclasses.replace(ds, classes=["top", "middle", "nologo"], train_box=box)
 
 
 def tiny_config(out, **kw):
@@ -83,27 +94,28 @@ def test_zoom_jitter_blur_keep_uint8_and_do_what_they_say():
 
 
 def test_background_swap_moves_logo_boxes_onto_other_photographs():
-    images = np.random.default_rng(1).integers(0, 255, (10, 3, 8, 12)).astype(np.uint8)
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 100, (10, 3, 8, 12)).astype(np.uint8)  # 0-3 show a logo, 4-9 none
+    images = np.concatenate([x, rng.integers(150, 255, (6, 3, 8, 12)).astype(np.uint8)])
+    empty = np.arange(10, 16)  # the logo-free images drawn from: brighter than any of x
     box = np.full((10, 4), -1)
-    box[:4] = (2, 3, 5, 7)  # images 0-3 show a logo there, 4-9 none
-    empty, pool = np.arange(4, 10), box[:4]
+    box[:4] = (2, 3, 5, 7)
     inside = np.zeros((8, 12), bool)
     inside[2:5, 3:7] = True
 
     def matches_a_background(image, where):
         return any(np.array_equal(image[:, where], images[e][:, where]) for e in empty)
-    out = swap_backgrounds(images, box, images, empty, pool, 1.0, np.random.default_rng(0))
-    assert out.dtype == np.uint8 and out.shape == images.shape
+    out = swap_backgrounds(x, box, images, empty, box[:4], 1.0, np.random.default_rng(0))
+    assert out.dtype == np.uint8 and out.shape == x.shape
     for b in range(4):  # the logo box kept, everything around it from a logo-free image
-        assert np.array_equal(out[b][:, inside], images[b][:, inside])
+        assert np.array_equal(out[b][:, inside], x[b][:, inside])
         assert matches_a_background(out[b], ~inside)
     for b in range(4, 10):  # outside the pasted box nothing changed; inside, a background
-        assert np.array_equal(out[b][:, ~inside], images[b][:, ~inside])
+        assert np.array_equal(out[b][:, ~inside], x[b][:, ~inside])
         assert matches_a_background(out[b], inside)
-    assert not np.array_equal(out, images)
-    assert np.array_equal(swap_backgrounds(images, box, images, empty, pool, 0.0,
-                                           np.random.default_rng(0)), images)
-    again = swap_backgrounds(images, box, images, empty, pool, 1.0, np.random.default_rng(0))
+    assert np.array_equal(swap_backgrounds(x, box, images, empty, box[:4], 0.0,
+                                           np.random.default_rng(0)), x)
+    again = swap_backgrounds(x, box, images, empty, box[:4], 1.0, np.random.default_rng(0))
     assert np.array_equal(again, out)
 
 
@@ -190,8 +202,8 @@ def test_validation_split_is_seeded_disjoint_and_keeps_frames_together():
 
 # checkpoints
 
-def _run(out, epochs, **kw):
-    return train.run(tiny_config(out, epochs=epochs, **kw), dataset=synthetic())
+def _run(out, epochs, dataset=None, **kw):
+    return train.run(tiny_config(out, epochs=epochs, **kw), dataset=dataset or synthetic())
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -222,11 +234,12 @@ def test_best_checkpoint_breaks_frame_ties_by_corner_accuracy():
     assert train._score({"val_accuracy": None}) is None
 
 
-def test_resume_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path):
-    kw = dict(shift=2, flip=True, rotate=10, optimizer="adam")
-    _run(tmp_path / "straight", 2, **kw)
-    _run(tmp_path / "split", 1, **kw)
-    history = train.resume(tmp_path / "split", epochs=2, dataset=synthetic())
+@pytest.mark.parametrize("make, swap", [(synthetic, 0.0), (synthetic_logos, 0.5)])
+def test_resume_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path, make, swap):
+    kw = dict(shift=2, flip=True, rotate=10, optimizer="adam", background_swap=swap)
+    _run(tmp_path / "straight", 2, make(), **kw)
+    _run(tmp_path / "split", 1, make(), **kw)
+    history = train.resume(tmp_path / "split", epochs=2, dataset=make())
     assert [r["epoch"] for r in history] == [1, 2]
     a = checkpoint.load(tmp_path / "straight" / "last.npz")
     b = checkpoint.load(tmp_path / "split" / "last.npz")

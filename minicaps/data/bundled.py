@@ -22,7 +22,7 @@ KEYS = ("name", "classes", "train_x", "train_y", "test_x", "test_y")
 
 
 def save_npz(path: str | Path, ds: Dataset) -> None:
-    """Write the image splits of `ds` (not frame indices) as a compressed npz."""
+    """Write the image splits of `ds` (not frame indices nor logo boxes) as a compressed npz."""
     np.savez_compressed(
         path, name=np.array(ds.name), classes=np.array(ds.classes),
         train_x=ds.train_x, train_y=ds.train_y, test_x=ds.test_x, test_y=ds.test_y,

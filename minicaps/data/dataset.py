@@ -18,7 +18,8 @@ class Dataset:
 
     For sets whose examples are parts of a larger frame (the corner crops of a TV frame),
     `*_frame` gives the frame index of each example and `*_frame_y` the label of each frame,
-    so a trainer can score whole frames as well as single crops.
+    so a trainer can score whole frames as well as single crops, and `train_box` the logo
+    box of each training example, for the background swap (minicaps.augment).
     """
 
     name: str  # e.g. "mnist", "tvlogos-de", "bundled-mnist", a folder's name
@@ -51,6 +52,8 @@ class Dataset:
                     raise MinicapsError(f"{self.name}: {split}_frame does not match {split}_x / {split}_frame_y")
         if self.train_box is not None and self.train_box.shape != (len(self.train_x), 4):
             raise MinicapsError(f"{self.name}: train_box must be ({len(self.train_x)}, 4)")
+        if self.train_box is not None:
+            self.train_box = self.train_box.astype(np.int64, copy=False)
         if self.train_x.shape[1:] != self.test_x.shape[1:]:
             raise MinicapsError(
                 f"{self.name}: train images {self.train_x.shape[1:]} and test images "
