@@ -17,7 +17,7 @@ overrides its entry. Why each value (README, "Logo frames", where each is measur
   150 photographs per channel are otherwise learnt along with their logos, and the test
   frames show others. It slows learning, so 26 epochs instead of 20: about 27 minutes on
   two CPU cores, 95.00 % of test frames with seed 0 (94.75 % without the swap in 20
-  epochs, 94.50 % in 26), 94.75 % with seed 1 (92.75 % without, 20 epochs).
+  epochs, 94.50 % in 26), 94.75 % with seed 1 (92.75 % without, 20 epochs), 94.50 % with seed 2.
 
 The jitter options are there, off (untested with standardised input).
 """
