@@ -44,6 +44,15 @@ class Split:
     frame_y: np.ndarray = None  # (F,) labels of the frames those indices refer to
     box: np.ndarray = None  # (N, 4) logo box of each example, -1s where none; or None
 
+    def swap_sources(self):
+        """(indices of the examples without a logo, the logo boxes): what the background
+        swap draws from; one clear error where there is not both."""
+        has_logo = self.box[:, 0] >= 0 if self.box is not None else None
+        if has_logo is None or has_logo.all() or not has_logo.any():
+            raise MinicapsError("--background-swap needs frames with logo boxes and corners "
+                                "without a logo (the R&S layout)")
+        return np.flatnonzero(~has_logo), self.box[has_logo]
+
 
 def load_data(config):
     return load_dataset(config.data, rs_crop=config.crop, merge_variants=config.merge_variants,
@@ -163,8 +172,7 @@ def train_epoch(net, opt, train, config, rng, progress, epoch, nologo, n_classes
     steps = math.ceil(n / B)
     check_every = 1 if config.device == "cpu" else GPU_CHECK_EVERY
     if config.background_swap:
-        has_logo = train.box[:, 0] >= 0
-        empty, box_pool = np.flatnonzero(~has_logo), train.box[has_logo]
+        empty, box_pool = train.swap_sources()
     loss_sum = hits = 0
     progress("epoch_start", epoch=epoch, steps=steps)
     for step in range(steps):
@@ -248,10 +256,8 @@ def _run(config, progress, dataset, resume):
     train, val, test = split_validation(ds, config.val_fraction, config.seed)
     if not len(train.y):
         raise MinicapsError("no training examples left after the validation split")
-    if config.background_swap and (train.box is None or (train.box[:, 0] >= 0).all()
-                                   or (train.box[:, 0] < 0).all()):
-        raise MinicapsError("--background-swap needs frames with logo boxes and corners "
-                            "without a logo (the R&S layout)")
+    if config.background_swap:
+        train.swap_sources()  # refused before anything is built
     nologo = ds.classes.index(NOLOGO) if NOLOGO in ds.classes else None
     n_epoch = epoch_size(train.y, nologo, config.nologo_ratio)
     steps_per_epoch = math.ceil(n_epoch / config.batch_size)

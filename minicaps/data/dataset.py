@@ -50,9 +50,9 @@ class Dataset:
             if frame is not None:
                 if frame.shape != (len(x),) or frame_y is None or (len(frame) and frame.max() >= len(frame_y)):
                     raise MinicapsError(f"{self.name}: {split}_frame does not match {split}_x / {split}_frame_y")
-        if self.train_box is not None and self.train_box.shape != (len(self.train_x), 4):
-            raise MinicapsError(f"{self.name}: train_box must be ({len(self.train_x)}, 4)")
         if self.train_box is not None:
+            if self.train_box.shape != (len(self.train_x), 4):
+                raise MinicapsError(f"{self.name}: train_box must be ({len(self.train_x)}, 4)")
             self.train_box = self.train_box.astype(np.int64, copy=False)
         if self.train_x.shape[1:] != self.test_x.shape[1:]:
             raise MinicapsError(

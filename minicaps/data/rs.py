@@ -115,30 +115,35 @@ def _centre_in(box, logo) -> bool:
     return box[0] <= x + w / 2 < box[2] and box[1] <= y + h / 2 < box[3]
 
 
-def corner_labels(logos, crop: RSCrop, classes: list[str]) -> list[int]:
-    """Class index of each corner example: the logo whose centre lies in the crop, else nologo."""
+def corner_logos(logos, crop: RSCrop) -> list:
+    """The (name, (x, y, w, h)) logo each corner example shows: the one whose centre lies in
+    the crop, or None."""
     out = []
     for corner in crop.corners:
-        inside = [name for name, pos in logos if _centre_in(crop.box(corner), pos)]
-        out.append(classes.index(inside[0] if inside else NOLOGO))
+        inside = [logo for logo in logos if _centre_in(crop.box(corner), logo[1])]
+        out.append(inside[0] if inside else None)
     return out
+
+
+def corner_labels(logos, crop: RSCrop, classes: list[str]) -> list[int]:
+    """Class index of each corner example: its logo's (corner_logos), else nologo."""
+    return [classes.index(logo[0] if logo else NOLOGO) for logo in corner_logos(logos, crop)]
 
 
 def corner_boxes(logos, crop: RSCrop) -> list[tuple[int, int, int, int]]:
     """(y0, x0, y1, x1) in example pixels of the logo each corner example shows (its box
     rounded outwards, clipped to the example), or (-1, -1, -1, -1) where it shows none."""
     h, w = crop.shape[1:]
+    sx, sy = w / crop.width, h / crop.height  # frame pixels -> example pixels
     out = []
-    for corner in crop.corners:
-        box = crop.box(corner)
-        inside = [pos for _, pos in logos if _centre_in(box, pos)]
-        if not inside:
+    for corner, logo in zip(crop.corners, corner_logos(logos, crop)):
+        if logo is None:
             out.append((-1, -1, -1, -1))
             continue
-        x, y, lw, lh = inside[0]
-        sx, sy = w / crop.width, h / crop.height
-        out.append((max(int(np.floor((y - box[1]) * sy)), 0), max(int(np.floor((x - box[0]) * sx)), 0),
-                    min(int(np.ceil((y + lh - box[1]) * sy)), h), min(int(np.ceil((x + lw - box[0]) * sx)), w)))
+        left, top = crop.box(corner)[:2]
+        x, y, lw, lh = logo[1]
+        out.append((max(int(np.floor((y - top) * sy)), 0), max(int(np.floor((x - left) * sx)), 0),
+                    min(int(np.ceil((y + lh - top) * sy)), h), min(int(np.ceil((x + lw - left) * sx)), w)))
     return out
 
 
