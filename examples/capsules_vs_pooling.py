@@ -31,7 +31,7 @@ def scores(path, specs, limit=None):
     """{transform: accuracy} of the checkpoint at `path` on its own data's test split (its
     first `limit` images; frame data always whole)."""
     ckpt = checkpoint.load(path)
-    net = build(ckpt.model_config, ckpt.params)
+    net = build(ckpt.model_config, ckpt.scored_params)
     ds = checkpoint_data(ckpt, path)
     test_x, test_y = ds.test_x, ds.test_y
     if limit and ds.test_frame is None:

@@ -5,7 +5,8 @@ read as a CapsNet):
 
     format              0-d str   "minicaps-checkpoint-2"
     params/<name>       arrays    the network's parameters, under `net.params`' names
-    optim/<key>         arrays    the optimizer's state_dict ("step" as a 0-d int64)
+    optim/<key>         arrays    the optimizer's state_dict ("step" as a 0-d int64); with a
+                                  weight average, "average.<name>": the scored weights
     epoch               0-d int   epochs completed
     rng_state           0-d str   JSON of the training generator's bit_generator.state
     model_kind          0-d str   "capsnet" or "cnn" (minicaps.networks; absent: capsnet)
@@ -49,6 +50,14 @@ class Checkpoint:
     classes: list
     history: list = field(default_factory=list)
     data_info: dict = field(default_factory=dict)
+
+    @property
+    def scored_params(self):
+        """The weights the run scored, for evaluating and predicting: the running average
+        of the weights where training kept one (train --average-epochs), else `params`,
+        the weights training continues from."""
+        average = {n: self.optimizer.get(f"average.{n}") for n in self.params}
+        return self.params if any(a is None for a in average.values()) else average
 
 
 def _text(obj):
@@ -141,8 +150,9 @@ def load(path):
         raise MinicapsError(f"{path}: not a minicaps checkpoint, or a truncated or corrupt one "
                             f"({reason})") from None
     expected = ckpt.model_config.param_shapes()
-    if set(ckpt.params) != set(expected) or any(
-            tuple(ckpt.params[n].shape) != expected[n] for n in expected):
+    if any(set(weights) != set(expected) or any(
+            tuple(weights[n].shape) != expected[n] for n in expected)
+           for weights in (ckpt.params, ckpt.scored_params)):
         raise MinicapsError(f"{path}: its parameters do not match its model configuration")
     capsules = ckpt.model_config.n_classes  # a net without a nologo capsule has one fewer
     if len(ckpt.classes) != capsules and ckpt.classes[capsules:] != ["nologo"]:

@@ -55,7 +55,7 @@ def _load_net(path, gpu):
     device = "gpu" if gpu else "cpu"
     if gpu:
         require_gpu()
-    return ckpt, build(ckpt.model_config, ckpt.params, device=device)
+    return ckpt, build(ckpt.model_config, ckpt.scored_params, device=device)
 
 
 @main.command("evaluate")

@@ -122,7 +122,7 @@ def _checkpoint_and_examples(path, data):
     ckpt = checkpoint.load(path)
     if kind_of(ckpt.model_config) != "capsnet":
         raise MinicapsError(f"{path} holds a CNN: these pictures are of capsules")
-    net = CapsNet.from_config(ckpt.model_config, ckpt.params)
+    net = CapsNet.from_config(ckpt.model_config, ckpt.scored_params)
     return net, train.checkpoint_data(ckpt, path, data).test_x
 
 

@@ -100,6 +100,10 @@ class Progress:
               show_default=_rs("0.95", "lr_decay"))
 @click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam",
               help="Adam, or SGD with momentum 0.9.")
+@click.option("--average-epochs", type=click.FloatRange(min=0), default=0.0,
+              help="Score (and keep as best.npz) a running average of the weights over about "
+                   "this many recent epochs; training itself goes on unchanged. 0: off.",
+              show_default=_rs("0", "average_epochs"))
 @click.option("--seed", type=int, default=0, help="Seed of weights, split, shuffles, augmentation.")
 @click.option("--val-fraction", type=click.FloatRange(0, 0.5, max_open=True), default=0.1,
               help="Fraction of the training data held out for validation (chooses best.npz).")

@@ -1,8 +1,10 @@
 """Optimizers over a params dict: they update the arrays in place, key by key.
 
 Both keep their state as a dict of arrays (`state_dict`/`load_state_dict`) so a checkpoint
-can store it and a resumed run continues exactly where it stopped.
+can store it and a resumed run continues exactly where it stopped. Either can also keep a
+running average of the weights (`average_steps`), the network to score: see WeightAverage.
 """
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .backend import device_of, get_array_module, to_device
@@ -26,9 +28,10 @@ def constant(lr):
 
 
 class Optimizer:
-    """What Adam and SGD share: the params dict they update, a step count, the schedule."""
+    """What Adam and SGD share: the params dict they update, a step count, the schedule,
+    the optional weight average."""
 
-    def __init__(self, params, lr, schedule):
+    def __init__(self, params, lr, schedule, average_steps=None):
         # Updates go through flat views of the parameters: those must not be copies.
         for name, p in params.items():
             if not p.flags.c_contiguous:
@@ -36,17 +39,50 @@ class Optimizer:
         self.params = params
         self.schedule = schedule or constant(lr)
         self.step_count = 0
+        self.average = WeightAverage(params, average_steps) if average_steps else None
 
     @property
     def lr(self):
         return self.schedule(self.step_count)
+
+    def step(self, grads):
+        """One update of every parameter from `grads` (same keys), then of the average."""
+        lr = self.lr
+        self.step_count += 1
+        self._update(grads, lr)
+        if self.average is not None:
+            self.average.update(self.params, self.step_count)
+
+    def _update(self, grads, lr):
+        raise NotImplementedError
 
     def _zeros(self):
         return {name: get_array_module(p).zeros_like(p) for name, p in self.params.items()}
 
     def _buffers(self):
         """{prefix: {param name: array}} of the per-parameter state to checkpoint."""
+        own = self._update_buffers()
+        return own if self.average is None else {**own, "average": self.average.weights}
+
+    def _update_buffers(self):
+        """{prefix: {param name: array}} of the update rule's own state."""
         raise NotImplementedError
+
+    @contextmanager
+    def averaged(self):
+        """Within this block the parameters hold the weight average (if one is kept); the
+        training weights are put back after it."""
+        if self.average is None:
+            yield
+            return
+        training = {name: p.copy() for name, p in self.params.items()}
+        for name, p in self.params.items():
+            p[...] = self.average.weights[name]
+        try:
+            yield
+        finally:
+            for name, p in self.params.items():
+                p[...] = training[name]
 
     def state_dict(self):
         state = {"step": self.step_count}
@@ -64,17 +100,16 @@ class Optimizer:
 class Adam(Optimizer):
     """Adam (Kingma & Ba) with bias correction; `schedule` maps the step to a learning rate."""
 
-    def __init__(self, params, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, schedule=None):
-        super().__init__(params, lr, schedule)
+    def __init__(self, params, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, schedule=None,
+                 average_steps=None):
+        super().__init__(params, lr, schedule, average_steps)
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
         self.m, self.v = self._zeros(), self._zeros()
 
-    def _buffers(self):
+    def _update_buffers(self):
         return {"m": self.m, "v": self.v}
 
-    def step(self, grads):
-        lr = self.lr
-        self.step_count += 1
+    def _update(self, grads, lr):
         t = self.step_count
         # Bias correction folded into the step size: one scalar instead of two array passes.
         step_size = lr * (1 - self.beta2 ** t) ** 0.5 / (1 - self.beta1 ** t)
@@ -97,17 +132,15 @@ class Adam(Optimizer):
 class SGD(Optimizer):
     """Plain stochastic gradient descent, with optional (heavy-ball) momentum."""
 
-    def __init__(self, params, lr=0.01, momentum=0.0, schedule=None):
-        super().__init__(params, lr, schedule)
+    def __init__(self, params, lr=0.01, momentum=0.0, schedule=None, average_steps=None):
+        super().__init__(params, lr, schedule, average_steps)
         self.momentum = momentum
         self.velocity = self._zeros()
 
-    def _buffers(self):
+    def _update_buffers(self):
         return {"velocity": self.velocity}
 
-    def step(self, grads):
-        lr = self.lr
-        self.step_count += 1
+    def _update(self, grads, lr):
         for name, p in self.params.items():
             if self.momentum:
                 vel = self.velocity[name]
@@ -116,3 +149,23 @@ class SGD(Optimizer):
                 p -= lr * vel
             else:
                 p -= lr * grads[name]
+
+
+class WeightAverage:
+    """A running average of the weights after each step (Polyak averaging): the mean of all
+    of them until `steps` steps have been taken, then an exponential average whose weights
+    fall by 1/e every `steps` steps. It smooths the step-to-step noise that late epochs
+    still have; training itself never reads it (README, "Logo frames")."""
+
+    def __init__(self, params, steps):
+        if steps < 1:
+            raise ValueError(f"a weight average needs at least 1 step, not {steps}")
+        self.steps = steps
+        self.weights = {name: p.copy() for name, p in params.items()}  # step 0 counts too
+
+    def update(self, params, step):
+        """Take in the weights after step `step` (1, 2, ...)."""
+        rate = 1.0 / min(step + 1, self.steps)
+        for name, p in params.items():
+            avg = self.weights[name]
+            avg += rate * (p - avg)

@@ -23,7 +23,7 @@ The jitter options are there, off (untested with standardised input).
 """
 
 RS_DEFAULTS = dict(
-    epochs=26, batch_size=32, lr=1e-3, lr_decay=0.95,
+    epochs=26, batch_size=32, lr=1e-3, lr_decay=0.95, average_epochs=0.0,
     shift=3, scale_jitter=0.0, colour_jitter=0.0, blur=0.0, background_swap=0.5,
     nologo_ratio=0.5,
     nologo_capsule=True, init_length=None,

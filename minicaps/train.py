@@ -99,10 +99,12 @@ def split_validation(ds, fraction, seed):
 
 def make_optimizer(config, params, steps_per_epoch):
     schedule = ExponentialDecay(config.lr, rate=config.lr_decay, steps=steps_per_epoch)
+    average_steps = max(1, round(config.average_epochs * steps_per_epoch)) \
+        if config.average_epochs else None
     if config.optimizer == "adam":
-        return Adam(params, schedule=schedule)
+        return Adam(params, schedule=schedule, average_steps=average_steps)
     if config.optimizer == "sgd":
-        return SGD(params, momentum=0.9, schedule=schedule)
+        return SGD(params, momentum=0.9, schedule=schedule, average_steps=average_steps)
     raise MinicapsError(f"optimizer must be adam or sgd, not {config.optimizer!r}")
 
 
@@ -294,8 +296,9 @@ def _run(config, progress, dataset, resume):
             raise MinicapsError(f"the parameters became non-finite in epoch {epoch}; training "
                                 f"stopped, the last good checkpoint is kept (try a lower --lr)")
         t_train = time.perf_counter() - t0
-        record = {"epoch": epoch, "train_loss": loss, "train_accuracy": acc,
-                  **_split_scores(net, val, test, config, ds.classes),
+        with opt.averaged():  # the network that is scored (and the one best.npz is for)
+            scores = _split_scores(net, val, test, config, ds.classes)
+        record = {"epoch": epoch, "train_loss": loss, "train_accuracy": acc, **scores,
                   "lr": opt.lr, "images_per_s": n_epoch / t_train,
                   "epoch_s": time.perf_counter() - t0,
                   "elapsed_s": elapsed0 + time.perf_counter() - t_start}

@@ -38,6 +38,7 @@ class TrainConfig:
     lr: float = 3e-3
     lr_decay: float = 0.95  # learning rate factor per epoch (applied smoothly every step)
     optimizer: str = "adam"
+    average_epochs: float = 0.0  # score a running average of the weights over ~this many epochs
     seed: int = 0
     val_fraction: float = 0.1
     shift: int = 2

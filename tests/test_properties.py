@@ -227,6 +227,31 @@ def test_adam_matches_its_definition():
     np.testing.assert_allclose(p["w"], w, rtol=1e-9)
 
 
+@pytest.mark.parametrize("make_optimizer", [
+    lambda p, avg: Adam(p, lr=0.1, average_steps=avg),
+    lambda p, avg: SGD(p, lr=0.1, momentum=0.9, average_steps=avg),
+])
+def test_weight_average_matches_its_definition_and_leaves_training_alone(make_optimizer):
+    """The mean of the weights after steps 0..t while t < 3, then w_avg += (w - w_avg) / 3;
+    the same run without an average takes bit-for-bit the same steps."""
+    grads = np.random.default_rng(0).standard_normal((6, 2))
+    p, plain = {"w": np.array([1.0, -2.0])}, {"w": np.array([1.0, -2.0])}
+    opt, plain_opt = make_optimizer(p, 3), make_optimizer(plain, None)
+    seen, want = [p["w"].copy()], p["w"].copy()
+    for t, g in enumerate(grads, 1):
+        opt.step({"w": g})
+        plain_opt.step({"w": g})
+        seen.append(p["w"].copy())
+        want = np.mean(seen, axis=0) if t < 3 else want + (p["w"] - want) / 3
+        np.testing.assert_allclose(opt.average.weights["w"], want, rtol=1e-12)
+        assert np.array_equal(p["w"], plain["w"])
+    training = p["w"].copy()
+    with opt.averaged():
+        assert np.array_equal(p["w"], opt.average.weights["w"])
+    assert np.array_equal(p["w"], training) and not np.array_equal(training, want)
+    assert "average.w" in opt.state_dict() and "average.w" not in plain_opt.state_dict()
+
+
 def test_gradient_path_norms_account_for_every_path():
     from minicaps.routing import gradient_path_norms, routing_backward
     rng = np.random.default_rng(5)

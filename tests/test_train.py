@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from minicaps import checkpoint, train
+from minicaps import checkpoint, cli, train
 from minicaps.augment import augment, blur, flip, jitter, rotate, shift, swap_backgrounds, zoom
 from minicaps.data import Dataset, load_dataset
 from minicaps.errors import MinicapsError
@@ -234,9 +234,11 @@ def test_best_checkpoint_breaks_frame_ties_by_corner_accuracy():
     assert train._score({"val_accuracy": None}) is None
 
 
-@pytest.mark.parametrize("make, swap", [(synthetic, 0.0), (synthetic_logos, 0.5)])
-def test_resume_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path, make, swap):
-    kw = dict(shift=2, flip=True, rotate=10, optimizer="adam", background_swap=swap)
+@pytest.mark.parametrize("make, swap, average", [(synthetic, 0.0, 0.0),
+                                                  (synthetic_logos, 0.5, 1.0)])
+def test_resume_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path, make, swap, average):
+    kw = dict(shift=2, flip=True, rotate=10, optimizer="adam", background_swap=swap,
+              average_epochs=average)
     _run(tmp_path / "straight", 2, make(), **kw)
     _run(tmp_path / "split", 1, make(), **kw)
     history = train.resume(tmp_path / "split", epochs=2, dataset=make())
@@ -250,6 +252,31 @@ def test_resume_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path, make, swap)
         assert np.array_equal(a.optimizer[key], b.optimizer[key]), key
     lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_a_weight_average_is_what_is_scored_and_evaluated(tmp_path, monkeypatch):
+    """With --average-epochs the scores (and so best.npz) are the averaged network's, and a
+    checkpoint's scored_params (what evaluate and predict load) are those weights; training's
+    own weights (params, for resuming) stay apart and equal a run without the average."""
+    scored, split_scores = [], train._split_scores
+
+    def spy(net, *args):
+        scored.append({n: p.copy() for n, p in net.params.items()})
+        return split_scores(net, *args)
+    monkeypatch.setattr(train, "_split_scores", spy)
+    _run(tmp_path / "avg", 2, average_epochs=1.0)
+    ckpt = checkpoint.load(tmp_path / "avg" / "last.npz")
+    loaded = cli._load_net(tmp_path / "avg" / "last.npz", gpu=False)[1]  # evaluate's, predict's
+    for n in ckpt.params:
+        assert np.array_equal(scored[-1][n], ckpt.scored_params[n]), n
+        assert np.array_equal(loaded.params[n], ckpt.scored_params[n]), n
+        assert not np.array_equal(ckpt.scored_params[n], ckpt.params[n]), n
+    _run(tmp_path / "plain", 2)
+    plain = checkpoint.load(tmp_path / "plain" / "last.npz")
+    for n in plain.params:  # the average never feeds back into training
+        assert np.array_equal(plain.params[n], ckpt.params[n]), n
+        assert np.array_equal(scored[-1][n], plain.params[n]), n
+    assert plain.scored_params is plain.params
 
 
 def test_a_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
