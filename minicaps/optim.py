@@ -4,7 +4,7 @@ Both keep their state as a dict of arrays (`state_dict`/`load_state_dict`) so a 
 can store it and a resumed run continues exactly where it stopped. Either can also keep a
 running average of the weights (`average_steps`), the network to score: see WeightAverage.
 """
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 from .backend import device_of, get_array_module, to_device
@@ -68,21 +68,10 @@ class Optimizer:
         """{prefix: {param name: array}} of the update rule's own state."""
         raise NotImplementedError
 
-    @contextmanager
     def averaged(self):
-        """Within this block the parameters hold the weight average (if one is kept); the
-        training weights are put back after it."""
-        if self.average is None:
-            yield
-            return
-        training = {name: p.copy() for name, p in self.params.items()}
-        for name, p in self.params.items():
-            p[...] = self.average.weights[name]
-        try:
-            yield
-        finally:
-            for name, p in self.params.items():
-                p[...] = training[name]
+        """A block within which the parameters hold the weight average (if one is kept);
+        the training weights are put back after it."""
+        return weights_in(self.params, self.average.weights) if self.average else nullcontext()
 
     def state_dict(self):
         state = {"step": self.step_count}
@@ -169,3 +158,17 @@ class WeightAverage:
         for name, p in params.items():
             avg = self.weights[name]
             avg += rate * (p - avg)
+
+
+@contextmanager
+def weights_in(params, weights):
+    """Within the block the arrays of `params` hold `weights` (same keys); their own values
+    are put back after it, in place, so whatever holds the arrays sees the change."""
+    own = {name: p.copy() for name, p in params.items()}
+    for name, p in params.items():
+        p[...] = weights[name]
+    try:
+        yield
+    finally:
+        for name, p in params.items():
+            p[...] = own[name]
