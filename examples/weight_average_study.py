@@ -9,7 +9,7 @@ folder as usual and <out>/averages.jsonl; prints a Markdown table of frame accur
 (validation / test) per epoch, "none" being the training weights themselves.
 
     python examples/weight_average_study.py --data ../shared/data/tvlogos-de --seed 1 \\
-        --out runs/average-study --horizons 1,0.5,2,4     # ~33 min on two CPU cores
+        --out runs/average-study --horizons 1,0.5,2,4     # 35-50 min on two CPU cores
 
 Each extra horizon costs one more scoring of both splits per epoch (~10 s on the logo data).
 """
@@ -47,7 +47,7 @@ def main():
 
     def with_extra_averages(config, params, steps_per_epoch):
         opt = make_optimizer(config, params, steps_per_epoch)
-        extra.update({h: WeightAverage(params, max(1, round(h * steps_per_epoch)))
+        extra.update({h: WeightAverage(params, WeightAverage.steps_for(h, steps_per_epoch))
                       for h in horizons[1:]})
         extra["none"] = WeightAverage(params, 1)
         step = opt.step

@@ -34,6 +34,7 @@ import numpy as np
 from .backend import to_host
 from .errors import MinicapsError
 from .networks import config_from_dict, kind_of
+from .optim import AVERAGE
 
 FORMAT = "minicaps-checkpoint-2"  # 2 added model_kind (the CNN baseline)
 READABLE = ("minicaps-checkpoint-1", FORMAT)
@@ -56,8 +57,9 @@ class Checkpoint:
         """The weights the run scored, for evaluating and predicting: the running average
         of the weights where training kept one (train --average-epochs), else `params`,
         the weights training continues from."""
-        average = {n: self.optimizer.get(f"average.{n}") for n in self.params}
-        return self.params if any(a is None for a in average.values()) else average
+        if not any(k.startswith(f"{AVERAGE}.") for k in self.optimizer):
+            return self.params
+        return {n: self.optimizer[f"{AVERAGE}.{n}"] for n in self.params}
 
 
 def _text(obj):
@@ -150,6 +152,9 @@ def load(path):
         raise MinicapsError(f"{path}: not a minicaps checkpoint, or a truncated or corrupt one "
                             f"({reason})") from None
     expected = ckpt.model_config.param_shapes()
+    averaged = {k for k in ckpt.optimizer if k.startswith(f"{AVERAGE}.")}
+    if averaged and averaged != {f"{AVERAGE}.{n}" for n in expected}:
+        raise MinicapsError(f"{path}: its weight average does not match its parameters")
     if any(set(weights) != set(expected) or any(
             tuple(weights[n].shape) != expected[n] for n in expected)
            for weights in (ckpt.params, ckpt.scored_params)):

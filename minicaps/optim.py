@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from .backend import device_of, get_array_module, to_device
 from .parallel import in_parts
 
+AVERAGE = "average"  # the state_dict prefix of the weight average: "average.<param name>"
+
 
 @dataclass(frozen=True)
 class ExponentialDecay:
@@ -62,7 +64,7 @@ class Optimizer:
     def _buffers(self):
         """{prefix: {param name: array}} of the per-parameter state to checkpoint."""
         own = self._update_buffers()
-        return own if self.average is None else {**own, "average": self.average.weights}
+        return own if self.average is None else {**own, AVERAGE: self.average.weights}
 
     def _update_buffers(self):
         """{prefix: {param name: array}} of the update rule's own state."""
@@ -71,7 +73,9 @@ class Optimizer:
     def averaged(self):
         """A block within which the parameters hold the weight average (if one is kept);
         the training weights are put back after it."""
-        return weights_in(self.params, self.average.weights) if self.average else nullcontext()
+        if self.average is None:
+            return nullcontext()
+        return weights_in(self.params, self.average.weights)
 
     def state_dict(self):
         state = {"step": self.step_count}
@@ -152,6 +156,11 @@ class WeightAverage:
         self.steps = steps
         self.weights = {name: p.copy() for name, p in params.items()}  # step 0 counts too
 
+    @staticmethod
+    def steps_for(epochs, steps_per_epoch):
+        """The `steps` of an average over about `epochs` epochs (at least 1)."""
+        return max(1, round(epochs * steps_per_epoch))
+
     def update(self, params, step):
         """Take in the weights after step `step` (1, 2, ...)."""
         rate = 1.0 / min(step + 1, self.steps)
@@ -165,9 +174,9 @@ def weights_in(params, weights):
     """Within the block the arrays of `params` hold `weights` (same keys); their own values
     are put back after it, in place, so whatever holds the arrays sees the change."""
     own = {name: p.copy() for name, p in params.items()}
-    for name, p in params.items():
-        p[...] = weights[name]
-    try:
+    try:  # inside: an interruption half-way through the copies is undone too
+        for name, p in params.items():
+            p[...] = weights[name]
         yield
     finally:
         for name, p in params.items():

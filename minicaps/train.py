@@ -29,7 +29,7 @@ from .errors import MinicapsError
 from .epochs import epoch_order, epoch_size
 from .evaluate import NOLOGO, PRESENT, choose_threshold, evaluate, frame_accuracy, with_nologo
 from .networks import build, kind_of
-from .optim import SGD, Adam, ExponentialDecay
+from .optim import SGD, Adam, ExponentialDecay, WeightAverage
 from .plan import check_fits
 from .train_config import TrainConfig, model_config
 
@@ -99,7 +99,7 @@ def split_validation(ds, fraction, seed):
 
 def make_optimizer(config, params, steps_per_epoch):
     schedule = ExponentialDecay(config.lr, rate=config.lr_decay, steps=steps_per_epoch)
-    average_steps = max(1, round(config.average_epochs * steps_per_epoch)) \
+    average_steps = WeightAverage.steps_for(config.average_epochs, steps_per_epoch) \
         if config.average_epochs else None
     if config.optimizer == "adam":
         return Adam(params, schedule=schedule, average_steps=average_steps)
@@ -271,7 +271,11 @@ def _run(config, progress, dataset, resume):
     rng = np.random.default_rng([config.seed, 2])
     history, start = [], 0
     if resume:
-        opt.load_state_dict(resume.optimizer)
+        try:
+            opt.load_state_dict(resume.optimizer)
+        except KeyError as e:
+            raise MinicapsError(f"{out}/last.npz: its optimizer state lacks {e} that its "
+                                "options need") from None
         rng.bit_generator.state = resume.rng_state
         history, start = list(resume.history), resume.epoch
     data_info = {"layout": layout, "name": ds.name, "pad": config.pad,

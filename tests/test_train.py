@@ -277,6 +277,15 @@ def test_a_weight_average_is_what_is_scored_and_evaluated(tmp_path, monkeypatch)
         assert np.array_equal(plain.params[n], ckpt.params[n]), n
         assert np.array_equal(scored[-1][n], plain.params[n]), n
     assert plain.scored_params is plain.params
+    partial = dict(ckpt.optimizer)
+    del partial["average.conv1.w"]
+    checkpoint.save(tmp_path / "partial.npz", dataclasses.replace(ckpt, optimizer=partial))
+    with pytest.raises(MinicapsError, match="weight average does not match"):
+        checkpoint.load(tmp_path / "partial.npz")
+    checkpoint.save(tmp_path / "avg" / "last.npz", dataclasses.replace(plain, train_config={
+        **plain.train_config, "average_epochs": 1.0, "out": str(tmp_path / "avg")}))
+    with pytest.raises(MinicapsError, match="optimizer state lacks"):
+        train.resume(tmp_path / "avg", epochs=3, dataset=synthetic())
 
 
 def test_a_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
