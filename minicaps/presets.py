@@ -22,7 +22,7 @@ overrides its entry. Why each value (README, "Logo frames", where each is measur
 
 - scored on a running average of the weights over about one epoch (average_epochs 1.0),
   which training never reads: with it the three seeds give 94.50, 95.00 and 95.00 % in
-  about 24 minutes; on the same steps it was +0.27 points of test frames on average over
+  about 24 minutes; on the same steps it was +0.25 points of test frames on average over
   epochs 20-26 of the three seeds and +0.08 by validation (README, "Logo frames"): kept
   for the steadier validation signal, a small gain at best.
 
