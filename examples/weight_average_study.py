@@ -76,7 +76,7 @@ def main():
     train.make_optimizer, train._split_scores = with_extra_averages, scores_of_every_average
     train.run(config, progress=lambda kind, **info: print(
         train_line(info["record"]), flush=True) if kind == "epoch" else None)
-    names = [horizons[0], *horizons[1:], "none"]
+    names = [*horizons, "none"]
     print("\n| epoch | " + " | ".join("training weights" if h == "none" else
                                          f"average over {h:g} epochs" for h in names) + " |")
     print("|---" * (len(names) + 1) + "|")

@@ -57,9 +57,13 @@ class Checkpoint:
         """The weights the run scored, for evaluating and predicting: the running average
         of the weights where training kept one (train --average-epochs), else `params`,
         the weights training continues from."""
-        if not any(k.startswith(f"{AVERAGE}.") for k in self.optimizer):
-            return self.params
-        return {n: self.optimizer[f"{AVERAGE}.{n}"] for n in self.params}
+        return self.average or self.params
+
+    @property
+    def average(self):
+        """{param name: array} of the weight average in the optimizer state ({} if none)."""
+        prefix = f"{AVERAGE}."
+        return {k[len(prefix):]: a for k, a in self.optimizer.items() if k.startswith(prefix)}
 
 
 def _text(obj):
@@ -152,8 +156,8 @@ def load(path):
         raise MinicapsError(f"{path}: not a minicaps checkpoint, or a truncated or corrupt one "
                             f"({reason})") from None
     expected = ckpt.model_config.param_shapes()
-    averaged = {k for k in ckpt.optimizer if k.startswith(f"{AVERAGE}.")}
-    if averaged and averaged != {f"{AVERAGE}.{n}" for n in expected}:
+    average = ckpt.average
+    if average and set(average) != set(expected):
         raise MinicapsError(f"{path}: its weight average does not match its parameters")
     if any(set(weights) != set(expected) or any(
             tuple(weights[n].shape) != expected[n] for n in expected)

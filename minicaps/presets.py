@@ -18,8 +18,7 @@ overrides its entry. Why each value (README, "Logo frames", where each is measur
   frames show others. It slows learning, so 26 epochs instead of 20: 24-27 minutes on
   two CPU cores, 95.00 % of test frames with seed 0 (94.75 % without the swap in 20
   epochs, 94.50 % in 26), 94.75 % with seed 1 (92.75 % without, 20 epochs), 94.50 % with
-  seed 2;
-
+  seed 2 (these without the weight average below);
 - scored on a running average of the weights over about one epoch (average_epochs 1.0),
   which training never reads: with it the three seeds give 94.50, 95.00 and 95.00 % in
   about 24 minutes; on the same steps it was +0.25 points of test frames on average over
