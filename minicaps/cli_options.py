@@ -5,6 +5,9 @@ import click
 from .model import CapsNetConfig
 
 DEFAULTS = CapsNetConfig()
+CONTRAST_HELP = ("Also feed the network each channel's local contrast: (x - local mean) / "
+                 "local std over windows of this odd size, which shows faint logos on any "
+                 "photograph (0: off).")
 
 
 class UserError(click.ClickException):
@@ -71,6 +74,8 @@ def network_options(f):
         click.option("--share-transforms", is_flag=True,
                      help="One transform per primary capsule type, shared by its positions."),
         click.option("--no-reconstruction", is_flag=True, help="Without the decoder."),
+        click.option("--contrast-window", type=click.IntRange(min=0), default=0,
+                     help=CONTRAST_HELP),
     ]
     for option in reversed(options):
         f = option(f)
@@ -81,6 +86,6 @@ def network_config(options, dtype="float32"):
     """The CapsNetConfig of the options collected by network_options (removed from them)."""
     fields = ("in_shape", "n_classes", "conv_channels", "kernel_size", "conv_stride",
               "primary_types", "primary_dim", "primary_stride", "class_dim", "routing_iters",
-              "routing_grad", "share_transforms")
+              "routing_grad", "share_transforms", "contrast_window")
     arch = {name: options.pop(name) for name in fields}
     return CapsNetConfig(reconstruction=not options.pop("no_reconstruction"), dtype=dtype, **arch)

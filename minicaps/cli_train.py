@@ -9,7 +9,7 @@ import click
 
 from . import train
 from .backend import require_gpu
-from .cli_options import UserError, parse_widths
+from .cli_options import CONTRAST_HELP, UserError, parse_widths
 from .data import detect_layout
 from .errors import MinicapsError
 from .evaluate import PRESENT
@@ -160,6 +160,8 @@ class Progress:
               help="Feed the network (x - mean) / std per channel, from the training data "
                    "(stored in the checkpoint), or raw [0, 1] pixels as the paper.",
               show_default="raw; standardised on R&S frames")
+@click.option("--contrast-window", type=click.IntRange(min=0), default=0,
+              help=CONTRAST_HELP, show_default=_rs("0", "contrast_window"))
 @click.option("--none-capsule/--no-none-capsule", default=False,
               help="An extra routing parent for input capsules of no class (background): "
                    "'none of the above', as the paper used for CIFAR-10; no loss reaches it.")

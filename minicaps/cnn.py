@@ -17,7 +17,7 @@ from .conv import conv2d_backward, conv2d_forward
 from .errors import MinicapsError
 from .layers import linear_backward, linear_forward, relu_backward, relu_forward
 from .losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
-from .network import Network, checked_input_statistics, fan_in_uniform
+from .network import Network, checked_input_options, fan_in_uniform, input_channels
 from .pooling import maxpool_backward, maxpool_forward
 from .routing import softmax
 
@@ -33,12 +33,13 @@ class CNNConfig:
     hidden: tuple = (328, 192)
     input_mean: tuple = None  # per-channel input statistics, as CapsNetConfig's
     input_std: tuple = None
+    contrast_window: int = 0  # local contrast channels, as CapsNetConfig's
     dtype: str = "float32"
 
     def __post_init__(self):
         for name in ("in_shape", "channels", "hidden"):
             object.__setattr__(self, name, tuple(int(n) for n in getattr(self, name)))
-        checked_input_statistics(self)
+        checked_input_options(self)
         if not self.channels or min(self.channels + self.hidden) < 1:
             raise MinicapsError("the CNN needs at least one convolution, and positive widths")
         if self.kernel_size % 2 == 0:
@@ -55,7 +56,7 @@ class CNNConfig:
         return H // 2 ** pools, W // 2 ** pools
 
     def param_shapes(self):
-        shapes, c_in, k = {}, self.in_shape[0], self.kernel_size
+        shapes, c_in, k = {}, input_channels(self), self.kernel_size
         for n, c_out in enumerate(self.channels):
             shapes[f"conv{n}.w"], shapes[f"conv{n}.b"] = (c_out, c_in, k, k), (c_out,)
             c_in = c_out
@@ -90,7 +91,7 @@ class PoolingCNN(Network):
 
     def _logits(self, x):
         p, cfg = self.params, self.config
-        caches, h = [], self._standardized(x)
+        caches, h = [], self._prepared(x)
         for n in range(len(cfg.channels)):
             h, conv_cache = conv2d_forward(h, p[f"conv{n}.w"], p[f"conv{n}.b"],
                                            pad=cfg.kernel_size // 2)

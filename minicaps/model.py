@@ -26,7 +26,7 @@ from .layers import (linear_backward, linear_forward, relu_backward, relu_forwar
                      sigmoid_backward, sigmoid_forward)
 from .losses import (margin_loss_backward, margin_loss_forward, one_hot,
                      reconstruction_loss_backward, reconstruction_loss_forward)
-from .network import Network, checked_input_statistics, fan_in_uniform
+from .network import Network, checked_input_options, fan_in_uniform, input_channels
 from .routing import ROUTING_GRADS, gradient_path_norms, routing_backward, routing_forward
 
 DECODER_WIDTHS = (512, 1024)
@@ -58,11 +58,14 @@ class CapsNetConfig:
     # The decoder still reconstructs the raw pixels.
     input_mean: tuple = None
     input_std: tuple = None
+    # Local contrast channels (minicaps/contrast.py): 0 none; an odd window size k gives
+    # conv1, after the image's own channels, each channel's contrast over k x k pixels.
+    contrast_window: int = 0
     dtype: str = "float32"
 
     def __post_init__(self):
         object.__setattr__(self, "in_shape", tuple(int(n) for n in self.in_shape))
-        checked_input_statistics(self)
+        checked_input_options(self)
         if self.routing_grad not in ROUTING_GRADS:
             raise MinicapsError(f"routing_grad must be one of {ROUTING_GRADS}, "
                                 f"not {self.routing_grad!r}")
@@ -108,7 +111,7 @@ class CapsNetConfig:
         k, K = self.kernel_size, self.conv_channels
         TD = self.primary_types * self.primary_dim
         shapes = {
-            "conv1.w": (K, C, k, k), "conv1.b": (K,),
+            "conv1.w": (K, input_channels(self), k, k), "conv1.b": (K,),
             "primary.w": (TD, K, k, k), "primary.b": (TD,),
             "caps.w": (self.primary_types if self.share_transforms else self.n_primary,
                        self.n_parents, self.class_dim, self.primary_dim),
@@ -168,7 +171,7 @@ class CapsNet(Network):
         """The class capsules v (B, J, E) of a prepared batch, with the caches for backward.
         Feature maps stay batch-last (C, H, W, B) from conv1 to the primary capsules."""
         p, cfg = self.params, self.config
-        h, conv_cache = conv2d_forward_batch_last(to_batch_last(self._standardized(x)), p["conv1.w"], p["conv1.b"],
+        h, conv_cache = conv2d_forward_batch_last(to_batch_last(self._prepared(x)), p["conv1.w"], p["conv1.b"],
                                                   stride=cfg.conv_stride)
         h, relu_cache = relu_forward(h)  # (conv_channels, H1, W1, B)
         u, primary_cache = primary_capsules_forward(

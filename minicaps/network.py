@@ -7,6 +7,7 @@ A subclass provides `_forward_loss(x, y) -> (loss, parts, caches)`, `_backward(c
 import numpy as np
 
 from .backend import device_of, get_array_module, to_device, to_host
+from .contrast import check_window, local_contrast
 from .errors import MinicapsError
 
 
@@ -20,9 +21,11 @@ def fan_in_uniform(rng, shapes, name):
     return rng.uniform(-bound, bound, shapes[name])
 
 
-def checked_input_statistics(config):
-    """Validate and normalise a config's input_mean/input_std (per-channel tuples of floats,
-    both or neither, std positive); call from the config's __post_init__."""
+def checked_input_options(config):
+    """Validate and normalise a config's input options: input_mean/input_std (per-channel
+    tuples of floats, both or neither, std positive) and contrast_window; call from the
+    config's __post_init__."""
+    check_window(config.contrast_window)
     for name in ("input_mean", "input_std"):
         stats = getattr(config, name)
         if stats is not None:
@@ -36,10 +39,17 @@ def checked_input_statistics(config):
         raise MinicapsError("input_mean and input_std go together, std positive")
 
 
+def input_channels(config):
+    """Channels the first convolution sees: the image's, and as many again of local
+    contrast when the config has a contrast_window."""
+    return config.in_shape[0] * (2 if config.contrast_window else 1)
+
+
 class Network:
     """`params` maps stable names to arrays; `loss_and_grads` returns gradients under the
     same names; nothing is updated in place. The config is a frozen dataclass with
-    `param_shapes()`, `in_shape`, `n_classes`, `dtype`, `input_mean` and `input_std`; `init_params(config, seed)` is
+    `param_shapes()`, `in_shape`, `n_classes`, `dtype`, `input_mean`, `input_std` and
+    `contrast_window`; `init_params(config, seed)` is
     the subclass's initialiser."""
 
     init_params = None  # set by each subclass: (config, seed) -> dict of host arrays
@@ -82,16 +92,21 @@ class Network:
                                 f"(B, {', '.join(map(str, self.config.in_shape))})")
         return x
 
-    def _standardized(self, x):
-        """(x - input_mean) / input_std per channel, or x itself when the config has no
-        statistics. No gradient is ever needed with respect to the input."""
+    def _prepared(self, x):
+        """What the first layer sees of pixels x in [0, 1]: (x - input_mean) / input_std per
+        channel (x itself when the config has no statistics), followed, when the config has
+        a contrast_window, by the local contrast of each channel (minicaps/contrast.py).
+        No gradient is ever needed with respect to the input."""
         cfg = self.config
-        if cfg.input_mean is None:
-            return x
         xp = get_array_module(x)
         shape = (1, -1, 1, 1)
-        return ((x - xp.asarray(cfg.input_mean, dtype=x.dtype).reshape(shape))
-                / xp.asarray(cfg.input_std, dtype=x.dtype).reshape(shape))
+        prepared = x if cfg.input_mean is None else \
+            ((x - xp.asarray(cfg.input_mean, dtype=x.dtype).reshape(shape))
+             / xp.asarray(cfg.input_std, dtype=x.dtype).reshape(shape))
+        if cfg.contrast_window:
+            prepared = xp.concatenate([prepared, local_contrast(x, cfg.contrast_window)],
+                                      axis=1)
+        return prepared
 
     def _as_labels(self, y):
         xp = get_array_module(next(iter(self.params.values())))

@@ -15,6 +15,7 @@ import numpy as np
 from .cnn import POOLED_LAYERS
 from .conv import COLUMN_BYTES
 from .errors import MinicapsError
+from .network import input_channels
 from .networks import kind_of
 
 GIB = 2 ** 30
@@ -44,12 +45,13 @@ class Plan:
 
 
 def _dims(config):
-    """The sizes a step's arrays are made of: C, H, W, K (conv channels), k (kernel),
-    h1, w1 (conv1's output), gh, gw (the capsule grid), I, J, E, D, R (routing iterations)."""
+    """The sizes a step's arrays are made of: C, H, W (the image), C1 (the channels conv1
+    sees), K (conv channels), k (kernel), h1, w1 (conv1's output), gh, gw (the capsule
+    grid), I, J, E, D, R (routing iterations)."""
     C, H, W = config.in_shape
     h1, w1 = config.conv1_size
     gh, gw = config.grid
-    return SimpleNamespace(C=C, H=H, W=W, K=config.conv_channels, k=config.kernel_size,
+    return SimpleNamespace(C=C, C1=input_channels(config), H=H, W=W, K=config.conv_channels, k=config.kernel_size,
                            h1=h1, w1=w1, gh=gh, gw=gw, I=config.n_primary,
                            J=config.n_classes, E=config.class_dim, D=config.primary_dim,
                            R=config.routing_iters, TD=config.primary_types * config.primary_dim)
@@ -60,8 +62,8 @@ def _sizes(config, B):
     d = _dims(config)
     full = config.routing_grad == "full"
     return {
-        "x": B * d.C * d.H * d.W,
-        "conv1_cols": d.C * d.k * d.k * B * d.h1 * d.w1,
+        "x": B * d.C1 * d.H * d.W,
+        "conv1_cols": d.C1 * d.k * d.k * B * d.h1 * d.w1,
         "conv1_out": B * d.K * d.h1 * d.w1,
         "primary_cols": d.K * d.k * d.k * B * d.gh * d.gw,
         "primary_out": B * d.TD * d.gh * d.gw,
@@ -76,7 +78,7 @@ def _sizes(config, B):
 
 def _group_elements(config, batch_size, device, conv):
     """Elements of the im2col columns of one group of kernel rows (see conv.COLUMN_BYTES)."""
-    C, K, k = config.in_shape[0], config.conv_channels, config.kernel_size
+    C, K, k = input_channels(config), config.conv_channels, config.kernel_size
     (oh, ow), channels = ((config.conv1_size, C) if conv == "conv1" else (config.grid, K))
     row = channels * k * oh * ow * batch_size
     budget = COLUMN_BYTES["cupy" if device == "gpu" else "numpy"]
@@ -106,7 +108,7 @@ def _flop_parts(config):
     """Forward FLOPs per image (a multiply-add is 2) of each stage."""
     d = _dims(config)
     return {
-        "conv1": 2 * d.K * d.C * d.k * d.k * d.h1 * d.w1,
+        "conv1": 2 * d.K * d.C1 * d.k * d.k * d.h1 * d.w1,
         "primary": 2 * d.TD * d.K * d.k * d.k * d.gh * d.gw,
         "predictions": 2 * d.I * d.J * d.E * d.D,
         "routing": 2 * d.J * d.I * d.E * (2 * d.R - 1),
@@ -146,7 +148,7 @@ def traffic_per_image(config):
 def _cnn_layers(config):
     """(input channels, output channels, height, width, pooled) of each CNN convolution,
     at the resolution it runs ('same' padding: its input's)."""
-    (C, H, W), layers = config.in_shape, []
+    (_, H, W), C, layers = config.in_shape, input_channels(config), []
     for n, K in enumerate(config.channels):
         pooled = n < POOLED_LAYERS
         layers.append((C, K, H, W, pooled))

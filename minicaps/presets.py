@@ -33,7 +33,7 @@ RS_DEFAULTS = dict(
     shift=3, scale_jitter=0.0, colour_jitter=0.0, blur=0.0, background_swap=0.5,
     nologo_ratio=0.5,
     nologo_capsule=True, init_length=None,
-    share_transforms=False, reconstruction=False, standardize=True,
+    share_transforms=False, reconstruction=False, standardize=True, contrast_window=0,
     conv_channels=128, kernel_size=9, conv_stride=2, primary_types=16, primary_dim=8,
     primary_stride=2, class_dim=16, routing_iters=3,
     crop_corners=("tl", "tr", "bl"), crop_width=192, crop_height=96, crop_scale=0.5,

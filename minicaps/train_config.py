@@ -59,6 +59,7 @@ class TrainConfig:
     share_transforms: bool = False
     none_capsule: bool = False  # a routing parent for background (see CapsNetConfig)
     standardize: bool = False  # feed the net (x - mean) / std per channel of the training data
+    contrast_window: int = 0  # add local contrast channels over windows of this size (0: none)
     reconstruction: bool = True
     conv_channels: int = None
     kernel_size: int = None
@@ -98,6 +99,7 @@ class TrainConfig:
 def model_config(config, dataset):
     """The network config (CapsNetConfig or CNNConfig) of a run on `dataset`."""
     statistics = channel_statistics(dataset.train_x) if config.standardize else {}
+    statistics["contrast_window"] = config.contrast_window
     if config.model == "cnn":
         return _cnn_config(config, dataset, statistics)
     if config.model != "capsnet":
