@@ -111,10 +111,18 @@ def jitter(x, strength, rng):
     contrast = 1 + rng.uniform(-strength, strength, size=(B, 1, 1, 1))
     brightness = rng.uniform(-strength, strength, size=(B, 1, 1, 1)) * 128
     gain = 1 + rng.uniform(-strength / 2, strength / 2, size=(B, C, 1, 1))
+    return recolour(x, contrast, brightness, gain)
+
+
+def recolour(x, contrast, brightness, gain=1.0):
+    """uint8 images x (B, C, H, W) with their contrast about each image's mean times
+    `contrast`, `brightness` grey levels added, then each channel times `gain` (numbers,
+    or arrays that broadcast against (B, C, 1, 1)); rounded and clipped to 0..255."""
     xf = x.astype(np.float32)
     mean = xf.mean(axis=(1, 2, 3), keepdims=True)  # (B, 1, 1, 1)
-    out = ((xf - mean) * contrast.astype(np.float32) + mean + brightness.astype(np.float32))
-    out *= gain.astype(np.float32)
+    out = ((xf - mean) * np.asarray(contrast, np.float32) + mean
+           + np.asarray(brightness, np.float32))
+    out *= np.asarray(gain, np.float32)
     return np.clip(np.rint(out), 0, 255).astype(x.dtype)
 
 

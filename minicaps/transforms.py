@@ -1,7 +1,10 @@
 """Fixed transformations of test images, to ask how a network copes with inputs unlike its
 training data: `minicaps evaluate --transform rotate:30`. Each applies the same change to
-every image, through the same resampling code as training-time augmentation, except
-`affine[:SEED]`, the affNIST-style test: every image gets its own random affine map.
+every image, through the same code as training-time augmentation, except `affine[:SEED]`,
+the affNIST-style test: every image gets its own random affine map. `contrast:F` scales
+each image's contrast about its mean by F and `brightness:D` adds D grey levels (of 255):
+the same frames as if filmed by another camera or graded otherwise, which a network that
+learnt its photographs' look along with their logos gets wrong.
 
 affine draws, per image: a rotation within +-20 degrees, a scale of 0.8-1.2 along each
 axis, a shear within +-0.2, and then a translation that keeps the transformed content
@@ -11,10 +14,11 @@ on `--pad 6 --shift 6`), not its published generator.
 """
 import numpy as np
 
-from .augment import rotate_by, rotations, shift_by, warp, zoom_by
+from .augment import recolour, rotate_by, rotations, shift_by, warp, zoom_by
 from .errors import MinicapsError
 
-KINDS = ("rotate:DEG", "flip", "shift:PX", "scale:S", "affine[:SEED]")
+KINDS = ("rotate:DEG", "flip", "shift:PX", "scale:S", "contrast:F", "brightness:D",
+         "affine[:SEED]")
 AFFINE_DEGREES, AFFINE_SCALE, AFFINE_SHEAR = 20.0, (0.8, 1.2), 0.2
 
 
@@ -28,15 +32,15 @@ def parse(spec):
             return "affine", 0
         if value.isdigit():
             return "affine", int(value)
-    if kind in ("rotate", "shift", "scale") and value:
+    if kind in ("rotate", "shift", "scale", "contrast", "brightness") and value:
         try:
             number = float(value)
         except ValueError:
             number = None
-        if number is not None and (kind != "scale" or number > 0):
+        if number is not None and (kind not in ("scale", "contrast") or number > 0):
             return kind, number
     raise MinicapsError(f"--transform {spec!r}: expected one of {', '.join(KINDS)} "
-                        "(scale S > 0)")
+                        "(S and F > 0)")
 
 
 def apply(x, spec):
@@ -52,6 +56,10 @@ def apply(x, spec):
         return rotate_by(x, np.full(B, value))
     if kind == "scale":
         return zoom_by(x, np.full(B, value))
+    if kind == "contrast":
+        return recolour(x, value, 0)
+    if kind == "brightness":
+        return recolour(x, 1, value)
     return shift_by(x, np.full((B, 2), int(round(value))))
 
 

@@ -27,7 +27,16 @@ def test_flip_shift_and_scale():
     np.testing.assert_array_equal(transforms.apply(x, "scale:1"), x)
 
 
-@pytest.mark.parametrize("spec", ["rotate", "scale:0", "scale:-1", "spin:3", "flip:2", "shift:x"])
+def test_contrast_and_brightness():
+    x = np.array([[[[10, 50], [90, 130]]]], np.uint8)  # mean 70
+    np.testing.assert_array_equal(transforms.apply(x, "contrast:0.5"), [[[[40, 60], [80, 100]]]])
+    np.testing.assert_array_equal(transforms.apply(x, "contrast:3"), [[[[0, 10], [130, 250]]]])
+    np.testing.assert_array_equal(transforms.apply(x, "brightness:-20"), [[[[0, 30], [70, 110]]]])
+    np.testing.assert_array_equal(transforms.apply(x, "brightness:200"), [[[[210, 250], [255, 255]]]])
+
+
+@pytest.mark.parametrize("spec", ["rotate", "scale:0", "scale:-1", "spin:3", "flip:2", "shift:x",
+                                  "contrast:0", "contrast:-1", "brightness", "contrast"])
 def test_bad_specs_are_refused(spec):
     with pytest.raises(MinicapsError, match="--transform"):
         transforms.parse(spec)
