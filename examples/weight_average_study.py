@@ -29,6 +29,8 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=None, help="default: the layout's")
+    parser.add_argument("--contrast-window", type=int, default=None,
+                        help="default: the layout's (0: the study's runs, before it)")
     parser.add_argument("--horizons", default="1,0.5,2,4",
                         help="epochs of each average; the first is the run's own")
     parser.add_argument("--from-epoch", type=int, default=14)
@@ -36,8 +38,9 @@ def main():
     args = parser.parse_args()
     horizons = [float(h) for h in args.horizons.split(",")]
     options = {**layout_defaults(detect_layout(args.data)), "average_epochs": horizons[0]}
-    if args.epochs:
-        options["epochs"] = args.epochs
+    for name in ("epochs", "contrast_window"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
     config = train.TrainConfig(data=str(Path(args.data).resolve()), out=args.out,
                                seed=args.seed, limit=args.limit, **options)
     # The extra averages ride along with the run's optimizer; "none" is an average over

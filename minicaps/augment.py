@@ -115,7 +115,8 @@ def jitter(x, strength, rng):
 
 
 def recolour(x, contrast, brightness, gain=1.0):
-    """uint8 images x (B, C, H, W) with their contrast about each image's mean times
+    """uint8 images x (B, C, H, W) with their contrast about each image's mean (over all
+    its channels) times
     `contrast`, `brightness` grey levels added, then each channel times `gain` (numbers,
     or arrays that broadcast against (B, C, 1, 1)); rounded and clipped to 0..255."""
     xf = x.astype(np.float32)

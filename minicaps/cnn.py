@@ -17,7 +17,7 @@ from .conv import conv2d_backward, conv2d_forward
 from .errors import MinicapsError
 from .layers import linear_backward, linear_forward, relu_backward, relu_forward
 from .losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
-from .network import Network, checked_input_options, fan_in_uniform, input_channels
+from .network import Network, check_input_options, fan_in_uniform, input_channels
 from .pooling import maxpool_backward, maxpool_forward
 from .routing import softmax
 
@@ -39,7 +39,7 @@ class CNNConfig:
     def __post_init__(self):
         for name in ("in_shape", "channels", "hidden"):
             object.__setattr__(self, name, tuple(int(n) for n in getattr(self, name)))
-        checked_input_options(self)
+        check_input_options(self)
         if not self.channels or min(self.channels + self.hidden) < 1:
             raise MinicapsError("the CNN needs at least one convolution, and positive widths")
         if self.kernel_size % 2 == 0:

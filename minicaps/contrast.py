@@ -3,9 +3,12 @@
 A broadcaster's logo is blended onto whatever the camera shows, so a faint logo (grey,
 half transparent) differs from the photograph around it by a few grey levels: invisible
 to a network that sees the pixels as they are, where a bright sky or a busy texture varies
-far more than that. Dividing each pixel's difference from its local mean by the local
-standard deviation makes a faint edge on a flat background as strong as a sharp edge on a
-busy one, and undoes the photograph's overall brightness and contrast.
+far more than that. Subtracting each pixel's local mean, then dividing by the local size
+of what is left, makes a faint edge on a flat background as strong as a sharp edge on a
+busy one, and undoes the photograph's overall brightness and contrast. (In the manner of
+the local contrast normalisation of Jarrett et al. 2009, "What is the best multi-stage
+architecture for object recognition?", with box windows instead of Gaussian ones, each
+channel on its own, and a fixed floor.)
 
 Works on NumPy and CuPy arrays alike; no gradient is ever needed (it only prepares input).
 """
@@ -22,10 +25,11 @@ CONTRAST_FLOOR = 0.03
 
 
 def check_window(window):
-    """One clear error unless `window` is 0 (off) or an odd size of at least 3."""
-    if window != 0 and (window < 3 or window % 2 == 0):
-        raise MinicapsError(f"contrast_window must be 0 (off) or odd and at least 3, "
-                            f"not {window}")
+    """One clear error unless `window` is the integer 0 (off) or an odd one of at least 3."""
+    if not isinstance(window, (int, np.integer)) or isinstance(window, bool) or \
+            (window != 0 and (window < 3 or window % 2 == 0)):
+        raise MinicapsError(f"contrast_window must be 0 (off) or an odd integer of at "
+                            f"least 3, not {window!r}")
 
 
 def box_mean(x, window):
@@ -47,8 +51,11 @@ def box_mean(x, window):
 
 
 def local_contrast(x, window, floor=CONTRAST_FLOOR):
-    """(x - local mean) / max(local standard deviation, floor), per image and channel, over
-    window x window neighbourhoods of (B, C, H, W) pixels in [0, 1]."""
+    """centred / max(spread, floor) per image and channel, for float pixels x (B, C, H, W)
+    in [0, 1]: centred = x - its window x window box mean, and spread = the square root of
+    the box mean of centred**2 (the local size of the centred image; each neighbour is
+    measured from its own local mean, so this is not quite the window's standard
+    deviation)."""
     xp = get_array_module(x)
     centred = x - box_mean(x, window)
     spread = xp.sqrt(xp.maximum(box_mean(centred * centred, window), 0))

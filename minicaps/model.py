@@ -26,7 +26,7 @@ from .layers import (linear_backward, linear_forward, relu_backward, relu_forwar
                      sigmoid_backward, sigmoid_forward)
 from .losses import (margin_loss_backward, margin_loss_forward, one_hot,
                      reconstruction_loss_backward, reconstruction_loss_forward)
-from .network import Network, checked_input_options, fan_in_uniform, input_channels
+from .network import Network, check_input_options, fan_in_uniform, input_channels
 from .routing import ROUTING_GRADS, gradient_path_norms, routing_backward, routing_forward
 
 DECODER_WIDTHS = (512, 1024)
@@ -65,7 +65,7 @@ class CapsNetConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "in_shape", tuple(int(n) for n in self.in_shape))
-        checked_input_options(self)
+        check_input_options(self)
         if self.routing_grad not in ROUTING_GRADS:
             raise MinicapsError(f"routing_grad must be one of {ROUTING_GRADS}, "
                                 f"not {self.routing_grad!r}")

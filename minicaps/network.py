@@ -21,7 +21,7 @@ def fan_in_uniform(rng, shapes, name):
     return rng.uniform(-bound, bound, shapes[name])
 
 
-def checked_input_options(config):
+def check_input_options(config):
     """Validate and normalise a config's input options: input_mean/input_std (per-channel
     tuples of floats, both or neither, std positive) and contrast_window; call from the
     config's __post_init__."""

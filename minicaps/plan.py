@@ -62,6 +62,8 @@ def _sizes(config, B):
     d = _dims(config)
     full = config.routing_grad == "full"
     return {
+        # The prepared input; the local contrast's float64 tables, made and freed before
+        # conv1, are left out (under 2 % of this step at the logo corners' size).
         "x": B * d.C1 * d.H * d.W,
         "conv1_cols": d.C1 * d.k * d.k * B * d.h1 * d.w1,
         "conv1_out": B * d.K * d.h1 * d.w1,

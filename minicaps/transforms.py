@@ -12,6 +12,8 @@ axis, a shear within +-0.2, and then a translation that keeps the transformed co
 choices in the spirit of affNIST (MNIST digits in 40x40 under random affine maps; train
 on `--pad 6 --shift 6`), not its published generator.
 """
+import math
+
 import numpy as np
 
 from .augment import recolour, rotate_by, rotations, shift_by, warp, zoom_by
@@ -37,7 +39,8 @@ def parse(spec):
             number = float(value)
         except ValueError:
             number = None
-        if number is not None and (kind not in ("scale", "contrast") or number > 0):
+        if number is not None and math.isfinite(number) and \
+                (kind not in ("scale", "contrast") or number > 0):
             return kind, number
     raise MinicapsError(f"--transform {spec!r}: expected one of {', '.join(KINDS)} "
                         "(S and F > 0)")

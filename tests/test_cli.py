@@ -199,8 +199,8 @@ def test_rs_layout_defaults_apply_unless_given(data_root, tmp_path, monkeypatch)
     c = seen["c"]
     assert (c.epochs, c.kernel_size, c.reconstruction) == (2, 3, True)  # given
     for field in ("lr", "shift", "share_transforms", "conv_channels", "nologo_ratio",
-                  "colour_jitter", "background_swap", "average_epochs", "crop_corners",
-                  "crop_width", "crop_scale"):
+                  "colour_jitter", "background_swap", "average_epochs", "contrast_window",
+                  "crop_corners", "crop_width", "crop_scale"):
         assert getattr(c, field) == RS_DEFAULTS[field], field
     seen.clear()
     result = invoke("train", "--out", tmp_path / "b")  # the bundled sample keeps its own

@@ -1,5 +1,7 @@
 """Local contrast channels (minicaps/contrast.py, --contrast-window): the filter against its
 definition, and networks that take it exactly as if it had been computed by hand."""
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,7 +11,7 @@ from minicaps import CapsNetConfig, checkpoint
 from minicaps.cnn import CNNConfig
 from minicaps.contrast import CONTRAST_FLOOR, box_mean, local_contrast
 from minicaps.errors import MinicapsError
-from minicaps.networks import build
+from minicaps.networks import build, config_from_dict
 from minicaps.plan import plan
 
 from test_cli import TINY, assert_user_error, invoke
@@ -29,6 +31,29 @@ def test_box_mean_equals_a_naive_window_mean(C, H, W, window, seed):
         for j in range(W):
             naive[:, :, i, j] = padded[:, :, i:i + window, j:j + window].mean(axis=(2, 3))
     np.testing.assert_allclose(box_mean(x, window), naive, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 8), st.integers(1, 8), windows, st.integers(0, 99))
+def test_local_contrast_equals_its_definition_written_naively(H, W, window, seed):
+    """Each pixel minus its window's mean, over the root mean square of that difference
+    in the window (each neighbour's own difference), at least the floor."""
+    x = np.random.default_rng(seed).random((1, 2, H, W)) ** 3  # some flat, some busy
+    r = window // 2
+
+    def window_mean(a, i, j):
+        padded = np.pad(a, ((0, 0), (0, 0), (r, r), (r, r)), mode="edge")
+        return padded[:, :, i:i + window, j:j + window].mean(axis=(2, 3))
+    centred = np.empty_like(x)
+    for i in range(H):
+        for j in range(W):
+            centred[:, :, i, j] = x[:, :, i, j] - window_mean(x, i, j)
+    naive = np.empty_like(x)
+    for i in range(H):
+        for j in range(W):
+            spread = np.sqrt(window_mean(centred ** 2, i, j))
+            naive[:, :, i, j] = centred[:, :, i, j] / np.maximum(spread, CONTRAST_FLOOR)
+    np.testing.assert_allclose(local_contrast(x, window), naive, rtol=1e-9, atol=1e-12)
 
 
 @settings(max_examples=30, deadline=None)
@@ -80,7 +105,7 @@ def test_networks_see_the_image_then_its_contrast(config):
         np.testing.assert_allclose(grads[name], plain_grads[name], rtol=1e-10, atol=1e-14)
 
 
-@pytest.mark.parametrize("window", [1, 2, 4, -3])
+@pytest.mark.parametrize("window", [1, 2, 4, -3, 3.0, None, True])
 def test_a_window_that_is_not_odd_and_at_least_3_is_refused(window):
     with pytest.raises(MinicapsError, match="contrast_window"):
         CapsNetConfig(contrast_window=window)
@@ -88,14 +113,23 @@ def test_a_window_that_is_not_odd_and_at_least_3_is_refused(window):
         CNNConfig(contrast_window=window)
 
 
-def test_plan_counts_conv1_on_twice_the_channels():
-    plain = CapsNetConfig(in_shape=(3, 48, 96), n_classes=10, reconstruction=False)
-    contrast = CapsNetConfig(**{**plain.__dict__, "contrast_window": 7})
-    h1, w1 = plain.conv1_size
-    extra = 2 * plain.conv_channels * 3 * plain.kernel_size ** 2 * h1 * w1
-    assert plan(contrast, 8).flops_forward - plan(plain, 8).flops_forward == extra
-    assert plan(contrast, 8).n_params - plan(plain, 8).n_params == \
-        plain.conv_channels * 3 * plain.kernel_size ** 2
+def test_plan_counts_the_first_convolution_on_twice_the_channels():
+    caps = CapsNetConfig(in_shape=(3, 48, 96), n_classes=10, reconstruction=False)
+    cnn = CNNConfig(in_shape=(3, 48, 96), n_classes=10, channels=(8, 16), hidden=(32,))
+    h1, w1 = caps.conv1_size
+    for plain, (K, k, h, w) in ((caps, (caps.conv_channels, caps.kernel_size, h1, w1)),
+                                (cnn, (8, cnn.kernel_size, 48, 96))):
+        contrast = type(plain)(**{**plain.__dict__, "contrast_window": 7})
+        extra_weights = K * 3 * k * k
+        assert plan(contrast, 8).flops_forward - plan(plain, 8).flops_forward == \
+            2 * extra_weights * h * w
+        assert plan(contrast, 8).n_params - plan(plain, 8).n_params == extra_weights
+
+
+def test_a_network_saved_before_the_contrast_window_loads_without_it():
+    fields = dataclasses.asdict(CapsNetConfig())
+    del fields["contrast_window"]
+    assert config_from_dict("capsnet", fields).contrast_window == 0
 
 
 def test_train_with_a_contrast_window_keeps_it_in_the_checkpoint(tmp_path):

@@ -57,3 +57,18 @@ def test_local_contrast_is_the_same_on_the_gpu():
     x = np.random.default_rng(0).random((2, 3, 17, 30)).astype(np.float32)
     np.testing.assert_allclose(to_host(local_contrast(to_gpu(x), 7)), local_contrast(x, 7),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_a_net_with_contrast_channels_runs_the_same_on_the_gpu():
+    from minicaps import CapsNet, CapsNetConfig
+    plain = small_net(in_shape=(3, 11, 13))
+    config = CapsNetConfig(**{**plain.config.__dict__, "contrast_window": 3})
+    params = {**plain.params, "conv1.w": np.concatenate([plain.params["conv1.w"]] * 2, 1)}
+    net = CapsNet.from_config(config, params)
+    x, y = batch(plain, B=3)
+    loss, grads = net.loss_and_grads(x, y)
+    net.to("gpu")
+    loss_gpu, grads_gpu = net.loss_and_grads(x, y)
+    assert float(loss_gpu) == pytest.approx(float(loss), rel=1e-10)
+    for name in grads:
+        np.testing.assert_allclose(to_host(grads_gpu[name]), grads[name], rtol=1e-8, atol=1e-12)

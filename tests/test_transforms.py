@@ -36,7 +36,8 @@ def test_contrast_and_brightness():
 
 
 @pytest.mark.parametrize("spec", ["rotate", "scale:0", "scale:-1", "spin:3", "flip:2", "shift:x",
-                                  "contrast:0", "contrast:-1", "brightness", "contrast"])
+                                  "contrast:0", "contrast:-1", "brightness", "contrast",
+                                  "contrast:inf", "brightness:nan"])
 def test_bad_specs_are_refused(spec):
     with pytest.raises(MinicapsError, match="--transform"):
         transforms.parse(spec)
