@@ -16,7 +16,8 @@ from minicaps.bench import bandwidth_gbs, benchmark, gemm_gflops
 from minicaps.plan import plan
 
 PAPER = CapsNetConfig()
-# The R&S defaults' network (minicaps/presets.py): three corners at 3x48x96, 16 classes.
+# The R&S defaults' network (minicaps/presets.py) before its local contrast channels, as
+# the README's table measured it: three corners at 3x48x96, 16 classes.
 LOGOS = CapsNetConfig(in_shape=(3, 48, 96), n_classes=16, conv_channels=128, kernel_size=9,
                       conv_stride=2, primary_types=16, reconstruction=False)
 
