@@ -15,8 +15,8 @@ overrides its entry. Why each value (README, "Logo frames", where each is measur
 - beside the standardised image, its local contrast over 7x7 windows (contrast_window 7,
   minicaps/contrast.py): the faint logos that made most of the remaining errors stand out
   on any photograph. On the same three seeds it added about 3 points of test frames
-  (97.1-97.5 % against 94.0-94.3 % on average over epochs 16-22) and reached by epoch
-  8-10 what took 26 epochs without it, hence 22 epochs: 22-25 minutes on two CPU cores,
+  (96.9-97.5 % against 94.0-94.3 % on average over epochs 16-22) and reached by epoch
+  8-10 what took 26 epochs without it, hence 22 epochs: about 24 minutes on two CPU cores,
   97.00-97.75 % of test frames with each of the three seeds;
 - every logo corner and half as many nologo corners per epoch (nologo_ratio 0.5);
 - half of the training corners put on another photograph (background_swap 0.5): the
