@@ -116,9 +116,9 @@ def jitter(x, strength, rng):
 
 def recolour(x, contrast, brightness, gain=1.0):
     """uint8 images x (B, C, H, W) with their contrast about each image's mean (over all
-    its channels) times
-    `contrast`, `brightness` grey levels added, then each channel times `gain` (numbers,
-    or arrays that broadcast against (B, C, 1, 1)); rounded and clipped to 0..255."""
+    its channels) times `contrast`, `brightness` grey levels added, then each channel
+    times `gain` (numbers, or arrays that broadcast against (B, C, 1, 1)); rounded and
+    clipped to 0..255."""
     xf = x.astype(np.float32)
     mean = xf.mean(axis=(1, 2, 3), keepdims=True)  # (B, 1, 1, 1)
     out = ((xf - mean) * np.asarray(contrast, np.float32) + mean

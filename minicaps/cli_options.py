@@ -5,9 +5,9 @@ import click
 from .model import CapsNetConfig
 
 DEFAULTS = CapsNetConfig()
-CONTRAST_HELP = ("Also feed the network each channel's local contrast: (x - local mean) / "
-                 "local std over windows of this odd size, which shows faint logos on any "
-                 "photograph (0: off).")
+CONTRAST_HELP = ("Also feed the network each channel's local contrast over windows of this "
+                 "odd size: x minus its local mean, over the local size of that difference "
+                 "(minicaps/contrast.py). It shows faint logos on any photograph (0: off).")
 
 
 class UserError(click.ClickException):

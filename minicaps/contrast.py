@@ -17,7 +17,7 @@ import numpy as np
 from .backend import get_array_module
 from .errors import MinicapsError
 
-# The smallest local standard deviation divided by, in [0, 1] pixel units (about 8 grey
+# The smallest spread divided by (see local_contrast), in [0, 1] pixel units (about 8 grey
 # levels): flat regions (a clear sky, compression noise of a grey level or two) stay flat
 # instead of being blown up to full contrast. The faint logos of tvlogos-de differ from
 # their background by 10-30 grey levels.

@@ -171,7 +171,8 @@ class CapsNet(Network):
         """The class capsules v (B, J, E) of a prepared batch, with the caches for backward.
         Feature maps stay batch-last (C, H, W, B) from conv1 to the primary capsules."""
         p, cfg = self.params, self.config
-        h, conv_cache = conv2d_forward_batch_last(to_batch_last(self._prepared(x)), p["conv1.w"], p["conv1.b"],
+        h, conv_cache = conv2d_forward_batch_last(to_batch_last(self._prepared(x)),
+                                                  p["conv1.w"], p["conv1.b"],
                                                   stride=cfg.conv_stride)
         h, relu_cache = relu_forward(h)  # (conv_channels, H1, W1, B)
         u, primary_cache = primary_capsules_forward(

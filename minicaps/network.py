@@ -49,8 +49,7 @@ class Network:
     """`params` maps stable names to arrays; `loss_and_grads` returns gradients under the
     same names; nothing is updated in place. The config is a frozen dataclass with
     `param_shapes()`, `in_shape`, `n_classes`, `dtype`, `input_mean`, `input_std` and
-    `contrast_window`; `init_params(config, seed)` is
-    the subclass's initialiser."""
+    `contrast_window`; `init_params(config, seed)` is the subclass's initialiser."""
 
     init_params = None  # set by each subclass: (config, seed) -> dict of host arrays
 

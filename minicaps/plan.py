@@ -51,8 +51,8 @@ def _dims(config):
     C, H, W = config.in_shape
     h1, w1 = config.conv1_size
     gh, gw = config.grid
-    return SimpleNamespace(C=C, C1=input_channels(config), H=H, W=W, K=config.conv_channels, k=config.kernel_size,
-                           h1=h1, w1=w1, gh=gh, gw=gw, I=config.n_primary,
+    return SimpleNamespace(C=C, C1=input_channels(config), H=H, W=W, K=config.conv_channels,
+                           k=config.kernel_size, h1=h1, w1=w1, gh=gh, gw=gw, I=config.n_primary,
                            J=config.n_classes, E=config.class_dim, D=config.primary_dim,
                            R=config.routing_iters, TD=config.primary_types * config.primary_dim)
 
@@ -62,8 +62,8 @@ def _sizes(config, B):
     d = _dims(config)
     full = config.routing_grad == "full"
     return {
-        # The prepared input; the local contrast's float64 tables, made and freed before
-        # conv1, are left out (under 2 % of this step at the logo corners' size).
+        # The prepared input. The local contrast's float64 tables are left out: they are
+        # freed before conv1 runs, long before the step's peak.
         "x": B * d.C1 * d.H * d.W,
         "conv1_cols": d.C1 * d.k * d.k * B * d.h1 * d.w1,
         "conv1_out": B * d.K * d.h1 * d.w1,

@@ -3,8 +3,8 @@ training data: `minicaps evaluate --transform rotate:30`. Each applies the same 
 every image, through the same code as training-time augmentation, except `affine[:SEED]`,
 the affNIST-style test: every image gets its own random affine map. `contrast:F` scales
 each image's contrast about its mean by F and `brightness:D` adds D grey levels (of 255):
-the same frames as if filmed by another camera or graded otherwise, which a network that
-learnt its photographs' look along with their logos gets wrong.
+the same frames as if filmed by another camera or graded otherwise: do the network's
+answers depend on the photographs' look?
 
 affine draws, per image: a rotation within +-20 degrees, a scale of 0.8-1.2 along each
 axis, a shear within +-0.2, and then a translation that keeps the transformed content
