@@ -1,0 +1,105 @@
+"""Where a training step's time goes, stage by stage (cProfile, CPU).
+
+Runs a few training steps (forward, backward, Adam) of the paper's MNIST network or of the
+R&S defaults' network on random input and prints each stage's share of the profiled time:
+the two convolutions, the predictions, routing, the decoder, the loss and Adam. A stage's
+time includes everything it calls (its matrix products, im2col and copies); the shares are
+of the same steps, so they can be compared with each other, not with `minicaps bench`
+(profiling slows the many small Python calls more than the large products).
+
+    python benchmarks/profile_step.py --network paper --batch-size 32 --steps 5
+    python benchmarks/profile_step.py --network logos --batch-size 32 --steps 5
+"""
+import argparse
+import cProfile
+import pstats
+
+import numpy as np
+
+from minicaps import Adam, CapsNet, CapsNetConfig
+from minicaps.allocator import reuse_freed_memory
+from minicaps.presets import RS_DEFAULTS
+
+NETWORKS = {
+    "paper": CapsNetConfig(),
+    # The R&S defaults' network: three corners at 3x48x96, 16 classes, contrast channels.
+    "logos": CapsNetConfig(in_shape=(3, 48, 96), n_classes=16, reconstruction=False,
+                           **{k: RS_DEFAULTS[k] for k in (
+                               "conv_channels", "kernel_size", "conv_stride", "primary_types",
+                               "primary_dim", "primary_stride", "class_dim", "routing_iters",
+                               "contrast_window")}),
+}
+
+# (stage, function name, the caller it is counted under or None for every caller): the
+# convolution functions serve both conv1 and the primary capsules, told apart by caller.
+STAGES = [
+    ("input (standardise, contrast channels)", "_prepared", None),
+    ("conv1 forward", "conv2d_forward_batch_last", "_capsules"),
+    ("primary capsules forward", "primary_capsules_forward", None),
+    ("predictions forward", "predictions_forward", None),
+    ("routing forward", "routing_forward", None),
+    ("decoder forward", "_decode", None),
+    ("decoder backward", "_decode_backward", None),
+    ("routing backward", "routing_backward", None),
+    ("predictions backward", "predictions_backward", None),
+    ("primary capsules backward", "primary_capsules_backward", None),
+    ("conv1 backward", "conv2d_backward_batch_last", "_capsules_backward"),
+    ("Adam", "step", None),
+]
+
+
+def stage_seconds(stats, name, caller):
+    """Cumulative seconds of the functions called `name` (from `caller` only, if given)."""
+    total = 0.0
+    for (_, _, function), (_, _, _, cumulative, callers) in stats.stats.items():
+        if function != name:
+            continue
+        if caller is None:
+            total += cumulative
+        else:
+            total += sum(c[3] for (_, _, f), c in callers.items() if f == caller)
+    return total
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--network", choices=sorted(NETWORKS), default="paper")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+    reuse_freed_memory()
+    config = NETWORKS[args.network]
+    net = CapsNet.from_config(config)
+    optimizer = Adam(net.params, lr=1e-4)
+    rng = np.random.default_rng(0)
+    x = rng.random((args.batch_size, *config.in_shape), dtype=np.float32)
+    y = rng.integers(0, config.n_classes, args.batch_size)
+
+    def train_step():
+        _, grads = net.loss_and_grads(x, y)
+        optimizer.step(grads)
+
+    train_step()  # warm-up: first-touch of every buffer
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(args.steps):
+        train_step()
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    total = stats.total_tt
+    print(f"{args.network} network, batch {args.batch_size}: {total / args.steps:.3f} s a "
+          f"profiled step ({args.steps} steps)\n")
+    print("| stage | s per step | share |\n|---|---:|---:|")
+    counted = 0.0
+    for stage, name, caller in STAGES:
+        seconds = stage_seconds(stats, name, caller)
+        counted += seconds
+        if seconds:
+            print(f"| {stage} | {seconds / args.steps:.3f} | {seconds / total:.0%} |")
+    rest = total - counted
+    print(f"| the rest (loss, lengths, batch preparation) | {rest / args.steps:.3f} | "
+          f"{rest / total:.0%} |")
+
+
+if __name__ == "__main__":
+    main()
