@@ -9,15 +9,23 @@ of the same steps, so they can be compared with each other, not with `minicaps b
 
     python benchmarks/profile_step.py --network paper --batch-size 32 --steps 5
     python benchmarks/profile_step.py --network logos --batch-size 32 --steps 5
+
+--conv-parts instead times the parts of the primary capsules' convolution alone, outside a
+step and without the profiler (medians of --steps runs): building the columns, the three
+matrix products (output, weight gradient, column gradient) and adding the column gradient
+back (col2im), each with its achieved GFLOP/s. It answers what a stage profile cannot:
+whether that convolution's time is its products or its copies.
 """
 import argparse
 import cProfile
 import pstats
+import time
 
 import numpy as np
 
 from minicaps import Adam, CapsNet, CapsNetConfig
 from minicaps.allocator import reuse_freed_memory
+from minicaps.conv import _add_columns, _columns, _row_groups
 from minicaps.presets import RS_DEFAULTS
 
 NETWORKS = {
@@ -61,14 +69,77 @@ def stage_seconds(stats, name, caller):
     return total
 
 
+def conv_parts(config, batch_size, runs):
+    """{part: median seconds} of the primary capsules' convolution, forward and backward,
+    done group by group as minicaps.conv does it (the same helpers), and its FLOPs per part."""
+    rng = np.random.default_rng(0)
+    C, k, s = config.conv_channels, config.kernel_size, config.primary_stride
+    (h1, w1), (oh, ow) = config.conv1_size, config.grid
+    O = config.primary_types * config.primary_dim
+    xt = rng.random((C, h1, w1, batch_size), dtype=np.float32)
+    w = rng.random((O, C, k, k), dtype=np.float32)
+    dout = rng.random((O, oh * ow * batch_size), dtype=np.float32)
+    groups = _row_groups(xt, w, oh, ow)
+
+    def one_run():
+        t = dict.fromkeys(("columns (forward and again in backward)", "output product",
+                           "weight-gradient product", "column-gradient product",
+                           "col2im (adding the column gradient back)"), 0.0)
+        names = list(t)
+        dxt = np.zeros_like(xt)
+        for backward in (False, True):
+            for rows in groups:
+                start = time.perf_counter()
+                cols = _columns(xt, rows, k, oh, ow, s)
+                t[names[0]] += time.perf_counter() - start
+                w_rows = w[:, :, rows.start:rows.stop].reshape(O, -1)
+                cols_2d = cols.reshape(w_rows.shape[1], -1)
+                start = time.perf_counter()
+                if not backward:
+                    w_rows @ cols_2d
+                    t[names[1]] += time.perf_counter() - start
+                    continue
+                dout @ cols_2d.T
+                t[names[2]] += time.perf_counter() - start
+                start = time.perf_counter()
+                dcols = w_rows.T @ dout
+                t[names[3]] += time.perf_counter() - start
+                start = time.perf_counter()
+                _add_columns(dxt, dcols.reshape(cols.shape), rows, s)
+                t[names[4]] += time.perf_counter() - start
+        return t
+
+    one_run()  # warm-up
+    times = [one_run() for _ in range(runs)]
+    product_flops = 2 * O * C * k * k * oh * ow * batch_size
+    return {part: float(np.median([t[part] for t in times])) for part in times[0]}, \
+        product_flops, len(groups)
+
+
+def print_conv_parts(config, batch_size, runs):
+    parts, flops, n_groups = conv_parts(config, batch_size, runs)
+    total = sum(parts.values())
+    print(f"the primary capsules' convolution, batch {batch_size}, {n_groups} groups of "
+          f"kernel rows: {total * 1e3:.0f} ms forward and backward (medians of {runs})\n")
+    print("| part | ms | share | GFLOP/s |\n|---|---:|---:|---:|")
+    for part, seconds in parts.items():
+        rate = f"{flops / seconds / 1e9:.0f}" if "product" in part else ""
+        print(f"| {part} | {seconds * 1e3:.1f} | {seconds / total:.0%} | {rate} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--network", choices=sorted(NETWORKS), default="paper")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--conv-parts", action="store_true",
+                        help="time the parts of the primary capsules' convolution instead")
     args = parser.parse_args()
     reuse_freed_memory()
     config = NETWORKS[args.network]
+    if args.conv_parts:
+        print_conv_parts(config, args.batch_size, args.steps)
+        return
     net = CapsNet.from_config(config)
     optimizer = Adam(net.params, lr=1e-4)
     rng = np.random.default_rng(0)
