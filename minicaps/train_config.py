@@ -98,10 +98,11 @@ class TrainConfig:
 
 def model_config(config, dataset):
     """The network config (CapsNetConfig or CNNConfig) of a run on `dataset`."""
-    statistics = channel_statistics(dataset.train_x) if config.standardize else {}
-    statistics["contrast_window"] = config.contrast_window
+    # What every kind of network does to its input before the first layer.
+    input_options = {"contrast_window": config.contrast_window,
+                     **(channel_statistics(dataset.train_x) if config.standardize else {})}
     if config.model == "cnn":
-        return _cnn_config(config, dataset, statistics)
+        return _cnn_config(config, dataset, input_options)
     if config.model != "capsnet":
         raise MinicapsError(f"model must be capsnet or cnn, not {config.model!r}")
     base = BUNDLED_ARCH if config.data is None else {}
@@ -117,10 +118,10 @@ def model_config(config, dataset):
                          share_transforms=config.share_transforms,
                          none_capsule=config.none_capsule,
                          reconstruction=config.reconstruction,
-                         **statistics, **arch)
+                         **input_options, **arch)
 
 
-def _cnn_config(config, dataset, statistics):
+def _cnn_config(config, dataset, input_options):
     if not config.nologo_capsule and NOLOGO in dataset.classes:
         raise MinicapsError("the CNN has a nologo output like any class: "
                             "--no-nologo-capsule is for capsule networks")
@@ -131,7 +132,7 @@ def _cnn_config(config, dataset, statistics):
             for f in base}
     return CNNConfig(in_shape=dataset.in_shape, n_classes=dataset.n_classes,
                      channels=arch["cnn_channels"], kernel_size=arch["cnn_kernel_size"],
-                     hidden=arch["cnn_hidden"], **statistics)
+                     hidden=arch["cnn_hidden"], **input_options)
 
 
 def channel_statistics(x, sample=4096):
