@@ -20,6 +20,7 @@ import argparse
 import cProfile
 import pstats
 import time
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -69,6 +70,11 @@ def stage_seconds(stats, name, caller):
     return total
 
 
+COLUMNS, OUTPUT, WEIGHT_GRADIENT, COLUMN_GRADIENT, COL2IM = CONV_PARTS = (
+    "columns (forward and again in backward)", "output product", "weight-gradient product",
+    "column-gradient product", "col2im (adding the column gradient back)")
+
+
 def conv_parts(config, batch_size, runs):
     """{part: median seconds} of the primary capsules' convolution, forward and backward,
     done group by group as minicaps.conv does it (the same helpers), and its FLOPs per part."""
@@ -82,32 +88,34 @@ def conv_parts(config, batch_size, runs):
     groups = _row_groups(xt, w, oh, ow)
 
     def one_run():
-        t = dict.fromkeys(("columns (forward and again in backward)", "output product",
-                           "weight-gradient product", "column-gradient product",
-                           "col2im (adding the column gradient back)"), 0.0)
-        names = list(t)
-        dxt = np.zeros_like(xt)
-        for backward in (False, True):
-            for rows in groups:
-                start = time.perf_counter()
+        seconds = dict.fromkeys(CONV_PARTS, 0.0)
+
+        @contextmanager
+        def timing(part):
+            start = time.perf_counter()
+            yield
+            seconds[part] += time.perf_counter() - start
+
+        def group_operands(rows):
+            with timing(COLUMNS):
                 cols = _columns(xt, rows, k, oh, ow, s)
-                t[names[0]] += time.perf_counter() - start
-                w_rows = w[:, :, rows.start:rows.stop].reshape(O, -1)
-                cols_2d = cols.reshape(w_rows.shape[1], -1)
-                start = time.perf_counter()
-                if not backward:
-                    w_rows @ cols_2d
-                    t[names[1]] += time.perf_counter() - start
-                    continue
+            w_rows = w[:, :, rows.start:rows.stop].reshape(O, -1)
+            return cols, w_rows, cols.reshape(w_rows.shape[1], -1)
+
+        for rows in groups:  # forward
+            _, w_rows, cols_2d = group_operands(rows)
+            with timing(OUTPUT):
+                w_rows @ cols_2d
+        dxt = np.zeros_like(xt)
+        for rows in groups:  # backward, which rebuilds the columns
+            cols, w_rows, cols_2d = group_operands(rows)
+            with timing(WEIGHT_GRADIENT):
                 dout @ cols_2d.T
-                t[names[2]] += time.perf_counter() - start
-                start = time.perf_counter()
+            with timing(COLUMN_GRADIENT):
                 dcols = w_rows.T @ dout
-                t[names[3]] += time.perf_counter() - start
-                start = time.perf_counter()
+            with timing(COL2IM):
                 _add_columns(dxt, dcols.reshape(cols.shape), rows, s)
-                t[names[4]] += time.perf_counter() - start
-        return t
+        return seconds
 
     one_run()  # warm-up
     times = [one_run() for _ in range(runs)]
