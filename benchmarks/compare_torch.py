@@ -8,6 +8,11 @@ libraries (Linux: read from /proc/self/status; getrusage would report the high-w
 of the parent that started the process).
 
     python benchmarks/compare_torch.py --batch-sizes 32,128 --steps 10
+    python benchmarks/compare_torch.py --gpu --batch-sizes 32,128,256 --steps 20 --memory
+
+On the GPU (--gpu) each step is timed between device synchronisations, and --memory
+compares the peak bytes allocated during a training step (CuPy's pool against
+torch.cuda.max_memory_allocated), in the same process.
 
 Both run in one process, so both get the allocator setting that `minicaps bench` and
 `minicaps train` use (minicaps/allocator.py); --default-allocator leaves glibc's default.
@@ -27,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from minicaps import Adam, CapsNet, CapsNetConfig  # noqa: E402
 from minicaps.allocator import reuse_freed_memory  # noqa: E402
+from minicaps.backend import to_host, xp_for  # noqa: E402
+from minicaps.bench import peak_step_bytes  # noqa: E402
 
 
 def minicaps_step(net, optimizer, x, y):
@@ -34,10 +41,10 @@ def minicaps_step(net, optimizer, x, y):
     optimizer.step(grads)
 
 
-def make_torch(config, params):
+def make_torch(config, params, device="cpu"):
     import torch
     from torch_capsnet import TorchCapsNet
-    model = TorchCapsNet(config, params)
+    model = TorchCapsNet(config, params, device=device)
     optimizer = torch.optim.Adam(list(model.params.values()), lr=1e-4)
 
     def step(x, y):
@@ -47,26 +54,66 @@ def make_torch(config, params):
     return step
 
 
-def alternate(config, batch_size, steps, warmup, seed=0):
+def synchronizers(device):
+    """(minicaps', PyTorch's) wait-for-the-device functions: no-ops on the CPU."""
+    if device == "cpu":
+        return (lambda: None), (lambda: None)
     import torch
+    return (lambda: xp_for("gpu").cuda.Device().synchronize()), torch.cuda.synchronize
+
+
+def setup(config, batch_size, device, seed=0):
+    """The same weights and batch for both: (minicaps step, PyTorch step), each taking no
+    arguments."""
+    import torch
+    xp = xp_for(device)
     rng = np.random.default_rng(seed)
     x = rng.random((batch_size, *config.in_shape), dtype=np.float32)
     y = rng.integers(0, config.n_classes, batch_size)
-    net = CapsNet.from_config(config, seed=seed)
+    net = CapsNet.from_config(config, seed=seed, device=device)
     optimizer = Adam(net.params, lr=1e-4)
-    torch_step = make_torch(config, net.params)
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    torch_device = "cuda" if device == "gpu" else "cpu"
+    torch_step = make_torch(config, {name: to_host(p) for name, p in net.params.items()},
+                            torch_device)
+    tx, ty = torch.from_numpy(x).to(torch_device), torch.from_numpy(y).to(torch_device)
+    x, y = xp.asarray(x), xp.asarray(y)
+    return (lambda: minicaps_step(net, optimizer, x, y)), (lambda: torch_step(tx, ty))
+
+
+def alternate(config, batch_size, steps, warmup, device="cpu", seed=0):
+    """Median seconds of a training step, (minicaps, PyTorch), one step of each in turn."""
+    ours_step, theirs_step = setup(config, batch_size, device, seed)
+    ours_sync, theirs_sync = synchronizers(device)
     ours, theirs = [], []
     for n in range(warmup + steps):
+        ours_sync()
         t0 = time.perf_counter()
-        minicaps_step(net, optimizer, x, y)
+        ours_step()
+        ours_sync()
         t1 = time.perf_counter()
-        torch_step(tx, ty)
+        theirs_step()
+        theirs_sync()
         t2 = time.perf_counter()
         if n >= warmup:
             ours.append(t1 - t0)
             theirs.append(t2 - t1)
     return float(np.median(ours)), float(np.median(theirs))
+
+
+def gpu_peak_bytes(config, batch_size):
+    """(minicaps, PyTorch) peak GPU bytes allocated during one training step (after a
+    warm-up step, so Adam's state exists before), above what was allocated before it."""
+    import torch
+    ours_step, theirs_step = setup(config, batch_size, "gpu")
+    ours_step()
+    ours = peak_step_bytes(xp_for("gpu"), ours_step)
+    theirs_step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    theirs_step()
+    torch.cuda.synchronize()
+    return ours, torch.cuda.max_memory_allocated() - before
 
 
 PEAK_RSS = r"""
@@ -120,25 +167,35 @@ def main():
     parser.add_argument("--batch-sizes", default="32,128")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--memory", action="store_true", help="also measure peak RSS")
+    parser.add_argument("--memory", action="store_true",
+                        help="also measure memory (peak RSS on the CPU, allocations on the GPU)")
+    parser.add_argument("--gpu", action="store_true",
+                        help="both on the GPU: minicaps with CuPy, PyTorch with CUDA")
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc's allocator settings alone (see minicaps/allocator.py)")
     args = parser.parse_args()
     import torch
     reused = not args.default_allocator and reuse_freed_memory()
     config = CapsNetConfig()  # the paper's MNIST network, float32, with the decoder
-    print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"the paper's network, {config.n_params():,} parameters; freed memory "
-          f"{'reused' if reused else 'returned (glibc default)'}")
+    device = "gpu" if args.gpu else "cpu"
+    where = (torch.cuda.get_device_name() if args.gpu
+             else f"{torch.get_num_threads()} threads; freed memory "
+                  f"{'reused' if reused else 'returned (glibc default)'}")
+    print(f"PyTorch {torch.__version__}, {where}; the paper's network, "
+          f"{config.n_params():,} parameters")
     for B in (int(b) for b in args.batch_sizes.split(",")):
         line = f"batch {B:4d}: "
-        if args.memory:  # first, in fresh subprocesses, before this process grows
+        if args.memory and args.gpu:
+            ours, theirs = gpu_peak_bytes(config, B)
+            line += (f"GPU memory of a training step per image: minicaps "
+                     f"{ours / B / 2 ** 20:.2f} MiB, PyTorch {theirs / B / 2 ** 20:.2f} MiB; ")
+        elif args.memory:  # first, in fresh subprocesses, before this process grows
             (peak, before), (t_peak, t_before) = (peak_rss(config, B, False, reused),
                                                   peak_rss(config, B, True, reused))
             line += (f"memory of training per image: minicaps {(peak - before) / B / 1024:.2f}"
                      f" MiB, PyTorch {(t_peak - t_before) / B / 1024:.2f} MiB "
                      f"(peak RSS {peak / 1024:.0f} / {t_peak / 1024:.0f} MiB); ")
-        ours, theirs = alternate(config, B, args.steps, args.warmup)
+        ours, theirs = alternate(config, B, args.steps, args.warmup, device)
         line += (f"minicaps {B / ours:6.1f} images/s, PyTorch {B / theirs:6.1f} images/s, "
                  f"ratio {theirs / ours:.2f} (medians of {args.steps} alternated steps)")
         print(line, flush=True)

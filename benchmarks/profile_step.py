@@ -1,4 +1,4 @@
-"""Where a training step's time goes, stage by stage (cProfile, CPU).
+"""Where a training step's time goes, stage by stage (cProfile; the CPU, or the GPU with --gpu).
 
 Runs a few training steps (forward, backward, Adam) of the paper's MNIST network or of the
 R&S defaults' network on random input and prints each stage's share of the profiled time:
@@ -9,6 +9,11 @@ of the same steps, so they can be compared with each other, not with `minicaps b
 
     python benchmarks/profile_step.py --network paper --batch-size 32 --steps 5
     python benchmarks/profile_step.py --network logos --batch-size 32 --steps 5
+    python benchmarks/profile_step.py --gpu --batch-size 128 --steps 20
+
+With --gpu the steps run on CuPy with CUDA_LAUNCH_BLOCKING=1: every kernel launch waits
+for its kernel, so the profiler charges each stage with its own GPU time (plus one
+synchronisation per launch, which a normal step does not pay: compare shares, not totals).
 
 --conv-parts instead times the parts of the primary capsules' convolution alone, outside a
 step and without the profiler (medians of --steps runs): building the columns, the three
@@ -18,6 +23,7 @@ whether that convolution's time is its products or its copies.
 """
 import argparse
 import cProfile
+import os
 import pstats
 import time
 from contextlib import contextmanager
@@ -26,6 +32,7 @@ import numpy as np
 
 from minicaps import Adam, CapsNet, CapsNetConfig
 from minicaps.allocator import reuse_freed_memory
+from minicaps.backend import xp_for
 from minicaps.conv import _add_columns, _columns, _row_groups
 from minicaps.presets import RS_DEFAULTS
 
@@ -140,6 +147,7 @@ def main():
     parser.add_argument("--network", choices=sorted(NETWORKS), default="paper")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--gpu", action="store_true", help="profile the CuPy path (see above)")
     parser.add_argument("--conv-parts", action="store_true",
                         help="time the parts of the primary capsules' convolution instead")
     args = parser.parse_args()
@@ -148,11 +156,16 @@ def main():
     if args.conv_parts:
         print_conv_parts(config, args.batch_size, args.steps)
         return
-    net = CapsNet.from_config(config)
+    device = "cpu"
+    if args.gpu:
+        os.environ["CUDA_LAUNCH_BLOCKING"] = "1"  # read when CUDA starts: before any array
+        device = "gpu"
+    net = CapsNet.from_config(config, device=device)
     optimizer = Adam(net.params, lr=1e-4)
     rng = np.random.default_rng(0)
-    x = rng.random((args.batch_size, *config.in_shape), dtype=np.float32)
-    y = rng.integers(0, config.n_classes, args.batch_size)
+    xp = xp_for(device)
+    x = xp.asarray(rng.random((args.batch_size, *config.in_shape), dtype=np.float32))
+    y = xp.asarray(rng.integers(0, config.n_classes, args.batch_size))
 
     def train_step():
         _, grads = net.loss_and_grads(x, y)
@@ -166,8 +179,8 @@ def main():
     profiler.disable()
     stats = pstats.Stats(profiler)
     total = stats.total_tt
-    print(f"{args.network} network, batch {args.batch_size}: {total / args.steps:.3f} s a "
-          f"profiled step ({args.steps} steps)\n")
+    print(f"{args.network} network, {device}, batch {args.batch_size}: "
+          f"{total / args.steps:.3f} s a profiled step ({args.steps} steps)\n")
     print("| stage | s per step | share |\n|---|---:|---:|")
     counted = 0.0
     for stage, name, caller in STAGES:

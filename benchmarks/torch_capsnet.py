@@ -17,15 +17,16 @@ def squash(s):
 
 
 class TorchCapsNet:
-    def __init__(self, config, params, dtype=torch.float32):
+    def __init__(self, config, params, dtype=torch.float32, device="cpu"):
         self.config = config
-        self.params = {name: torch.tensor(np.asarray(p), dtype=dtype, requires_grad=True)
+        self.params = {name: torch.tensor(np.asarray(p), dtype=dtype, device=device,
+                                          requires_grad=True)
                        for name, p in params.items()}
 
     def loss(self, x, y):
         cfg, p = self.config, self.params
-        x = torch.as_tensor(x, dtype=p["conv1.w"].dtype)
-        y = torch.as_tensor(y, dtype=torch.long)
+        x = torch.as_tensor(x, dtype=p["conv1.w"].dtype, device=p["conv1.w"].device)
+        y = torch.as_tensor(y, dtype=torch.long, device=x.device)
         B = x.shape[0]
         h = F.relu(F.conv2d(x, p["conv1.w"], p["conv1.b"], stride=cfg.conv_stride))
         out = F.conv2d(h, p["primary.w"], p["primary.b"], stride=cfg.primary_stride)
@@ -37,7 +38,7 @@ class TorchCapsNet:
             w = w.repeat_interleave(u.shape[1] // w.shape[0], dim=0)
         u_hat = torch.einsum("ijed,bid->bjie", w, u)  # (B, J, I, E)
         routed = u_hat.detach() if cfg.routing_grad == "last" else u_hat
-        logits = torch.zeros(u_hat.shape[:3], dtype=u_hat.dtype)
+        logits = torch.zeros(u_hat.shape[:3], dtype=u_hat.dtype, device=u_hat.device)
         for r in range(cfg.routing_iters):
             c = torch.softmax(logits, dim=1)
             last = r == cfg.routing_iters - 1
@@ -65,4 +66,4 @@ class TorchCapsNet:
             q.grad = None
         loss = self.loss(x, y)
         loss.backward()
-        return loss.item(), {name: q.grad.numpy() for name, q in self.params.items()}
+        return loss.item(), {name: q.grad.cpu().numpy() for name, q in self.params.items()}

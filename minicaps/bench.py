@@ -22,7 +22,7 @@ def _synchronize(xp):
         xp.cuda.Device().synchronize()
 
 
-def _peak_bytes(xp, step):
+def peak_step_bytes(xp, step):
     """Peak bytes allocated while step() runs, above what was allocated before."""
     if xp is np:
         tracemalloc.start()
@@ -86,7 +86,7 @@ def benchmark(config, *, batch_size=32, steps=10, warmup=2, device="cpu", seed=0
         infer_step()
     step_s = _median_seconds(xp, train_step, steps)
     infer_s = _median_seconds(xp, infer_step, steps)
-    peak = _peak_bytes(xp, lambda: net.loss_and_grads(x, y))
+    peak = peak_step_bytes(xp, lambda: net.loss_and_grads(x, y))
     planned = plan(config, batch_size)
     return {
         "device": device,

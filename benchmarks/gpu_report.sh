@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Every GPU check and measurement of the README in one go, for a lent GPU machine with CuPy
+# and PyTorch (CUDA): the GPU tests, minicaps against PyTorch on the same GPU, a stage
+# profile, a timed MNIST epoch and the sweep table. Each part's log lands in $OUT (default
+# gpu-report/) and its tail is printed; a part that fails does not stop the others.
+#
+#     MNIST=path/to/mnist OUT=gpu-report bash benchmarks/gpu_report.sh [part ...]
+#
+# Parts: env tests compare profile epoch sweep suite (all, in that order, if none named).
+set -u
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+out=${OUT:-gpu-report}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+
+part() {  # part NAME SECONDS COMMAND...: run it with a time limit, log it, print its tail
+    local name=$1 limit=$2 start=$SECONDS
+    shift 2
+    echo "== $name: $*"
+    timeout "$limit" bash -c '"$@"' bash "$@" >"$out/$name.log" 2>&1  # functions too
+    echo "-- $name: exit $?, $((SECONDS - start)) s"
+    tail -n "${TAIL:-12}" "$out/$name.log"
+}
+
+env_info() {
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    $py -c "import sys, numpy, cupy, torch; print(sys.version.split()[0], 'numpy', numpy.__version__,
+'cupy', cupy.__version__, 'torch', torch.__version__, 'cudnn tf32', torch.backends.cudnn.allow_tf32,
+'matmul tf32', torch.backends.cuda.matmul.allow_tf32)"
+}
+
+epoch() {  # two 60,000-image MNIST epochs (no validation split) at batch 128
+    rm -rf /tmp/mnist-gpu
+    $py -m minicaps train --gpu --data "${MNIST:?set MNIST to the MNIST idx folder}" \
+        --epochs 2 --val-fraction 0 --batch-size 128 --out /tmp/mnist-gpu
+    cat /tmp/mnist-gpu/metrics.jsonl
+}
+
+export -f env_info epoch
+export py out
+for name in "${@:-env tests compare profile epoch sweep suite}"; do
+    for name in $name; do
+        case $name in
+        env) part env 60 env_info ;;
+        tests) part tests 400 $py -m pytest -q -x -p no:cacheprovider tests/test_gpu.py ;;
+        compare) part compare 300 $py benchmarks/compare_torch.py --gpu --memory \
+                     --batch-sizes 32,128,256 --steps 20 ;;
+        profile) part profile 200 $py benchmarks/profile_step.py --gpu --batch-size 128 \
+                     --steps 10 ;;
+        epoch) part epoch 300 epoch ;;
+        sweep) part sweep 400 $py benchmarks/sweep.py --gpu --steps 10 ;;
+        suite) part suite 400 $py -m pytest -q -p no:cacheprovider tests ;;
+        *) echo "unknown part $name" >&2; exit 2 ;;
+        esac
+    done
+done
