@@ -10,7 +10,8 @@ of the parent that started the process).
     python benchmarks/compare_torch.py --batch-sizes 32,128 --steps 10
     python benchmarks/compare_torch.py --gpu --batch-sizes 32,128,256 --steps 20 --memory
 
-On the GPU (--gpu) each step is timed between device synchronisations, and --memory
+On the GPU (--gpu) each step is timed between device synchronisations, both multiply in
+full float32 (PyTorch would let cuDNN use TF32 by default; --tf32 lets both), and --memory
 compares the peak bytes allocated during a training step (CuPy's pool against
 torch.cuda.max_memory_allocated), in the same process.
 
@@ -21,6 +22,7 @@ PyTorch is a dev-only reference here; minicaps never imports it.
 """
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -171,6 +173,9 @@ def main():
                         help="also measure memory (peak RSS on the CPU, allocations on the GPU)")
     parser.add_argument("--gpu", action="store_true",
                         help="both on the GPU: minicaps with CuPy, PyTorch with CUDA")
+    parser.add_argument("--tf32", action="store_true",
+                        help="GPU: let both multiply float32 matrices on the tensor cores "
+                             "in TF32 (10-bit mantissas); without it neither does")
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc's allocator settings alone (see minicaps/allocator.py)")
     args = parser.parse_args()
@@ -178,7 +183,11 @@ def main():
     reused = not args.default_allocator and reuse_freed_memory()
     config = CapsNetConfig()  # the paper's MNIST network, float32, with the decoder
     device = "gpu" if args.gpu else "cpu"
-    where = (torch.cuda.get_device_name() if args.gpu
+    if args.gpu:  # PyTorch's default lets cuDNN's convolutions use TF32: set both alike
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        os.environ["CUPY_TF32"] = "1" if args.tf32 else "0"  # read at CuPy's first product
+    where = (f"{torch.cuda.get_device_name()}, {'TF32' if args.tf32 else 'float32'} products"
+             if args.gpu
              else f"{torch.get_num_threads()} threads; freed memory "
                   f"{'reused' if reused else 'returned (glibc default)'}")
     print(f"PyTorch {torch.__version__}, {where}; the paper's network, "

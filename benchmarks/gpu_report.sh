@@ -6,7 +6,8 @@
 #
 #     MNIST=path/to/mnist OUT=gpu-report bash benchmarks/gpu_report.sh [part ...]
 #
-# Parts: env tests compare profile epoch sweep suite (all, in that order, if none named).
+# Parts: env tests compare portable profile epoch sweep suite (all, in that order, if none
+# named).
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -30,6 +31,17 @@ env_info() {
 'matmul tf32', torch.backends.cuda.matmul.allow_tf32)"
 }
 
+portable() {  # fused kernels against the portable code, alternated, three rounds
+    for round in 1 2 3; do
+        for fused in 1 0; do
+            for batch in 32 128; do
+                MINICAPS_FUSED=$fused $py -m minicaps bench --gpu --batch-size $batch \
+                    --steps 20 --json | tail -n 1 | sed "s/^/fused=$fused /"
+            done
+        done
+    done
+}
+
 epoch() {  # two 60,000-image MNIST epochs (no validation split) at batch 128
     rm -rf /tmp/mnist-gpu
     $py -m minicaps train --gpu --data "${MNIST:?set MNIST to the MNIST idx folder}" \
@@ -37,15 +49,19 @@ epoch() {  # two 60,000-image MNIST epochs (no validation split) at batch 128
     cat /tmp/mnist-gpu/metrics.jsonl
 }
 
-export -f env_info epoch
+export -f env_info portable epoch
 export py out
-for name in "${@:-env tests compare profile epoch sweep suite}"; do
+for name in "${@:-env tests compare portable profile epoch sweep suite}"; do
     for name in $name; do
         case $name in
         env) part env 60 env_info ;;
-        tests) part tests 400 $py -m pytest -q -x -p no:cacheprovider tests/test_gpu.py ;;
+        tests) part tests 400 $py -m pytest -q -x -p no:cacheprovider tests/test_gpu.py \
+                   tests/test_kernels.py ;;
         compare) part compare 300 $py benchmarks/compare_torch.py --gpu --memory \
+                     --batch-sizes 32,128,256 --steps 20
+                 part compare-tf32 300 $py benchmarks/compare_torch.py --gpu --tf32 \
                      --batch-sizes 32,128,256 --steps 20 ;;
+        portable) part portable 300 portable ;;
         profile) part profile 200 $py benchmarks/profile_step.py --gpu --batch-size 128 \
                      --steps 10 ;;
         epoch) part epoch 300 epoch ;;

@@ -12,11 +12,18 @@ columns, and backward rebuilds them instead of keeping them: one more im2col's w
 copying for a memory ceiling of COLUMN_BYTES. Each group is still one large matrix product
 (for the primary capsules a row alone has C*kw = 2304 terms), and every weight row's
 gradient is computed over the whole batch at once, so nothing is accumulated across chunks.
+
+On the GPU the columns and their adjoint are built by fused kernels (minicaps/kernels.py),
+one launch per group instead of kh*kw slice copies. The GPU's ceiling is low too: at
+64 MiB a group of the paper's primary capsules at batch 128 is one kernel row (a matrix
+product of 256 x 2304 x 4608, still large enough to keep the GPU busy), and the columns
+and their gradient then take a tenth of the memory that the whole batch's would.
 """
+from . import kernels
 from .backend import get_array_module
 from .parallel import in_parts
 
-COLUMN_BYTES = {"numpy": 16 * 2 ** 20, "cupy": 1024 * 2 ** 20}
+COLUMN_BYTES = {"numpy": 16 * 2 ** 20, "cupy": 64 * 2 ** 20}
 
 
 def output_size(size, kernel, stride, pad):
@@ -33,6 +40,8 @@ def to_batch_last(x, pad=0):
 
 def _columns(xt, rows, kw, oh, ow, stride):
     """Columns (C, len(rows), kw, oh, ow, B) of kernel rows `rows` from xt (C, H', W', B)."""
+    if kernels.fused(xt):
+        return kernels.columns(xt, rows, kw, oh, ow, stride)
     xp = get_array_module(xt)
     C, _, _, B = xt.shape
     cols = xp.empty((C, len(rows), kw, oh, ow, B), dtype=xt.dtype)
@@ -48,6 +57,9 @@ def _columns(xt, rows, kw, oh, ow, stride):
 
 def _add_columns(dxt, dcols, rows, stride):
     """The adjoint of _columns: add dcols (C, len(rows), kw, oh, ow, B) into dxt."""
+    if kernels.fused(dxt):
+        kernels.add_columns(dxt, dcols, rows, stride)
+        return
     _, _, kw, oh, ow, _ = dcols.shape
 
     def add(c0, c1):

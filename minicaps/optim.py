@@ -7,6 +7,7 @@ running average of the weights (`average_steps`), the network to score: see Weig
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
+from . import kernels
 from .backend import device_of, get_array_module, to_device
 from .parallel import in_parts
 
@@ -108,6 +109,11 @@ class Adam(Optimizer):
         step_size = lr * (1 - self.beta2 ** t) ** 0.5 / (1 - self.beta1 ** t)
         eps = self.eps * (1 - self.beta2 ** t) ** 0.5
         for name, p in self.params.items():
+            if kernels.fused(p):
+                kernels.adam_update(p, grads[name], self.m[name], self.v[name],
+                                    beta1=self.beta1, beta2=self.beta2, step_size=step_size,
+                                    eps=eps)
+                continue
             flat = [a.reshape(-1) for a in (p, grads[name], self.m[name], self.v[name])]
 
             def update(start, stop, flat=flat):
