@@ -3,6 +3,7 @@
 Axis letters, used the same way everywhere: B batch, I input (primary) capsules, J output
 (class) capsules, D input capsule dimension, E output capsule dimension, T primary types.
 """
+from . import kernels
 from .backend import get_array_module
 from .conv import conv2d_backward_batch_last, conv2d_forward_batch_last
 
@@ -12,6 +13,9 @@ def squash_forward(s):
 
     Exact as written, with no epsilon: a zero vector maps to zero. |v| < 1, same direction.
     """
+    if kernels.fused(s):
+        v, sq, norm = kernels.squash(s)
+        return v, (s, sq, norm)
     xp = get_array_module(s)
     sq = (s * s).sum(axis=-1, keepdims=True)  # |s|^2
     norm = xp.sqrt(sq)
@@ -26,8 +30,10 @@ def squash_backward(dv, cache):
     s <s, dv> = O(n^2), and the Jacobian at s = 0 is exactly 0: the guard sets that term to
     0 where n = 0 instead of dividing by zero.
     """
-    xp = get_array_module(dv)
     s, sq, norm = cache
+    if kernels.fused(dv):
+        return kernels.squash_backward(dv, s, sq, norm)
+    xp = get_array_module(dv)
     f = norm / (1 + sq)
     safe = xp.where(norm > 0, norm, 1)
     g = xp.where(norm > 0, (1 - sq) / (safe * (1 + sq) ** 2), 0)

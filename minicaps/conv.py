@@ -14,16 +14,16 @@ copying for a memory ceiling of COLUMN_BYTES. Each group is still one large matr
 gradient is computed over the whole batch at once, so nothing is accumulated across chunks.
 
 On the GPU the columns and their adjoint are built by fused kernels (minicaps/kernels.py),
-one launch per group instead of kh*kw slice copies. The GPU's ceiling is low too: at
-64 MiB a group of the paper's primary capsules at batch 128 is one kernel row (a matrix
-product of 256 x 2304 x 4608, still large enough to keep the GPU busy), and the columns
-and their gradient then take a tenth of the memory that the whole batch's would.
+one launch per group instead of kh*kw slice copies, and the ceiling is as low as on the
+CPU: a group of the paper's primary capsules is then one kernel row from batch 32 up (at
+128 a matrix product of 256 x 2304 x 4608, still enough to keep the GPU busy), and the
+columns and their gradient take a ninth of the memory that the whole kernel's would.
 """
 from . import kernels
 from .backend import get_array_module
 from .parallel import in_parts
 
-COLUMN_BYTES = {"numpy": 16 * 2 ** 20, "cupy": 64 * 2 ** 20}
+COLUMN_BYTES = {"numpy": 16 * 2 ** 20, "cupy": 16 * 2 ** 20}
 
 
 def output_size(size, kernel, stride, pad):

@@ -38,26 +38,36 @@ def portable():
         _enabled = before
 
 
-def _kernel(name, in_params, out_params, body):
-    """An ElementwiseKernel, built once on first use (CuPy compiles it on its first call)."""
-    if name not in _compiled:
+def _kernel(name, in_params, out_params, body, index="int64"):
+    """An ElementwiseKernel, built once on first use (CuPy compiles it on its first call).
+    `index` (int32 or int64) is the type of idx_t, in which the body does its index
+    arithmetic; in_params may name it as {idx}."""
+    key = (name, index)
+    if key not in _compiled:
         import cupy
-        _compiled[name] = cupy.ElementwiseKernel(in_params, out_params, body, name,
-                                                 options=_EXACT)
-    return _compiled[name]
+        c_type = {"int32": "int", "int64": "long long"}[index]
+        _compiled[key] = cupy.ElementwiseKernel(
+            in_params.format(idx=index), out_params, body, f"{name}_{index}",
+            preamble=f"typedef {c_type} idx_t;", options=_EXACT)
+    return _compiled[key]
+
+
+def _index_type(*arrays):
+    """32-bit index arithmetic where every offset fits: its divisions are several times
+    cheaper than 64-bit ones, and im2col's index arithmetic is most of its work."""
+    return "int32" if max(a.size for a in arrays) < 2 ** 31 else "int64"
 
 
 # Columns (C, g, kw, oh, ow, B) of kernel rows r0 .. r0 + g - 1 from xt (C, H, W, B): one
-# thread per column entry, reading the pixel it copies. Indices in 64 bits: the columns of a
-# large batch pass 2**31 entries.
+# thread per column entry, reading the pixel it copies.
 _IM2COL = """
-    ptrdiff_t t = i;
-    const ptrdiff_t b = t % B; t /= B;
-    const ptrdiff_t x = t % ow; t /= ow;
-    const ptrdiff_t y = t % oh; t /= oh;
-    const ptrdiff_t j = t % kw; t /= kw;
-    const ptrdiff_t n = t % g;
-    const ptrdiff_t c = t / g;
+    idx_t t = i;
+    const idx_t b = t % B; t /= B;
+    const idx_t x = t % ow; t /= ow;
+    const idx_t y = t % oh; t /= oh;
+    const idx_t j = t % kw; t /= kw;
+    const idx_t n = t % g;
+    const idx_t c = t / g;
     cols = xt[((c * H + r0 + n + stride * y) * W + j + stride * x) * B + b];
 """
 
@@ -65,17 +75,17 @@ _IM2COL = """
 # code's order (kernel row n, then column j), the column entries that were copied from it.
 # No two threads write one pixel, so no atomics, and the sum is deterministic.
 _ADD_COLUMNS = """
-    ptrdiff_t t = i;
-    const ptrdiff_t b = t % B; t /= B;
-    const ptrdiff_t w = t % W; t /= W;
-    const ptrdiff_t h = t % H;
-    const ptrdiff_t c = t / H;
+    idx_t t = i;
+    const idx_t b = t % B; t /= B;
+    const idx_t w = t % W; t /= W;
+    const idx_t h = t % H;
+    const idx_t c = t / H;
     T sum = dxt;
-    for (ptrdiff_t n = 0; n < g; ++n) {
-        const ptrdiff_t dy = h - r0 - n;
+    for (idx_t n = 0; n < g; ++n) {
+        const idx_t dy = h - r0 - n;
         if (dy < 0 || dy % stride != 0 || dy / stride >= oh) continue;
-        for (ptrdiff_t j = 0; j < kw; ++j) {
-            const ptrdiff_t dx = w - j;
+        for (idx_t j = 0; j < kw; ++j) {
+            const idx_t dx = w - j;
             if (dx < 0 || dx % stride != 0 || dx / stride >= ow) continue;
             sum = sum + dcols[((((c * g + n) * kw + j) * oh + dy / stride) * ow + dx / stride)
                               * B + b];
@@ -84,8 +94,8 @@ _ADD_COLUMNS = """
     dxt = sum;
 """
 
-_COLUMN_PARAMS = "int64 H, int64 W, int64 B, int64 g, int64 kw, int64 oh, int64 ow, " \
-                 "int64 r0, int64 stride"
+_COLUMN_PARAMS = "{idx} H, {idx} W, {idx} B, {idx} g, {idx} kw, {idx} oh, {idx} ow, " \
+                 "{idx} r0, {idx} stride"
 
 
 def columns(xt, rows, kw, oh, ow, stride):
@@ -93,7 +103,8 @@ def columns(xt, rows, kw, oh, ow, stride):
     import cupy
     C, H, W, B = xt.shape
     cols = cupy.empty((C, len(rows), kw, oh, ow, B), dtype=xt.dtype)
-    im2col = _kernel("minicaps_im2col", "raw T xt, " + _COLUMN_PARAMS, "T cols", _IM2COL)
+    im2col = _kernel("minicaps_im2col", "raw T xt, " + _COLUMN_PARAMS, "T cols", _IM2COL,
+                     _index_type(xt, cols))
     im2col(cupy.ascontiguousarray(xt), H, W, B, len(rows), kw, oh, ow, rows.start, stride,
            cols)
     return cols
@@ -105,7 +116,7 @@ def add_columns(dxt, dcols, rows, stride):
     _, H, W, B = dxt.shape
     _, g, kw, oh, ow, _ = dcols.shape
     col2im = _kernel("minicaps_col2im", "raw T dcols, " + _COLUMN_PARAMS, "T dxt",
-                     _ADD_COLUMNS)
+                     _ADD_COLUMNS, _index_type(dxt, dcols))
     col2im(cupy.ascontiguousarray(dcols), H, W, B, g, kw, oh, ow, rows.start, stride, dxt)
 
 
@@ -128,3 +139,101 @@ def adam_update(p, g, m, v, *, beta1, beta2, step_size, eps):
                      "T step_size, T eps", "T p, T m, T v", _ADAM)
     update(g, dtype(beta1), dtype(1 - beta1), dtype(beta2), dtype(1 - beta2),
            dtype(step_size), dtype(eps), p, m, v)
+
+
+# Squash (minicaps.capsules) of N vectors of length D: one thread per vector. The sums run
+# in order over the vector, where CuPy's reductions pair them up: the results agree with
+# the portable code to rounding, not bit for bit.
+_SQUASH = """
+    const ptrdiff_t start = i * D;
+    T total = 0;
+    for (ptrdiff_t k = start; k < start + D; ++k) total = total + s[k] * s[k];
+    const T root = sqrt(total);
+    const T f = root / (1 + total);
+    for (ptrdiff_t k = start; k < start + D; ++k) v[k] = s[k] * f;
+    sq = total;
+    norm = root;
+"""
+
+_SQUASH_BACKWARD = """
+    const ptrdiff_t start = i * D;
+    T dot = 0;
+    for (ptrdiff_t k = start; k < start + D; ++k) dot = dot + s[k] * dv[k];
+    const T f = norm / (1 + sq);
+    const T g = norm > 0 ? (1 - sq) / (norm * ((1 + sq) * (1 + sq))) : (T)0;
+    for (ptrdiff_t k = start; k < start + D; ++k) ds[k] = f * dv[k] + s[k] * (g * dot);
+"""
+
+
+def squash(s):
+    """(v, |s|^2, |s|) of minicaps.capsules.squash_forward, in one launch; the last two
+    shaped (..., 1) as there."""
+    import cupy
+    s = cupy.ascontiguousarray(s)
+    v = cupy.empty_like(s)
+    sq, norm = (cupy.empty(s.shape[:-1] + (1,), dtype=s.dtype) for _ in range(2))
+    _kernel("minicaps_squash", "raw T s, int64 D", "raw T v, T sq, T norm", _SQUASH)(
+        s, s.shape[-1], v, sq, norm)
+    return v, sq, norm
+
+
+def squash_backward(dv, s, sq, norm):
+    """ds of minicaps.capsules.squash_backward, in one launch."""
+    import cupy
+    s, dv = cupy.ascontiguousarray(s), cupy.ascontiguousarray(dv)
+    ds = cupy.empty_like(s)
+    _kernel("minicaps_squash_backward", "raw T s, raw T dv, T sq, T norm, int64 D", "raw T ds",
+            _SQUASH_BACKWARD)(s, dv, sq, norm, s.shape[-1], ds)
+    return ds
+
+
+# Softmax over axis 1 of x (A, J, R), and its backward: one thread per (a, r), running over
+# the J entries R apart (neighbouring threads read neighbouring numbers).
+_SOFTMAX = """
+    const ptrdiff_t start = (i / R) * J * R + i % R;
+    const ptrdiff_t stop = start + J * R;
+    T top = x[start];
+    for (ptrdiff_t k = start + R; k < stop; k += R) top = max(top, x[k]);
+    T total = 0;
+    for (ptrdiff_t k = start; k < stop; k += R) {
+        const T e = exp(x[k] - top);
+        out[k] = e;
+        total = total + e;
+    }
+    for (ptrdiff_t k = start; k < stop; k += R) out[k] = out[k] / total;
+"""
+
+_SOFTMAX_BACKWARD = """
+    const ptrdiff_t start = (i / R) * J * R + i % R;
+    const ptrdiff_t stop = start + J * R;
+    T dot = 0;
+    for (ptrdiff_t k = start; k < stop; k += R) dot = dot + dc[k] * c[k];
+    for (ptrdiff_t k = start; k < stop; k += R) dx[k] = c[k] * (dc[k] - dot);
+"""
+
+
+def _axis1_shape(x):
+    """(A, J, R): x seen as 3-D around its axis 1."""
+    return x.shape[0], x.shape[1], x.size // (x.shape[0] * x.shape[1])
+
+
+def softmax_axis1(x):
+    """Softmax over axis 1, as minicaps.routing.softmax(x, axis=1), in one launch."""
+    import cupy
+    x = cupy.ascontiguousarray(x)
+    A, J, R = _axis1_shape(x)
+    out = cupy.empty_like(x)
+    _kernel("minicaps_softmax", "raw T x, int64 J, int64 R", "raw T out", _SOFTMAX)(
+        x, J, R, out, size=A * R)
+    return out
+
+
+def softmax_axis1_backward(c, dc):
+    """The gradient of softmax over axis 1 from its output c and output gradient dc."""
+    import cupy
+    c, dc = cupy.ascontiguousarray(c), cupy.ascontiguousarray(dc)
+    A, J, R = _axis1_shape(c)
+    dx = cupy.empty_like(c)
+    _kernel("minicaps_softmax_backward", "raw T c, raw T dc, int64 J, int64 R", "raw T dx",
+            _SOFTMAX_BACKWARD)(c, dc, J, R, dx, size=A * R)
+    return dx

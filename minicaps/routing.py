@@ -13,6 +13,7 @@ Two backward passes, both exact for what they define:
   separate process); gradient reaches u_hat only through the last weighted sum,
   du_hat = c_last * ds_last. Cheaper, and what many implementations do by detaching c.
 """
+from . import kernels
 from .backend import get_array_module
 from .capsules import squash_backward, squash_forward
 
@@ -20,9 +21,18 @@ ROUTING_GRADS = ("full", "last")
 
 
 def softmax(x, axis):
+    if axis == 1 and kernels.fused(x):
+        return kernels.softmax_axis1(x)
     xp = get_array_module(x)
     e = xp.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
+
+
+def softmax_backward(c, dc, axis):
+    """The gradient reaching softmax's input, from its output c and output gradient dc."""
+    if axis == 1 and kernels.fused(c):
+        return kernels.softmax_axis1_backward(c, dc)
+    return c * (dc - (dc * c).sum(axis=axis, keepdims=True))
 
 
 def routing_forward(u_hat, *, iters=3, grad="full"):
@@ -69,7 +79,7 @@ def _gradient_paths(dv, cache):
         if grad == "last" or r == 0:  # b_0 = 0 is a constant
             break
         dc = (u_hat @ ds[..., None])[..., 0]  # (B, J, I)
-        db = c * (dc - (dc * c).sum(axis=1, keepdims=True))  # softmax backward over J
+        db = softmax_backward(c, dc, axis=1)  # over J
         if db_later is not None:
             db = db + db_later
         # b_r = b_(r-1) + <u_hat, v_(r-1)>: db flows on to b_(r-1) and into the agreement.

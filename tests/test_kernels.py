@@ -1,6 +1,7 @@
-"""The fused CuPy kernels (minicaps/kernels.py) give what the portable code gives on the GPU,
-bit for bit: the same operations in the same order. Skipped where CuPy finds no CUDA device,
-except the switch itself."""
+"""The fused CuPy kernels (minicaps/kernels.py) give what the portable code gives on the GPU:
+bit for bit where they do the same operations in the same order (im2col, col2im, Adam), to
+rounding where they sum in another order (squash, softmax). Skipped where CuPy finds no CUDA
+device, except the switch itself."""
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -8,12 +9,15 @@ from hypothesis import strategies as st
 
 from minicaps import Adam, kernels
 from minicaps.backend import gpu_available, to_device, to_host
+from minicaps.capsules import squash_backward, squash_forward
 from minicaps.conv import _add_columns, _columns, output_size
+from minicaps.routing import softmax, softmax_backward
 
 from conftest import batch, small_net
 
 needs_gpu = pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")
 DTYPES = [np.float32, np.float64]
+ROUNDING = {np.float32: 1e-6, np.float64: 1e-14}  # relative, for sums taken in another order
 
 
 def test_the_kernels_never_touch_numpy_arrays_and_portable_turns_them_off():
@@ -90,14 +94,61 @@ def test_fused_adam_steps_equal_the_portable_update(dtype):
             assert_identical(fused[name], portable[name])
 
 
+def assert_rounding_apart(fused, portable):
+    fused, portable = to_host(fused), to_host(portable)
+    assert fused.dtype == portable.dtype and fused.shape == portable.shape
+    tol = ROUNDING[fused.dtype.type]
+    np.testing.assert_allclose(fused, portable, rtol=10 * tol,
+                               atol=10 * tol * np.abs(portable).max())
+
+
+def gpu_normal(rng, shape, dtype):
+    return to_device(rng.standard_normal(shape).astype(dtype), "gpu")
+
+
+@needs_gpu
+@settings(max_examples=20, deadline=None)
+@given(shape=st.lists(st.integers(1, 6), min_size=1, max_size=3), D=st.integers(1, 17),
+       dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2 ** 16))
+def test_fused_squash_forward_and_backward_match_the_portable_code(shape, D, dtype, seed):
+    rng = np.random.default_rng(seed)
+    s, dv = gpu_normal(rng, (*shape, D), dtype), gpu_normal(rng, (*shape, D), dtype)
+    s[..., :1, :] = 0  # zero vectors: no epsilon, and a zero gradient there
+    v, cache = squash_forward(s)
+    ds = squash_backward(dv, cache)
+    with kernels.portable():
+        expected_v, expected_cache = squash_forward(s)
+        expected_ds = squash_backward(dv, expected_cache)
+    for fused, portable in [(v, expected_v), (ds, expected_ds), *zip(cache, expected_cache)]:
+        assert_rounding_apart(fused, portable)
+
+
+@needs_gpu
+@settings(max_examples=20, deadline=None)
+@given(shape=st.lists(st.integers(1, 7), min_size=2, max_size=4),
+       dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2 ** 16))
+def test_fused_softmax_over_axis_1_and_its_backward_match_the_portable_code(shape, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x, dc = gpu_normal(rng, shape, dtype) * 5, gpu_normal(rng, shape, dtype)
+    c = softmax(x, axis=1)
+    dx = softmax_backward(c, dc, axis=1)
+    with kernels.portable():
+        expected_c = softmax(x, axis=1)
+        expected_dx = softmax_backward(expected_c, dc, axis=1)
+    assert_rounding_apart(c, expected_c)
+    assert_rounding_apart(dx, expected_dx)
+
+
 @needs_gpu
 @pytest.mark.parametrize("kwargs", [{}, {"in_shape": (3, 11, 13), "routing_grad": "last"}])
-def test_a_training_step_with_fused_kernels_equals_the_portable_one(kwargs):
-    net = small_net(**kwargs).to("gpu")
+def test_a_training_step_with_fused_kernels_matches_the_portable_one(kwargs):
+    net = small_net(**kwargs)
     x, y = batch(net, B=3)
+    net.to("gpu")
     loss, grads = net.loss_and_grads(x, y)
     with kernels.portable():
         expected_loss, expected_grads = net.loss_and_grads(x, y)
-    assert_identical(loss, expected_loss)
+    assert float(loss) == pytest.approx(float(expected_loss), rel=1e-12)
     for name in grads:
-        assert_identical(grads[name], expected_grads[name])
+        np.testing.assert_allclose(to_host(grads[name]), to_host(expected_grads[name]),
+                                   rtol=1e-9, atol=1e-13)
