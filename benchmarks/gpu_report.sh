@@ -63,7 +63,9 @@ for name in "${@:-env tests compare portable profile epoch sweep suite}"; do
                      --batch-sizes 32,128,256 --steps 20 ;;
         portable) part portable 300 portable ;;
         profile) part profile 200 $py benchmarks/profile_step.py --gpu --batch-size 128 \
-                     --steps 10 ;;
+                     --steps 10
+                 part conv-parts 200 $py benchmarks/profile_step.py --gpu --conv-parts \
+                     --batch-size 128 --steps 10 ;;
         epoch) part epoch 300 epoch ;;
         sweep) part sweep 400 $py benchmarks/sweep.py --gpu --steps 10 ;;
         suite) part suite 400 $py -m pytest -q -p no:cacheprovider tests ;;

@@ -82,25 +82,29 @@ COLUMNS, OUTPUT, WEIGHT_GRADIENT, COLUMN_GRADIENT, COL2IM = CONV_PARTS = (
     "column-gradient product", "col2im (adding the column gradient back)")
 
 
-def conv_parts(config, batch_size, runs):
+def conv_parts(config, batch_size, runs, device="cpu"):
     """{part: median seconds} of the primary capsules' convolution, forward and backward,
     done group by group as minicaps.conv does it (the same helpers), and its FLOPs per part."""
     rng = np.random.default_rng(0)
+    xp = xp_for(device)
     C, k, s = config.conv_channels, config.kernel_size, config.primary_stride
     (h1, w1), (oh, ow) = config.conv1_size, config.grid
     O = config.primary_types * config.primary_dim
-    xt = rng.random((C, h1, w1, batch_size), dtype=np.float32)
-    w = rng.random((O, C, k, k), dtype=np.float32)
-    dout = rng.random((O, oh * ow * batch_size), dtype=np.float32)
+    xt = xp.asarray(rng.random((C, h1, w1, batch_size), dtype=np.float32))
+    w = xp.asarray(rng.random((O, C, k, k), dtype=np.float32))
+    dout = xp.asarray(rng.random((O, oh * ow * batch_size), dtype=np.float32))
     groups = _row_groups(xt, w, oh, ow)
+    synchronize = (lambda: None) if device == "cpu" else xp.cuda.Device().synchronize
 
     def one_run():
         seconds = dict.fromkeys(CONV_PARTS, 0.0)
 
         @contextmanager
         def timing(part):
+            synchronize()
             start = time.perf_counter()
             yield
+            synchronize()
             seconds[part] += time.perf_counter() - start
 
         def group_operands(rows):
@@ -113,7 +117,7 @@ def conv_parts(config, batch_size, runs):
             _, w_rows, cols_2d = group_operands(rows)
             with timing(OUTPUT):
                 w_rows @ cols_2d
-        dxt = np.zeros_like(xt)
+        dxt = xp.zeros_like(xt)
         for rows in groups:  # backward, which rebuilds the columns
             cols, w_rows, cols_2d = group_operands(rows)
             with timing(WEIGHT_GRADIENT):
@@ -131,11 +135,12 @@ def conv_parts(config, batch_size, runs):
         product_flops, len(groups)
 
 
-def print_conv_parts(config, batch_size, runs):
-    parts, flops, n_groups = conv_parts(config, batch_size, runs)
+def print_conv_parts(config, batch_size, runs, device):
+    parts, flops, n_groups = conv_parts(config, batch_size, runs, device)
     total = sum(parts.values())
-    print(f"the primary capsules' convolution, batch {batch_size}, {n_groups} groups of "
-          f"kernel rows: {total * 1e3:.0f} ms forward and backward (medians of {runs})\n")
+    print(f"the primary capsules' convolution on the {device}, batch {batch_size}, {n_groups} "
+          f"groups of kernel rows: {total * 1e3:.1f} ms forward and backward (medians of "
+          f"{runs})\n")
     print("| part | ms | share | GFLOP/s |\n|---|---:|---:|---:|")
     for part, seconds in parts.items():
         rate = f"{flops / seconds / 1e9:.0f}" if "product" in part else ""
@@ -153,13 +158,12 @@ def main():
     args = parser.parse_args()
     reuse_freed_memory()
     config = NETWORKS[args.network]
+    device = "gpu" if args.gpu else "cpu"
     if args.conv_parts:
-        print_conv_parts(config, args.batch_size, args.steps)
+        print_conv_parts(config, args.batch_size, args.steps, device)
         return
-    device = "cpu"
     if args.gpu:
         os.environ["CUDA_LAUNCH_BLOCKING"] = "1"  # read when CUDA starts: before any array
-        device = "gpu"
     net = CapsNet.from_config(config, device=device)
     optimizer = Adam(net.params, lr=1e-4)
     rng = np.random.default_rng(0)

@@ -97,8 +97,7 @@ def benchmark(config, *, batch_size=32, steps=10, warmup=2, device="cpu", seed=0
         "infer_images_per_s": batch_size / infer_s,
         "infer_s_median": infer_s,
         "peak_mem_bytes": int(peak),
-        "predicted_mem_bytes": int(planned.activation_bytes
-                                   + planned.n_params * np.dtype(config.dtype).itemsize),
+        "predicted_mem_bytes": int(planned.step_bytes),
         "gflops": planned.flops_train * batch_size / step_s / 1e9,
         "n_params": planned.n_params,
         "flops_per_image": planned.flops_train,

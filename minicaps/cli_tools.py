@@ -56,15 +56,16 @@ def bench_command(gpu, batch_size, steps, warmup, as_json, **options):
 def plan_command(batch_size, gpu, as_json, **options):
     """Parameters, memory, FLOPs and a predicted step time, without building the network."""
     config = network_config(options)
-    p = plan(config, batch_size)
     device = _device(gpu)
+    p = plan(config, batch_size, device)
     rate, bandwidth = gemm_gflops(device), bandwidth_gbs(device)
     step_s = p.step_seconds(rate, bandwidth)
     free = available_bytes(device)
     click.echo(f"parameters: {p.n_params:,} ({config.n_primary:,} primary capsules)")
     click.echo(f"memory of a training step at batch {batch_size}: "
-               f"{p.total_bytes / GIB:.2f} GiB = weights, gradients and Adam "
-               f"{p.param_bytes / GIB:.2f} GiB + activations {p.activation_bytes / GIB:.2f} GiB "
+               f"{p.total_bytes / GIB:.2f} GiB = weights and Adam's moments "
+               f"{p.param_bytes / GIB:.2f} GiB + the step's activations and gradients "
+               f"{p.step_bytes / GIB:.2f} GiB "
                f"({free / GIB:.1f} GiB available on the {device})")
     click.echo(f"FLOPs per image: {p.flops_forward / 1e9:.3f} G forward, "
                f"{p.flops_train / 1e9:.3f} G training")
@@ -73,7 +74,7 @@ def plan_command(batch_size, gpu, as_json, **options):
                f"{bandwidth:.0f} GB/s in element-wise passes")
     if as_json:
         click.echo(json.dumps({"n_params": p.n_params, "param_bytes": p.param_bytes,
-                               "activation_bytes": p.activation_bytes,
+                               "step_bytes": p.step_bytes,
                                "total_bytes": p.total_bytes, "flops_forward": p.flops_forward,
                                "flops_train": p.flops_train, "step_s": step_s,
                                "batch_size": batch_size}))

@@ -129,11 +129,13 @@ def conv2d_backward_batch_last(dout, cache, *, need_dx=True):
     dxt = xp.zeros_like(xt) if need_dx else None
     for rows in _row_groups(xt, w, oh, ow):
         cols = _columns(xt, rows, kw, oh, ow, stride)
+        cols_shape = cols.shape
         cols_2d = cols.reshape(-1, dout_2d.shape[1])  # (C*g*kw, oh*ow*B)
         dw[:, :, rows.start:rows.stop] = (dout_2d @ cols_2d.T).reshape(O, C, len(rows), kw)
+        del cols, cols_2d  # freed before their gradient, as large, is allocated
         if need_dx:
             w_rows = w[:, :, rows.start:rows.stop].reshape(O, -1)
-            _add_columns(dxt, (w_rows.T @ dout_2d).reshape(cols.shape), rows, stride)
+            _add_columns(dxt, (w_rows.T @ dout_2d).reshape(cols_shape), rows, stride)
     if need_dx and pad:
         dxt = dxt[:, pad:-pad, pad:-pad]
     return dxt, dw, dout_2d.sum(axis=1)

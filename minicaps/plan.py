@@ -1,10 +1,12 @@
 """Plan a training step before allocating anything: parameters, memory, FLOPs, time.
 
-The memory model follows what the code keeps alive. A training step holds the forward
-caches (the im2col columns of both convolutions dominate, then u_hat) until the backward
-pass has used them; the backward pass adds its largest transient on top (the columns'
-gradient in the primary capsules' backward, or du_hat and its transposed copy in routing).
-Parameters, their gradients and Adam's two moments add four copies of the weights.
+The memory model follows what the code keeps alive, stage by stage. Going forward, each
+stage adds its transient (a convolution's column group and output) to what the stages
+before it keep for backward. Going backward, caches are dropped as they are used (routing's
+u_hat once routing is done), each stage adds its transient (du_hat and the stacked
+gradient paths in routing, the columns or their gradient and dx in a convolution), and the
+gradients of the layers done so far are held. The weights and Adam's two moments come on
+top, for the whole run.
 """
 import os
 from dataclasses import dataclass
@@ -24,8 +26,8 @@ GIB = 2 ** 30
 @dataclass(frozen=True)
 class Plan:
     n_params: int
-    param_bytes: int        # weights, gradients and Adam's two moments
-    activation_bytes: int   # peak of the caches and transients of one training step
+    param_bytes: int        # weights and Adam's two moments
+    step_bytes: int         # peak of one training step: activations and gradients
     flops_forward: float    # per image
     flops_train: float      # per image: forward, backward, update
     gemm_flops_train: float  # per image: the part done by large matrix products
@@ -34,7 +36,7 @@ class Plan:
 
     @property
     def total_bytes(self):
-        return self.param_bytes + self.activation_bytes
+        return self.param_bytes + self.step_bytes
 
     def step_seconds(self, gemm_gflops, bandwidth_gbs):
         """Predicted training-step time: the large matrix products at the machine's GEMM
@@ -87,23 +89,39 @@ def _group_elements(config, batch_size, device, conv):
     return max(1, min(k, budget // (row * np.dtype(config.dtype).itemsize))) * row
 
 
-def activation_bytes(config, batch_size, device="cpu"):
-    """Peak bytes of one training step's activations: what the forward pass keeps for
-    backward, plus the largest transient of any stage."""
+def step_bytes(config, batch_size, device="cpu"):
+    """Peak bytes of one training step: at each stage, what the stages before it keep for
+    backward and is still held, that stage's transient, and the gradients made so far."""
     n = _sizes(config, batch_size)
     itemsize = np.dtype(config.dtype).itemsize
     cols1 = _group_elements(config, batch_size, device, "conv1")
     cols2 = _group_elements(config, batch_size, device, "primary")
-    # Each convolution keeps its input in batch-last layout; conv1's ReLU keeps its output.
-    cached = (2 * n["x"] + 2 * n["conv1_out"] + n["primary_out"] + 2 * n["u"] + n["u_hat"]
-              + n["couplings"] + n["decoder"])
-    forward_peak = max(cols1 + 2 * n["conv1_out"], cols2 + 2 * n["primary_out"])
-    routing_backward = 2 * n["routing_left"] + 2 * n["u_hat"]  # lefts, stacked; du_hat
+    shapes = config.param_shapes()
+    grads = lambda prefix: sum(int(np.prod(s)) for name, s in shapes.items()  # noqa: E731
+                               if name.startswith(prefix))
+    # conv1 keeps its batch-last input (and the loss the image), its ReLU output (which is
+    # also the primary capsules' input); the primary capsules keep their squash's input
+    # and the predictions their input u; routing keeps u_hat and the couplings.
+    conv_kept = 2 * n["x"] + n["conv1_out"]
+    cached = conv_kept + 2 * n["u"] + n["u_hat"] + n["couplings"] + n["decoder"]
+    after_routing = cached - n["u_hat"] - n["couplings"]
+    forward = max(2 * n["x"] + cols1 + 2 * n["conv1_out"],  # pre-activation and ReLU output
+                  conv_kept + cols2 + 2 * n["primary_out"])
+    routing_backward = (cached + 2 * n["routing_left"] + n["u_hat"]  # paths, stacked; du_hat
+                        + grads("decoder"))
     shared = config.share_transforms and config.n_primary > config.primary_types
-    predictions_backward = n["u_hat"] + (n["u"] * config.n_classes if shared else n["u_hat"])
-    primary_backward = 2 * cols2 + 2 * n["conv1_out"]  # columns and their gradient; dx
-    return itemsize * (cached + max(forward_peak, routing_backward, predictions_backward,
-                                    primary_backward))
+    predictions_backward = after_routing + n["u_hat"] + (  # du_hat and its reordered copy
+        n["u"] * config.n_classes if shared else n["u_hat"]) + grads("decoder") + grads("caps")
+    # A convolution's backward holds one group's columns or their gradient at a time, and
+    # dx; conv1's needs no dx (its input is the image).
+    # The group's weight gradient is made whole before it is copied into dw.
+    d = _dims(config)
+    group_dw = cols2 // (d.gh * d.gw * batch_size) * d.TD
+    primary_backward = (after_routing - n["u"] + cols2 + 2 * n["conv1_out"] + group_dw
+                        + grads("decoder") + grads("caps") + grads("primary"))
+    conv1_backward = conv_kept + n["conv1_out"] + cols1 + config.n_params()
+    return itemsize * max(forward, routing_backward, predictions_backward, primary_backward,
+                          conv1_backward)
 
 
 def _flop_parts(config):
@@ -161,22 +179,26 @@ def _cnn_layers(config):
 def _cnn_plan(config, batch_size, device):
     """The CNN baseline's plan, by the same accounting as the CapsNet's: each convolution
     keeps its padded batch-last input, its output and ReLU output (plus the pooled output
-    and its int64 winners); the largest transient is a column group with the output it
-    makes, a backward pass's columns, their gradient and dx (not in the first layer, which
-    needs no dx), or a pooling backward (window gradients and dx). FLOPs: the convolutions
-    and FC layers."""
+    and its int64 winners). Going forward, a layer's column group and the output it makes
+    come on top of what the layers before it keep; going backward (every cache is held
+    until the end), a layer's columns or their gradient and dx (not in the first layer,
+    which needs no dx), or a pooling backward (the window gradients, their reordered copy
+    and dx), come on top of all of them, and of all the gradients (counted from the start
+    of backward: a CNN's are small). FLOPs: the convolutions and FC layers."""
     B, k, pad = batch_size, config.kernel_size, config.kernel_size // 2
     itemsize = np.dtype(config.dtype).itemsize
     budget = COLUMN_BYTES["cupy" if device == "gpu" else "numpy"] // itemsize
-    cached = transient = conv_flops = traffic = 0
+    cached = forward_peak = backward_transient = conv_flops = traffic = 0
     for n, (C, K, H, W, pooled) in enumerate(_cnn_layers(config)):
         out = K * H * W
         pooled_out = out // 4 if pooled else 0
-        cached += C * (H + 2 * pad) * (W + 2 * pad) + 2 * out + 3 * pooled_out
+        padded_in = C * (H + 2 * pad) * (W + 2 * pad)
         row = C * k * H * W * B
         cols = max(1, min(k, budget // row)) * row
-        backward = 2 * cols + 2 * C * (H + 2 * pad) * (W + 2 * pad) * B if n else cols
-        transient = max(transient, cols + 2 * out * B, backward, 6 * out * B)
+        forward_peak = max(forward_peak, cached * B + cols + 2 * out * B)
+        cached += padded_in + 2 * out + 3 * pooled_out
+        backward = cols + 2 * padded_in * B if n else cols
+        backward_transient = max(backward_transient, backward, 3 * out * B)
         conv_flops += 2 * K * C * k * k * H * W
         traffic += 2 * C * k * k * H * W + 8 * out
     shapes = config.param_shapes()
@@ -184,8 +206,8 @@ def _cnn_plan(config, batch_size, device):
                    if name.startswith("fc") and name.endswith(".w"))
     n = config.n_params()
     forward = conv_flops + fc_flops
-    return Plan(n_params=n, param_bytes=4 * n * itemsize,
-                activation_bytes=itemsize * (cached * B + transient),
+    return Plan(n_params=n, param_bytes=3 * n * itemsize,
+                step_bytes=itemsize * max(forward_peak, cached * B + backward_transient + n),
                 flops_forward=float(forward), flops_train=float(3 * forward),
                 gemm_flops_train=float(3 * forward), traffic_bytes=float(traffic * itemsize),
                 batch_size=batch_size)
@@ -200,8 +222,8 @@ def plan(config, batch_size, device="cpu"):
     forward, train = flops_per_image(config)
     f = _flop_parts(config)
     gemm = 3 * (f["conv1"] + f["primary"] + f["decoder"]) - f["conv1"]
-    return Plan(n_params=n, param_bytes=4 * n * itemsize,
-                activation_bytes=activation_bytes(config, batch_size, device),
+    return Plan(n_params=n, param_bytes=3 * n * itemsize,
+                step_bytes=step_bytes(config, batch_size, device),
                 flops_forward=forward, flops_train=train, gemm_flops_train=float(gemm),
                 traffic_bytes=traffic_per_image(config), batch_size=batch_size)
 
