@@ -6,8 +6,8 @@
 #
 #     MNIST=path/to/mnist OUT=gpu-report bash benchmarks/gpu_report.sh [part ...]
 #
-# Parts: env tests compare portable profile epoch sweep suite (all, in that order, if none
-# named).
+# Parts: env tests compare portable memory profile epoch sweep suite (all, in that order,
+# if none named).
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -51,7 +51,7 @@ epoch() {  # two 60,000-image MNIST epochs (no validation split) at batch 128
 
 export -f env_info portable epoch
 export py out
-for name in "${@:-env tests compare portable profile epoch sweep suite}"; do
+for name in "${@:-env tests compare portable memory profile epoch sweep suite}"; do
     for name in $name; do
         case $name in
         env) part env 60 env_info ;;
@@ -62,6 +62,8 @@ for name in "${@:-env tests compare portable profile epoch sweep suite}"; do
                  part compare-tf32 300 $py benchmarks/compare_torch.py --gpu --tf32 \
                      --batch-sizes 32,128,256 --steps 20 ;;
         portable) part portable 300 portable ;;
+        memory) part memory 200 bash -c "$py benchmarks/memory_stages.py --gpu --batch-size 32 &&
+                    $py benchmarks/memory_stages.py --gpu --batch-size 128" ;;
         profile) part profile 200 $py benchmarks/profile_step.py --gpu --batch-size 128 \
                      --steps 10
                  part conv-parts 200 $py benchmarks/profile_step.py --gpu --conv-parts \

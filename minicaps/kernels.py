@@ -38,37 +38,42 @@ def portable():
         _enabled = before
 
 
-def _kernel(name, in_params, out_params, body, index="int64"):
+def _kernel(name, in_params, out_params, body, *, index="int64", constants=None):
     """An ElementwiseKernel, built once on first use (CuPy compiles it on its first call).
-    `index` (int32 or int64) is the type of idx_t, in which the body does its index
-    arithmetic; in_params may name it as {idx}."""
-    key = (name, index)
+
+    `index` (int32 or int64) is the type of idx_t, which the body does its index
+    arithmetic in. `constants` are compiled in as macros: a kernel specialised to one
+    shape divides by constants, which the compiler turns into multiplications and shifts
+    (a division by a number known only at run time costs tens of instructions)."""
+    constants = constants or {}
+    key = (name, index, tuple(sorted(constants.items())))
     if key not in _compiled:
         import cupy
-        c_type = {"int32": "int", "int64": "long long"}[index]
-        _compiled[key] = cupy.ElementwiseKernel(
-            in_params.format(idx=index), out_params, body, f"{name}_{index}",
-            preamble=f"typedef {c_type} idx_t;", options=_EXACT)
+        c_type = {"int32": "unsigned int", "int64": "unsigned long long"}[index]
+        preamble = "\n".join([f"typedef {c_type} idx_t;"]
+                             + [f"#define {k} {v}" for k, v in constants.items()])
+        _compiled[key] = cupy.ElementwiseKernel(in_params, out_params, body, name,
+                                                preamble=preamble, options=_EXACT)
     return _compiled[key]
 
 
 def _index_type(*arrays):
-    """32-bit index arithmetic where every offset fits: its divisions are several times
-    cheaper than 64-bit ones, and im2col's index arithmetic is most of its work."""
+    """32-bit index arithmetic where every offset fits, as it is cheaper."""
     return "int32" if max(a.size for a in arrays) < 2 ** 31 else "int64"
 
 
 # Columns (C, g, kw, oh, ow, B) of kernel rows r0 .. r0 + g - 1 from xt (C, H, W, B): one
-# thread per column entry, reading the pixel it copies.
+# thread per column entry, reading the pixel it copies. Shapes are compiled-in constants
+# (see _kernel): a network has a handful of them, each compiled once.
 _IM2COL = """
     idx_t t = i;
-    const idx_t b = t % B; t /= B;
-    const idx_t x = t % ow; t /= ow;
-    const idx_t y = t % oh; t /= oh;
-    const idx_t j = t % kw; t /= kw;
-    const idx_t n = t % g;
-    const idx_t c = t / g;
-    cols = xt[((c * H + r0 + n + stride * y) * W + j + stride * x) * B + b];
+    const idx_t b = t % BATCH; t /= BATCH;
+    const idx_t x = t % OUT_W; t /= OUT_W;
+    const idx_t y = t % OUT_H; t /= OUT_H;
+    const idx_t j = t % KERNEL_W; t /= KERNEL_W;
+    const idx_t n = t % ROWS;
+    const idx_t c = t / ROWS;
+    cols = xt[((c * IN_H + FIRST_ROW + n + STRIDE * y) * IN_W + j + STRIDE * x) * BATCH + b];
 """
 
 # col2im as a gather: one thread per pixel of xt (C, H, W, B) adds up, in the portable
@@ -76,48 +81,51 @@ _IM2COL = """
 # No two threads write one pixel, so no atomics, and the sum is deterministic.
 _ADD_COLUMNS = """
     idx_t t = i;
-    const idx_t b = t % B; t /= B;
-    const idx_t w = t % W; t /= W;
-    const idx_t h = t % H;
-    const idx_t c = t / H;
+    const idx_t b = t % BATCH; t /= BATCH;
+    const int w = t % IN_W; t /= IN_W;
+    const int h = t % IN_H;
+    const idx_t c = t / IN_H;
     T sum = dxt;
-    for (idx_t n = 0; n < g; ++n) {
-        const idx_t dy = h - r0 - n;
-        if (dy < 0 || dy % stride != 0 || dy / stride >= oh) continue;
-        for (idx_t j = 0; j < kw; ++j) {
-            const idx_t dx = w - j;
-            if (dx < 0 || dx % stride != 0 || dx / stride >= ow) continue;
-            sum = sum + dcols[((((c * g + n) * kw + j) * oh + dy / stride) * ow + dx / stride)
-                              * B + b];
+    for (int n = 0; n < ROWS; ++n) {
+        const int dy = h - FIRST_ROW - n;
+        if (dy < 0 || dy % STRIDE != 0 || dy / STRIDE >= OUT_H) continue;
+        for (int j = 0; j < KERNEL_W; ++j) {
+            const int dx = w - j;
+            if (dx < 0 || dx % STRIDE != 0 || dx / STRIDE >= OUT_W) continue;
+            sum = sum + dcols[((((c * ROWS + n) * KERNEL_W + j) * OUT_H + dy / STRIDE) * OUT_W
+                               + dx / STRIDE) * BATCH + b];
         }
     }
     dxt = sum;
 """
 
-_COLUMN_PARAMS = "{idx} H, {idx} W, {idx} B, {idx} g, {idx} kw, {idx} oh, {idx} ow, " \
-                 "{idx} r0, {idx} stride"
+
+def _column_constants(xt_shape, rows, kw, oh, ow, stride):
+    _, H, W, B = xt_shape
+    return {"IN_H": H, "IN_W": W, "BATCH": B, "ROWS": len(rows), "KERNEL_W": kw,
+            "OUT_H": oh, "OUT_W": ow, "FIRST_ROW": rows.start, "STRIDE": stride}
 
 
 def columns(xt, rows, kw, oh, ow, stride):
     """minicaps.conv's columns of kernel rows `rows`, in one launch."""
     import cupy
-    C, H, W, B = xt.shape
+    C, _, _, B = xt.shape
     cols = cupy.empty((C, len(rows), kw, oh, ow, B), dtype=xt.dtype)
-    im2col = _kernel("minicaps_im2col", "raw T xt, " + _COLUMN_PARAMS, "T cols", _IM2COL,
-                     _index_type(xt, cols))
-    im2col(cupy.ascontiguousarray(xt), H, W, B, len(rows), kw, oh, ow, rows.start, stride,
-           cols)
+    im2col = _kernel("minicaps_im2col", "raw T xt", "T cols", _IM2COL,
+                     index=_index_type(xt, cols),
+                     constants=_column_constants(xt.shape, rows, kw, oh, ow, stride))
+    im2col(cupy.ascontiguousarray(xt), cols)
     return cols
 
 
 def add_columns(dxt, dcols, rows, stride):
     """minicaps.conv's adjoint of `columns`, added into dxt (C, H, W, B) in one launch."""
     import cupy
-    _, H, W, B = dxt.shape
-    _, g, kw, oh, ow, _ = dcols.shape
-    col2im = _kernel("minicaps_col2im", "raw T dcols, " + _COLUMN_PARAMS, "T dxt",
-                     _ADD_COLUMNS, _index_type(dxt, dcols))
-    col2im(cupy.ascontiguousarray(dcols), H, W, B, g, kw, oh, ow, rows.start, stride, dxt)
+    _, _, kw, oh, ow, _ = dcols.shape
+    col2im = _kernel("minicaps_col2im", "raw T dcols", "T dxt", _ADD_COLUMNS,
+                     index=_index_type(dxt, dcols),
+                     constants=_column_constants(dxt.shape, rows, kw, oh, ow, stride))
+    col2im(cupy.ascontiguousarray(dcols), dxt)
 
 
 # Adam's update as minicaps.optim.Adam writes it, pass by pass, for one element.

@@ -48,7 +48,7 @@ def column_problems(draw):
 
 
 @needs_gpu
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problem=column_problems())
 def test_fused_columns_and_their_adjoint_equal_the_slice_copies(problem):
     xt, rows, kh, kw, stride = problem

@@ -1,0 +1,120 @@
+"""Where a training step's memory peaks: bytes live at each stage's start and at its peak.
+
+Wraps the stages of the paper's network (the functions minicaps.model calls) and records,
+per image, the bytes allocated when a stage starts (what earlier stages keep) and the most
+allocated while it runs; the step's peak is the largest of those. On the CPU the bytes
+are NumPy's, through tracemalloc; on the GPU (--gpu) CuPy's pool, through an allocator
+that notes its high-water mark. The planner (minicaps/plan.py) models the same stages.
+
+    python benchmarks/memory_stages.py --batch-size 32
+    python benchmarks/memory_stages.py --gpu --batch-size 32
+"""
+import argparse
+import tracemalloc
+
+import numpy as np
+
+import minicaps.model as model
+from minicaps import CapsNet, CapsNetConfig
+from minicaps.backend import xp_for
+from minicaps.plan import plan
+
+STAGES = ["conv2d_forward_batch_last", "primary_capsules_forward", "predictions_forward",
+          "routing_forward", "routing_backward", "predictions_backward",
+          "primary_capsules_backward", "conv2d_backward_batch_last"]
+
+
+class CpuMeter:
+    def __init__(self):
+        tracemalloc.start()
+
+    def now(self):
+        return tracemalloc.get_traced_memory()[0]
+
+    def restart_peak(self):
+        tracemalloc.reset_peak()
+
+    def peak(self):
+        return tracemalloc.get_traced_memory()[1]
+
+
+class GpuMeter:
+    """CuPy's pool with an allocator that keeps the high-water mark of its used bytes."""
+
+    def __init__(self):
+        import cupy
+        self.pool = cupy.get_default_memory_pool()
+        self.high = 0
+
+        def malloc(size):
+            memory = self.pool.malloc(size)
+            self.high = max(self.high, self.pool.used_bytes())
+            return memory
+        cupy.cuda.set_allocator(malloc)
+
+    def now(self):
+        return self.pool.used_bytes()
+
+    def restart_peak(self):
+        self.high = self.now()
+
+    def peak(self):
+        return self.high
+
+
+def measure(config, batch_size, device):
+    """[(stage, bytes live at its start, peak bytes while it runs)] of one loss_and_grads,
+    all above what was allocated before the step (weights, the batch)."""
+    xp = xp_for(device)
+    net = CapsNet.from_config(config, device=device)
+    rng = np.random.default_rng(0)
+    x = xp.asarray(rng.random((batch_size, *config.in_shape), dtype=np.float32))
+    y = xp.asarray(rng.integers(0, config.n_classes, batch_size))
+    net.loss_and_grads(x, y)  # warm-up: CuPy's handles and workspaces
+    meter = CpuMeter() if device == "cpu" else GpuMeter()
+    records, originals = [], {name: getattr(model, name) for name in STAGES}
+
+    def wrapped(name):
+        def stage(*args, **kwargs):
+            if device == "gpu":
+                xp.cuda.Device().synchronize()
+            start = meter.now()
+            meter.restart_peak()
+            result = originals[name](*args, **kwargs)
+            records.append((name, start, meter.peak()))
+            meter.restart_peak()
+            return result
+        return stage
+
+    for name in STAGES:
+        setattr(model, name, wrapped(name))
+    try:
+        base = meter.now()
+        meter.restart_peak()
+        net.loss_and_grads(x, y)
+    finally:
+        for name, function in originals.items():
+            setattr(model, name, function)
+    return [(name, start - base, peak - base) for name, start, peak in records]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--gpu", action="store_true")
+    args = parser.parse_args()
+    device = "gpu" if args.gpu else "cpu"
+    config, B = CapsNetConfig(), args.batch_size
+    records = measure(config, B, device)
+    mib = lambda b: b / B / 2 ** 20  # noqa: E731
+    print(f"the paper's network on the {device}, batch {B}: MiB per image above the weights\n")
+    print("| stage | live at its start | peak while it runs |\n|---|---:|---:|")
+    for name, start, peak in records:
+        print(f"| {name} | {mib(start):.2f} | {mib(peak):.2f} |")
+    peak = max(p for _, _, p in records)
+    print(f"\nstep peak {mib(peak):.2f} MiB per image; planned "
+          f"{mib(plan(config, B, device).step_bytes):.2f}")
+
+
+if __name__ == "__main__":
+    main()
