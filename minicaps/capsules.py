@@ -117,7 +117,9 @@ def predictions_backward(du_hat, cache):
     if G == 1:
         g = du_hat.transpose(2, 0, 1, 3).reshape(I, B, J * E)  # (I, B, J*E)
         du = (g @ w.reshape(I, J * E, D)).transpose(1, 0, 2)  # (B, I, D)
-        dw = (g.transpose(0, 2, 1) @ u.transpose(1, 0, 2)).reshape(I, J, E, D)
+        # dw_i = g_i^T u_i, computed as (u_i^T g_i)^T: the transposed operand is then the
+        # small u (D numbers per capsule), not g, which CuPy would copy whole for the product.
+        dw = (u.transpose(1, 2, 0) @ g).transpose(0, 2, 1).reshape(I, J, E, D)
         return du, dw
     blocks = du_hat.reshape(B, J, N, G, E)
     du = (blocks @ w.transpose(1, 0, 2, 3)[None]).sum(axis=1)  # (B, J, N, G, D) -> (B, N, G, D)
