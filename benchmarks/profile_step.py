@@ -33,7 +33,7 @@ import numpy as np
 from minicaps import Adam, CapsNet, CapsNetConfig
 from minicaps.allocator import reuse_freed_memory
 from minicaps.backend import xp_for
-from minicaps.conv import _add_columns, _columns, _row_groups
+from minicaps.conv import _add_columns, _columns, _row_groups, _row_weights, by_kernel_row
 from minicaps.presets import RS_DEFAULTS
 
 NETWORKS = {
@@ -91,9 +91,9 @@ def conv_parts(config, batch_size, runs, device="cpu"):
     (h1, w1), (oh, ow) = config.conv1_size, config.grid
     O = config.primary_types * config.primary_dim
     xt = xp.asarray(rng.random((C, h1, w1, batch_size), dtype=np.float32))
-    w = xp.asarray(rng.random((O, C, k, k), dtype=np.float32))
+    w_by_row = by_kernel_row(xp.asarray(rng.random((O, C, k, k), dtype=np.float32)))
     dout = xp.asarray(rng.random((O, oh * ow * batch_size), dtype=np.float32))
-    groups = _row_groups(xt, w, oh, ow)
+    groups = _row_groups(xt, k, k, oh, ow)
     synchronize = (lambda: None) if device == "cpu" else xp.cuda.Device().synchronize
 
     def one_run():
@@ -110,7 +110,7 @@ def conv_parts(config, batch_size, runs, device="cpu"):
         def group_operands(rows):
             with timing(COLUMNS):
                 cols = _columns(xt, rows, k, oh, ow, s)
-            w_rows = w[:, :, rows.start:rows.stop].reshape(O, -1)
+            w_rows = _row_weights(w_by_row, rows)
             return cols, w_rows, cols.reshape(w_rows.shape[1], -1)
 
         for rows in groups:  # forward

@@ -1,9 +1,10 @@
 """2-D convolution as matrix products over im2col columns.
 
 im2col and col2im move data with kh*kw strided slices (no scatter-add), so the same code
-runs on NumPy and CuPy. Columns are laid out (C, kh, kw, oh, ow, B), batch last: each slice
-then copies runs of B contiguous numbers instead of runs of ow (6 for the paper's primary
-capsules), which made col2im 3-4 times faster on the CPU.
+runs on NumPy and CuPy. Columns are laid out (kh, C, kw, oh, ow, B): kernel row first, so
+that one (row, column) offset of the kernel is one contiguous block of the columns, and
+batch last, so that each slice copies runs of B contiguous numbers instead of runs of ow
+(6 for the paper's primary capsules), which made col2im 3-4 times faster on the CPU.
 
 The columns of a whole batch are big (95 MB for the paper's primary capsules at batch 32,
 380 MB at 128): the largest part of a training step's memory when kept for backward. So
@@ -12,6 +13,9 @@ columns, and backward rebuilds them instead of keeping them: one more im2col's w
 copying for a memory ceiling of COLUMN_BYTES. Each group is still one large matrix product
 (for the primary capsules a row alone has C*kw = 2304 terms), and every weight row's
 gradient is computed over the whole batch at once, so nothing is accumulated across chunks.
+The weights are put in the columns' order once per pass, (O, kh, C, kw): a group's weight
+matrix is then a view, where slicing (O, C, kh, kw) would copy it for every group, in
+forward and again in backward.
 
 On the GPU the columns and their adjoint are built by fused kernels (minicaps/kernels.py),
 one launch per group instead of kh*kw slice copies, and the ceiling is as low as on the
@@ -39,24 +43,24 @@ def to_batch_last(x, pad=0):
 
 
 def _columns(xt, rows, kw, oh, ow, stride):
-    """Columns (C, len(rows), kw, oh, ow, B) of kernel rows `rows` from xt (C, H', W', B)."""
+    """Columns (len(rows), C, kw, oh, ow, B) of kernel rows `rows` from xt (C, H', W', B)."""
     if kernels.fused(xt):
         return kernels.columns(xt, rows, kw, oh, ow, stride)
     xp = get_array_module(xt)
     C, _, _, B = xt.shape
-    cols = xp.empty((C, len(rows), kw, oh, ow, B), dtype=xt.dtype)
+    cols = xp.empty((len(rows), C, kw, oh, ow, B), dtype=xt.dtype)
 
     def copy(c0, c1):
         for n, i in enumerate(rows):
             for j in range(kw):
-                cols[c0:c1, n, j] = xt[c0:c1, i:i + stride * oh:stride, j:j + stride * ow:stride]
+                cols[n, c0:c1, j] = xt[c0:c1, i:i + stride * oh:stride, j:j + stride * ow:stride]
 
     in_parts(xt, xt.shape[0], copy)  # channel ranges in parallel threads
     return cols
 
 
 def _add_columns(dxt, dcols, rows, stride):
-    """The adjoint of _columns: add dcols (C, len(rows), kw, oh, ow, B) into dxt."""
+    """The adjoint of _columns: add dcols (len(rows), C, kw, oh, ow, B) into dxt."""
     if kernels.fused(dxt):
         kernels.add_columns(dxt, dcols, rows, stride)
         return
@@ -65,13 +69,13 @@ def _add_columns(dxt, dcols, rows, stride):
     def add(c0, c1):
         for n, i in enumerate(rows):
             for j in range(kw):
-                dxt[c0:c1, i:i + stride * oh:stride, j:j + stride * ow:stride] += dcols[c0:c1, n, j]
+                dxt[c0:c1, i:i + stride * oh:stride, j:j + stride * ow:stride] += dcols[n, c0:c1, j]
 
     in_parts(dxt, dxt.shape[0], add)
 
 
 def im2col(x, kh, kw, *, stride=1, pad=0):
-    """Patches of x (B, C, H, W) as columns (C, kh, kw, oh, ow, B)."""
+    """Patches of x (B, C, H, W) as columns (kh, C, kw, oh, ow, B)."""
     _, _, H, W = x.shape
     oh, ow = output_size(H, kh, stride, pad), output_size(W, kw, stride, pad)
     return _columns(to_batch_last(x, pad), range(kh), kw, oh, ow, stride)
@@ -80,21 +84,30 @@ def im2col(x, kh, kw, *, stride=1, pad=0):
 def col2im(cols, x_shape, *, stride=1, pad=0):
     """The adjoint of im2col: sums every column entry back onto the pixel it came from."""
     xp = get_array_module(cols)
-    C, kh, kw, oh, ow, B = cols.shape
+    kh, C, kw, oh, ow, B = cols.shape
     _, _, H, W = x_shape
     dxt = xp.zeros((C, H + 2 * pad, W + 2 * pad, B), dtype=cols.dtype)
     _add_columns(dxt, cols, range(kh), stride)
     return xp.ascontiguousarray(dxt[:, pad:pad + H, pad:pad + W].transpose(3, 0, 1, 2))
 
 
-def _row_groups(xt, w, oh, ow):
+def _row_groups(xt, kh, kw, oh, ow):
     """Kernel rows in groups whose columns fit in COLUMN_BYTES (at least one row each)."""
     xp = get_array_module(xt)
     C, _, _, B = xt.shape
-    kh, kw = w.shape[2:]
     row_bytes = C * kw * oh * ow * B * xt.dtype.itemsize
     size = max(1, min(kh, COLUMN_BYTES[xp.__name__] // row_bytes))
     return [range(i, min(kh, i + size)) for i in range(0, kh, size)]
+
+
+def by_kernel_row(w):
+    """w (O, C, kh, kw) in the columns' order, (O, kh, C, kw), contiguous."""
+    return get_array_module(w).ascontiguousarray(w.transpose(0, 2, 1, 3))
+
+
+def _row_weights(w_by_row, rows):
+    """The (O, g*C*kw) weight matrix of kernel rows `rows`: a view of w_by_row."""
+    return w_by_row[:, rows.start:rows.stop].reshape(w_by_row.shape[0], -1)
 
 
 def conv2d_forward_batch_last(xt, w, b, *, stride=1, pad=0):
@@ -107,37 +120,39 @@ def conv2d_forward_batch_last(xt, w, b, *, stride=1, pad=0):
         xt = get_array_module(xt).pad(xt, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     _, H, W, B = xt.shape
     oh, ow = output_size(H, kh, stride, 0), output_size(W, kw, stride, 0)
+    w_by_row = by_kernel_row(w)
     out = None
-    for rows in _row_groups(xt, w, oh, ow):
-        cols = _columns(xt, rows, kw, oh, ow, stride)  # (C, g, kw, oh, ow, B)
-        w_rows = w[:, :, rows.start:rows.stop].reshape(O, -1)  # (O, C*g*kw)
+    for rows in _row_groups(xt, kh, kw, oh, ow):
+        cols = _columns(xt, rows, kw, oh, ow, stride)  # (g, C, kw, oh, ow, B)
+        w_rows = _row_weights(w_by_row, rows)  # (O, g*C*kw)
         part = w_rows @ cols.reshape(w_rows.shape[1], -1)  # (O, oh*ow*B)
         out = part if out is None else out + part
     out = out.reshape(O, oh, ow, B)
     out += b.reshape(O, 1, 1, 1)
-    return out, (xt, w, stride, pad)
+    return out, (xt, w_by_row, stride, pad)
 
 
 def conv2d_backward_batch_last(dout, cache, *, need_dx=True):
     """dxt (C, H, W, B) or None, dw, db from dout (O, oh, ow, B)."""
-    xt, w, stride, pad = cache
+    xt, w_by_row, stride, pad = cache
     xp = get_array_module(dout)
-    O, C, kh, kw = w.shape
+    O, kh, C, kw = w_by_row.shape
     _, oh, ow, _ = dout.shape
     dout_2d = dout.reshape(O, -1)  # (O, oh*ow*B)
-    dw = xp.empty_like(w)
+    dw_by_row = xp.empty_like(w_by_row)
     dxt = xp.zeros_like(xt) if need_dx else None
-    for rows in _row_groups(xt, w, oh, ow):
+    for rows in _row_groups(xt, kh, kw, oh, ow):
         cols = _columns(xt, rows, kw, oh, ow, stride)
         cols_shape = cols.shape
-        cols_2d = cols.reshape(-1, dout_2d.shape[1])  # (C*g*kw, oh*ow*B)
-        dw[:, :, rows.start:rows.stop] = (dout_2d @ cols_2d.T).reshape(O, C, len(rows), kw)
+        cols_2d = cols.reshape(-1, dout_2d.shape[1])  # (g*C*kw, oh*ow*B)
+        dw_by_row[:, rows.start:rows.stop] = (dout_2d @ cols_2d.T).reshape(O, len(rows), C, kw)
         del cols, cols_2d  # freed before their gradient, as large, is allocated
         if need_dx:
-            w_rows = w[:, :, rows.start:rows.stop].reshape(O, -1)
+            w_rows = _row_weights(w_by_row, rows)
             _add_columns(dxt, (w_rows.T @ dout_2d).reshape(cols_shape), rows, stride)
     if need_dx and pad:
         dxt = dxt[:, pad:-pad, pad:-pad]
+    dw = xp.ascontiguousarray(dw_by_row.transpose(0, 2, 1, 3))  # back to (O, C, kh, kw)
     return dxt, dw, dout_2d.sum(axis=1)
 
 

@@ -62,7 +62,7 @@ def _index_type(*arrays):
     return "int32" if max(a.size for a in arrays) < 2 ** 31 else "int64"
 
 
-# Columns (C, g, kw, oh, ow, B) of kernel rows r0 .. r0 + g - 1 from xt (C, H, W, B): one
+# Columns (g, C, kw, oh, ow, B) of kernel rows r0 .. r0 + g - 1 from xt (C, H, W, B): one
 # thread per column entry, reading the pixel it copies. Shapes are compiled-in constants
 # (see _kernel): a network has a handful of them, each compiled once.
 _IM2COL = """
@@ -71,8 +71,8 @@ _IM2COL = """
     const idx_t x = t % OUT_W; t /= OUT_W;
     const idx_t y = t % OUT_H; t /= OUT_H;
     const idx_t j = t % KERNEL_W; t /= KERNEL_W;
-    const idx_t n = t % ROWS;
-    const idx_t c = t / ROWS;
+    const idx_t c = t % CHANNELS;
+    const idx_t n = t / CHANNELS;
     cols = xt[((c * IN_H + FIRST_ROW + n + STRIDE * y) * IN_W + j + STRIDE * x) * BATCH + b];
 """
 
@@ -92,8 +92,8 @@ _ADD_COLUMNS = """
         for (int j = 0; j < KERNEL_W; ++j) {
             const int dx = w - j;
             if (dx < 0 || dx % STRIDE != 0 || dx / STRIDE >= OUT_W) continue;
-            sum = sum + dcols[((((c * ROWS + n) * KERNEL_W + j) * OUT_H + dy / STRIDE) * OUT_W
-                               + dx / STRIDE) * BATCH + b];
+            sum = sum + dcols[((((n * CHANNELS + c) * KERNEL_W + j) * OUT_H + dy / STRIDE)
+                               * OUT_W + dx / STRIDE) * BATCH + b];
         }
     }
     dxt = sum;
@@ -101,8 +101,8 @@ _ADD_COLUMNS = """
 
 
 def _column_constants(xt_shape, rows, kw, oh, ow, stride):
-    _, H, W, B = xt_shape
-    return {"IN_H": H, "IN_W": W, "BATCH": B, "ROWS": len(rows), "KERNEL_W": kw,
+    C, H, W, B = xt_shape
+    return {"CHANNELS": C, "IN_H": H, "IN_W": W, "BATCH": B, "ROWS": len(rows), "KERNEL_W": kw,
             "OUT_H": oh, "OUT_W": ow, "FIRST_ROW": rows.start, "STRIDE": stride}
 
 
@@ -110,7 +110,7 @@ def columns(xt, rows, kw, oh, ow, stride):
     """minicaps.conv's columns of kernel rows `rows`, in one launch."""
     import cupy
     C, _, _, B = xt.shape
-    cols = cupy.empty((C, len(rows), kw, oh, ow, B), dtype=xt.dtype)
+    cols = cupy.empty((len(rows), C, kw, oh, ow, B), dtype=xt.dtype)
     im2col = _kernel("minicaps_im2col", "raw T xt", "T cols", _IM2COL,
                      index=_index_type(xt, cols),
                      constants=_column_constants(xt.shape, rows, kw, oh, ow, stride))
