@@ -58,9 +58,11 @@ for name in "${@:-env tests compare portable memory profile epoch sweep suite}";
         tests) part tests 400 $py -m pytest -q -x -p no:cacheprovider tests/test_gpu.py \
                    tests/test_kernels.py ;;
         compare) part compare 300 $py benchmarks/compare_torch.py --gpu --memory \
-                     --batch-sizes 32,128,256 --steps 20
+                     --batch-sizes 32,128,256 --steps 30
+                 part compare-again 300 $py benchmarks/compare_torch.py --gpu \
+                     --batch-sizes 32,128,256 --steps 30
                  part compare-tf32 300 $py benchmarks/compare_torch.py --gpu --tf32 \
-                     --batch-sizes 32,128,256 --steps 20 ;;
+                     --batch-sizes 32,128,256 --steps 30 ;;
         portable) part portable 300 portable ;;
         memory) part memory 200 bash -c "$py benchmarks/memory_stages.py --gpu --batch-size 32 &&
                     $py benchmarks/memory_stages.py --gpu --batch-size 128" ;;
