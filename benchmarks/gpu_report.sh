@@ -6,8 +6,8 @@
 #
 #     MNIST=path/to/mnist OUT=gpu-report bash benchmarks/gpu_report.sh [part ...]
 #
-# Parts: env tests compare portable memory profile epoch sweep suite (all, in that order,
-# if none named).
+# Parts: env tests compare portable host memory profile epoch sweep suite (all, in that
+# order, if none named).
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
@@ -31,6 +31,29 @@ env_info() {
 'matmul tf32', torch.backends.cuda.matmul.allow_tf32)"
 }
 
+host_profile() {  # where the host's time goes in GPU steps at batch 32 (launch-bound there)
+    $py - <<'PY'
+import cProfile, pstats, numpy as np, cupy
+from minicaps import Adam, CapsNet, CapsNetConfig
+net = CapsNet.from_config(CapsNetConfig(), device="gpu")
+opt = Adam(net.params, lr=1e-4)
+x = cupy.asarray(np.random.default_rng(0).random((32, 1, 28, 28), dtype=np.float32))
+y = cupy.arange(32) % 10
+def step():
+    opt.step(net.loss_and_grads(x, y)[1])
+for _ in range(3):
+    step()
+cupy.cuda.Device().synchronize()
+profiler = cProfile.Profile()
+profiler.enable()
+for _ in range(10):
+    step()
+cupy.cuda.Device().synchronize()
+profiler.disable()
+pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+PY
+}
+
 portable() {  # fused kernels against the portable code, alternated, three rounds
     for round in 1 2 3; do
         for fused in 1 0; do
@@ -49,9 +72,9 @@ epoch() {  # two 60,000-image MNIST epochs (no validation split) at batch 128
     cat /tmp/mnist-gpu/metrics.jsonl
 }
 
-export -f env_info portable epoch
+export -f env_info host_profile portable epoch
 export py out
-for name in "${@:-env tests compare portable memory profile epoch sweep suite}"; do
+for name in "${@:-env tests compare portable host memory profile epoch sweep suite}"; do
     for name in $name; do
         case $name in
         env) part env 60 env_info ;;
@@ -64,6 +87,7 @@ for name in "${@:-env tests compare portable memory profile epoch sweep suite}";
                  part compare-tf32 300 $py benchmarks/compare_torch.py --gpu --tf32 \
                      --batch-sizes 32,128,256 --steps 30 ;;
         portable) part portable 300 portable ;;
+        host) part host 120 host_profile ;;
         memory) part memory 200 bash -c "$py benchmarks/memory_stages.py --gpu --batch-size 32 &&
                     $py benchmarks/memory_stages.py --gpu --batch-size 128" ;;
         profile) part profile 200 $py benchmarks/profile_step.py --gpu --batch-size 128 \
