@@ -33,7 +33,8 @@ import numpy as np
 from minicaps import Adam, CapsNet, CapsNetConfig
 from minicaps.allocator import reuse_freed_memory
 from minicaps.backend import xp_for
-from minicaps.conv import _add_columns, _columns, _row_groups, _row_weights, by_kernel_row
+from minicaps.conv import (_add_columns, _columns, _kernel_rows, _row_groups, _row_weights,
+                           by_kernel_row)
 from minicaps.presets import RS_DEFAULTS
 
 NETWORKS = {
@@ -77,9 +78,11 @@ def stage_seconds(stats, name, caller):
     return total
 
 
-COLUMNS, OUTPUT, WEIGHT_GRADIENT, COLUMN_GRADIENT, COL2IM = CONV_PARTS = (
-    "columns (forward and again in backward)", "output product", "weight-gradient product",
-    "column-gradient product", "col2im (adding the column gradient back)")
+COLUMNS, REORDER, OUTPUT, WEIGHT_GRADIENT, COLUMN_GRADIENT, COL2IM = CONV_PARTS = (
+    "columns (forward and again in backward)",
+    "weights into the columns' order, their gradient back", "output product",
+    "weight-gradient product", "column-gradient product",
+    "col2im (adding the column gradient back)")
 
 
 def conv_parts(config, batch_size, runs, device="cpu"):
@@ -91,7 +94,8 @@ def conv_parts(config, batch_size, runs, device="cpu"):
     (h1, w1), (oh, ow) = config.conv1_size, config.grid
     O = config.primary_types * config.primary_dim
     xt = xp.asarray(rng.random((C, h1, w1, batch_size), dtype=np.float32))
-    w_by_row = by_kernel_row(xp.asarray(rng.random((O, C, k, k), dtype=np.float32)))
+    w = xp.asarray(rng.random((O, C, k, k), dtype=np.float32))
+    dw = xp.empty_like(w)
     dout = xp.asarray(rng.random((O, oh * ow * batch_size), dtype=np.float32))
     groups = _row_groups(xt, k, k, oh, ow)
     synchronize = (lambda: None) if device == "cpu" else xp.cuda.Device().synchronize
@@ -107,21 +111,25 @@ def conv_parts(config, batch_size, runs, device="cpu"):
             synchronize()
             seconds[part] += time.perf_counter() - start
 
-        def group_operands(rows):
+        def group_columns(rows):
             with timing(COLUMNS):
                 cols = _columns(xt, rows, k, oh, ow, s)
-            w_rows = _row_weights(w_by_row, rows)
-            return cols, w_rows, cols.reshape(w_rows.shape[1], -1)
+            return cols, cols.reshape(-1, dout.shape[1])
 
+        with timing(REORDER):
+            w_by_row = by_kernel_row(w)
         for rows in groups:  # forward
-            _, w_rows, cols_2d = group_operands(rows)
+            _, cols_2d = group_columns(rows)
             with timing(OUTPUT):
-                w_rows @ cols_2d
+                _row_weights(w_by_row, rows) @ cols_2d
         dxt = xp.zeros_like(xt)
         for rows in groups:  # backward, which rebuilds the columns
-            cols, w_rows, cols_2d = group_operands(rows)
+            cols, cols_2d = group_columns(rows)
             with timing(WEIGHT_GRADIENT):
-                dout @ cols_2d.T
+                dw_rows = (dout @ cols_2d.T).reshape(O, len(rows), C, k)
+            with timing(REORDER):
+                _kernel_rows(dw, rows)[...] = dw_rows.transpose(0, 2, 1, 3)
+                w_rows = by_kernel_row(_kernel_rows(w, rows)).reshape(O, -1)
             with timing(COLUMN_GRADIENT):
                 dcols = w_rows.T @ dout
             with timing(COL2IM):

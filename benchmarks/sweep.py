@@ -48,7 +48,7 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|")
     for what, value, config, batch in rows():
         r = benchmark(config, batch_size=batch, steps=args.steps, warmup=1, device=device)
-        p = plan(config, batch, device)
+        p = plan(config, batch)
         predicted = batch / p.step_seconds(rate, bandwidth)
         print(f"| {what} | {value} | {batch} | {r['images_per_s']:.1f} | "
               f"{r['infer_images_per_s']:.1f} | {r['gflops']:.0f} | "

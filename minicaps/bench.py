@@ -63,8 +63,9 @@ def benchmark(config, *, batch_size=32, steps=10, warmup=2, device="cpu", seed=0
     """Time `steps` training steps (forward, backward, Adam) and as many inference passes.
 
     Returns a dict: images_per_s, step_s_median, infer_images_per_s, infer_s_median,
-    peak_mem_bytes (activations and gradients of one training step, weights and Adam
-    state not included), predicted_mem_bytes (the planner's figure for the same), gflops
+    peak_mem_bytes (what one training step allocates: activations, gradients, the update's
+    temporaries; weights and Adam's moments not included), predicted_mem_bytes (the
+    planner's figure for the same), gflops
     (achieved, from the planner's FLOP count), and the configuration's sizes.
     """
     xp = xp_for(device)
@@ -86,7 +87,7 @@ def benchmark(config, *, batch_size=32, steps=10, warmup=2, device="cpu", seed=0
         infer_step()
     step_s = _median_seconds(xp, train_step, steps)
     infer_s = _median_seconds(xp, infer_step, steps)
-    peak = peak_step_bytes(xp, lambda: net.loss_and_grads(x, y))
+    peak = peak_step_bytes(xp, train_step)
     planned = plan(config, batch_size)
     return {
         "device": device,

@@ -119,8 +119,8 @@ def predictions_backward(du_hat, cache):
         du = (g @ w.reshape(I, J * E, D)).transpose(1, 0, 2)  # (B, I, D)
         # dw_i = g_i^T u_i, computed as (u_i^T g_i)^T: the transposed operand is then the
         # small u (D numbers per capsule), not g, which CuPy would copy whole for the product.
-        dw = (u.transpose(1, 2, 0) @ g).transpose(0, 2, 1).reshape(I, J, E, D)
-        return du, dw
+        dw = (u.transpose(1, 2, 0) @ g).transpose(0, 2, 1)  # (I, J*E, D), a view
+        return du, get_array_module(dw).ascontiguousarray(dw).reshape(I, J, E, D)
     blocks = du_hat.reshape(B, J, N, G, E)
     du = (blocks @ w.transpose(1, 0, 2, 3)[None]).sum(axis=1)  # (B, J, N, G, D) -> (B, N, G, D)
     dw = (blocks.transpose(0, 1, 2, 4, 3) @ u.reshape(B, 1, N, G, D)).sum(axis=0)  # (J, N, E, D)

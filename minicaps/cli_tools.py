@@ -57,7 +57,7 @@ def plan_command(batch_size, gpu, as_json, **options):
     """Parameters, memory, FLOPs and a predicted step time, without building the network."""
     config = network_config(options)
     device = _device(gpu)
-    p = plan(config, batch_size, device)
+    p = plan(config, batch_size)
     rate, bandwidth = gemm_gflops(device), bandwidth_gbs(device)
     step_s = p.step_seconds(rate, bandwidth)
     free = available_bytes(device)

@@ -1,7 +1,7 @@
 """2-D convolution as matrix products over im2col columns.
 
-im2col and col2im move data with kh*kw strided slices (no scatter-add), so the same code
-runs on NumPy and CuPy. Columns are laid out (kh, C, kw, oh, ow, B): kernel row first, so
+The portable im2col and col2im move data with kh*kw strided slices (no scatter-add), so the
+same code runs on NumPy and CuPy. Columns are laid out (kh, C, kw, oh, ow, B): kernel row first, so
 that one (row, column) offset of the kernel is one contiguous block of the columns, and
 batch last, so that each slice copies runs of B contiguous numbers instead of runs of ow
 (6 for the paper's primary capsules), which made col2im 3-4 times faster on the CPU.
@@ -14,21 +14,24 @@ copying for a memory ceiling of COLUMN_BYTES. Each group is still one large matr
 (for the primary capsules a row alone has C*kw = 2304 terms), and every weight row's
 gradient is computed over the whole batch at once, so nothing is accumulated across chunks.
 Forward puts the weights in the columns' order once, (O, kh, C, kw), so that each group's
-weight matrix is a view; backward instead reorders each group's rows on their own, so that
-it never holds the reordered weights whole beside their gradient (21 MB each for the
-primary capsules, a fifth of a step's memory at batch 32).
+weight matrix is a view (NumPy multiplies it in place; CuPy copies a matrix whose rows are
+not adjacent, so there a group of fewer than kh rows still costs a copy); backward instead
+reorders each group's rows on their own, so that it never holds the reordered weights whole
+beside their gradient (21 MB each for the primary capsules, a fifth of a step's memory at
+batch 32).
 
 On the GPU the columns and their adjoint are built by fused kernels (minicaps/kernels.py),
-one launch per group instead of kh*kw slice copies, and the ceiling is as low as on the
-CPU: a group of the paper's primary capsules is then one kernel row from batch 32 up (at
-128 a matrix product of 256 x 2304 x 4608, still enough to keep the GPU busy), and the
-columns and their gradient take a ninth of the memory that the whole kernel's would.
+one launch per group instead of kh*kw slice copies, and the ceiling is the CPU's: a group
+of the paper's primary capsules is then one kernel row from batch 32 up (at 128 a matrix
+product of 256 x 2304 x 4608, still enough to keep the GPU busy), and the columns take a
+ninth of the memory that the whole kernel's would. Each group's columns are freed before
+the next group's (and, in backward, before their own gradient) are made.
 """
 from . import kernels
 from .backend import get_array_module
 from .parallel import in_parts
 
-COLUMN_BYTES = {"numpy": 16 * 2 ** 20, "cupy": 16 * 2 ** 20}
+COLUMN_BYTES = 16 * 2 ** 20  # the same on both devices (see above)
 
 
 def output_size(size, kernel, stride, pad):
@@ -94,10 +97,9 @@ def col2im(cols, x_shape, *, stride=1, pad=0):
 
 def _row_groups(xt, kh, kw, oh, ow):
     """Kernel rows in groups whose columns fit in COLUMN_BYTES (at least one row each)."""
-    xp = get_array_module(xt)
     C, _, _, B = xt.shape
     row_bytes = C * kw * oh * ow * B * xt.dtype.itemsize
-    size = max(1, min(kh, COLUMN_BYTES[xp.__name__] // row_bytes))
+    size = max(1, min(kh, COLUMN_BYTES // row_bytes))
     return [range(i, min(kh, i + size)) for i in range(0, kh, size)]
 
 
@@ -132,7 +134,11 @@ def conv2d_forward_batch_last(xt, w, b, *, stride=1, pad=0):
         cols = _columns(xt, rows, kw, oh, ow, stride)  # (g, C, kw, oh, ow, B)
         w_rows = _row_weights(w_by_row, rows)  # (O, g*C*kw)
         part = w_rows @ cols.reshape(w_rows.shape[1], -1)  # (O, oh*ow*B)
-        out = part if out is None else out + part
+        del cols  # before the next group's columns are built
+        if out is None:
+            out = part
+        else:
+            out += part
     out = out.reshape(O, oh, ow, B)
     out += b.reshape(O, 1, 1, 1)
     return out, (xt, w, stride, pad)
@@ -157,6 +163,7 @@ def conv2d_backward_batch_last(dout, cache, *, need_dx=True):
         if need_dx:
             w_rows = by_kernel_row(_kernel_rows(w, rows)).reshape(O, -1)  # (O, g*C*kw)
             _add_columns(dxt, (w_rows.T @ dout_2d).reshape(cols_shape), rows, stride)
+            del w_rows  # before the next group's columns are built
     if need_dx and pad:
         dxt = dxt[:, pad:-pad, pad:-pad]
     return dxt, dw, dout_2d.sum(axis=1)

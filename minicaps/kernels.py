@@ -5,9 +5,10 @@ im2col copies a kernel's worth of strided slices one by one (81 slices for a 9x9
 each a Python-side view and a launch), col2im adds as many back, and Adam runs ten
 element-wise passes per parameter. Each kernel here does one of those in a single launch.
 
-Every kernel computes exactly what the portable code computes, operation for operation and
-in the same order (compiled with --fmad=false, so no multiply-add is contracted into one
-rounding), which makes the results equal bit for bit: tests/test_gpu.py checks that
+im2col, col2im and Adam compute exactly what the portable code computes, operation for
+operation and in the same order (Adam compiled with --fmad=false, so that no multiply-add
+is contracted into one rounding), which makes their results equal bit for bit; squash and
+softmax sum in another order and agree to rounding. tests/test_kernels.py checks both
 against `portable()`. The portable code stays the reference and the only path on the CPU.
 
 MINICAPS_FUSED=0 in the environment turns the kernels off (for comparing the two paths).
@@ -42,16 +43,16 @@ def _kernel(name, in_params, out_params, body, *, index="int64", constants=None)
     """An ElementwiseKernel, built once on first use (CuPy compiles it on its first call).
 
     `index` (int32 or int64) is the type of idx_t, which the body does its index
-    arithmetic in. `constants` are compiled in as macros: a kernel specialised to one
-    shape divides by constants, which the compiler turns into multiplications and shifts
-    (a division by a number known only at run time costs tens of instructions)."""
+    arithmetic in. `constants` are compiled in: a kernel specialised to one shape divides
+    by constants, which the compiler turns into multiplications and shifts (a division by
+    a number known only at run time costs tens of instructions)."""
     constants = constants or {}
     key = (name, index, tuple(sorted(constants.items())))
     if key not in _compiled:
         import cupy
         c_type = {"int32": "unsigned int", "int64": "unsigned long long"}[index]
         preamble = "\n".join([f"typedef {c_type} idx_t;"]
-                             + [f"#define {k} {v}" for k, v in constants.items()])
+                             + [f"constexpr int {k} = {v};" for k, v in constants.items()])
         _compiled[key] = cupy.ElementwiseKernel(in_params, out_params, body, name,
                                                 preamble=preamble, options=_EXACT)
     return _compiled[key]
@@ -62,9 +63,9 @@ def _index_type(*arrays):
     return "int32" if max(a.size for a in arrays) < 2 ** 31 else "int64"
 
 
-# Columns (g, C, kw, oh, ow, B) of kernel rows r0 .. r0 + g - 1 from xt (C, H, W, B): one
-# thread per column entry, reading the pixel it copies. Shapes are compiled-in constants
-# (see _kernel): a network has a handful of them, each compiled once.
+# Columns (g, C, kw, oh, ow, B) of kernel rows first_row .. first_row + g - 1 from xt
+# (C, H, W, B): one thread per column entry, reading the pixel it copies. Shapes are
+# compiled-in constants (see _kernel): a network has a handful of them, each compiled once.
 _IM2COL = """
     idx_t t = i;
     const idx_t b = t % BATCH; t /= BATCH;
@@ -73,7 +74,7 @@ _IM2COL = """
     const idx_t j = t % KERNEL_W; t /= KERNEL_W;
     const idx_t c = t % CHANNELS;
     const idx_t n = t / CHANNELS;
-    cols = xt[((c * IN_H + FIRST_ROW + n + STRIDE * y) * IN_W + j + STRIDE * x) * BATCH + b];
+    cols = xt[((c * IN_H + first_row + n + STRIDE * y) * IN_W + j + STRIDE * x) * BATCH + b];
 """
 
 # col2im as a gather: one thread per pixel of xt (C, H, W, B) adds up, in the portable
@@ -87,7 +88,7 @@ _ADD_COLUMNS = """
     const idx_t c = t / IN_H;
     T sum = dxt;
     for (int n = 0; n < ROWS; ++n) {
-        const int dy = h - FIRST_ROW - n;
+        const int dy = h - first_row - n;
         if (dy < 0 || dy % STRIDE != 0 || dy / STRIDE >= OUT_H) continue;
         for (int j = 0; j < KERNEL_W; ++j) {
             const int dx = w - j;
@@ -101,9 +102,12 @@ _ADD_COLUMNS = """
 
 
 def _column_constants(xt_shape, rows, kw, oh, ow, stride):
+    """The shape of a group's columns, compiled in; the group's first kernel row is an
+    argument instead, so that the groups of one convolution share their kernel."""
+    assert rows.step == 1
     C, H, W, B = xt_shape
     return {"CHANNELS": C, "IN_H": H, "IN_W": W, "BATCH": B, "ROWS": len(rows), "KERNEL_W": kw,
-            "OUT_H": oh, "OUT_W": ow, "FIRST_ROW": rows.start, "STRIDE": stride}
+            "OUT_H": oh, "OUT_W": ow, "STRIDE": stride}
 
 
 def columns(xt, rows, kw, oh, ow, stride):
@@ -111,10 +115,10 @@ def columns(xt, rows, kw, oh, ow, stride):
     import cupy
     C, _, _, B = xt.shape
     cols = cupy.empty((len(rows), C, kw, oh, ow, B), dtype=xt.dtype)
-    im2col = _kernel("minicaps_im2col", "raw T xt", "T cols", _IM2COL,
+    im2col = _kernel("minicaps_im2col", "raw T xt, int32 first_row", "T cols", _IM2COL,
                      index=_index_type(xt, cols),
                      constants=_column_constants(xt.shape, rows, kw, oh, ow, stride))
-    im2col(cupy.ascontiguousarray(xt), cols)
+    im2col(cupy.ascontiguousarray(xt), rows.start, cols)
     return cols
 
 
@@ -122,10 +126,10 @@ def add_columns(dxt, dcols, rows, stride):
     """minicaps.conv's adjoint of `columns`, added into dxt (C, H, W, B) in one launch."""
     import cupy
     _, _, kw, oh, ow, _ = dcols.shape
-    col2im = _kernel("minicaps_col2im", "raw T dcols", "T dxt", _ADD_COLUMNS,
+    col2im = _kernel("minicaps_col2im", "raw T dcols, int32 first_row", "T dxt", _ADD_COLUMNS,
                      index=_index_type(dxt, dcols),
                      constants=_column_constants(dxt.shape, rows, kw, oh, ow, stride))
-    col2im(cupy.ascontiguousarray(dcols), dxt)
+    col2im(cupy.ascontiguousarray(dcols), rows.start, dxt)
 
 
 # Adam's update as minicaps.optim.Adam writes it, pass by pass, for one element.

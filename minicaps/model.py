@@ -186,10 +186,10 @@ class CapsNet(Network):
 
     def _capsules_backward(self, dv, caches, grads):
         """Backward from the class capsules to conv1, taking the capsule caches out of the
-        dict `caches`. Each cache and gradient is dropped as soon as it has been used:
-        routing's u_hat and its gradient du_hat (B x J x I x E each, the largest arrays of
-        a step) are then freed before the primary capsules' backward allocates its columns,
-        which lowers the peak memory of a step by a third at batch 32."""
+        dict `caches`. Routing's cache and the predictions' are dropped as soon as they
+        have been used, and so is du_hat: u_hat and du_hat (B x J x I x E each, the largest
+        arrays of a step) are then freed before the primary capsules' backward allocates
+        its columns, which lowers the peak memory of a step by a third at batch 32."""
         conv_cache, relu_cache, primary_cache, pred_cache, routing_cache = caches.pop("capsules")
         du_hat = routing_backward(self._all_parents(dv), routing_cache)
         del routing_cache

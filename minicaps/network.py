@@ -2,7 +2,8 @@
 batch preparation, and the loss interface the trainer and the gradient checker use.
 
 A subclass provides `_forward_loss(x, y) -> (loss, parts, caches)`, `_backward(caches)
--> grads`, `predict(x)`, and `_kinks(caches)` (the sides of its non-smooth points).
+-> grads` (which may consume the caches, freeing each as it goes), `predict(x)`, and
+`_kinks(caches)` (the sides of its non-smooth points).
 """
 import numpy as np
 

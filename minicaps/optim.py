@@ -13,6 +13,8 @@ from .parallel import in_parts
 
 AVERAGE = "average"  # the state_dict prefix of the weight average: "average.<param name>"
 
+ADAM_CHUNK = 1 << 18  # elements per pass of the portable update
+
 
 @dataclass(frozen=True)
 class ExponentialDecay:
@@ -117,13 +119,16 @@ class Adam(Optimizer):
             flat = [a.reshape(-1) for a in (p, grads[name], self.m[name], self.v[name])]
 
             def update(start, stop, flat=flat):
-                p, g, m, v = (a[start:stop] for a in flat)
-                xp = get_array_module(p)
-                m *= self.beta1
-                m += (1 - self.beta1) * g
-                v *= self.beta2
-                v += (1 - self.beta2) * (g * g)
-                p -= step_size * m / (xp.sqrt(v) + eps)
+                # In chunks, so that the passes' temporaries stay small (a whole-array pass
+                # over the primary capsules' weights would allocate 21 MB per temporary).
+                for chunk in range(start, stop, ADAM_CHUNK):
+                    p, g, m, v = (a[chunk:min(stop, chunk + ADAM_CHUNK)] for a in flat)
+                    xp = get_array_module(p)
+                    m *= self.beta1
+                    m += (1 - self.beta1) * g
+                    v *= self.beta2
+                    v += (1 - self.beta2) * (g * g)
+                    p -= step_size * m / (xp.sqrt(v) + eps)
 
             in_parts(flat[0], flat[0].size, update)
 

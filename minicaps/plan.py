@@ -80,22 +80,21 @@ def _sizes(config, B):
     }
 
 
-def _group_elements(config, batch_size, device, conv):
+def _group_elements(config, batch_size, conv):
     """Elements of the im2col columns of one group of kernel rows (see conv.COLUMN_BYTES)."""
     C, K, k = input_channels(config), config.conv_channels, config.kernel_size
     (oh, ow), channels = ((config.conv1_size, C) if conv == "conv1" else (config.grid, K))
     row = channels * k * oh * ow * batch_size
-    budget = COLUMN_BYTES["cupy" if device == "gpu" else "numpy"]
-    return max(1, min(k, budget // (row * np.dtype(config.dtype).itemsize))) * row
+    return max(1, min(k, COLUMN_BYTES // (row * np.dtype(config.dtype).itemsize))) * row
 
 
-def step_bytes(config, batch_size, device="cpu"):
+def step_bytes(config, batch_size):
     """Peak bytes of one training step: at each stage, what the stages before it keep for
     backward and is still held, that stage's transient, and the gradients made so far."""
     n = _sizes(config, batch_size)
     itemsize = np.dtype(config.dtype).itemsize
-    cols1 = _group_elements(config, batch_size, device, "conv1")
-    cols2 = _group_elements(config, batch_size, device, "primary")
+    cols1 = _group_elements(config, batch_size, "conv1")
+    cols2 = _group_elements(config, batch_size, "primary")
     shapes = config.param_shapes()
     grads = lambda prefix: sum(int(np.prod(s)) for name, s in shapes.items()  # noqa: E731
                                if name.startswith(prefix))
@@ -105,19 +104,21 @@ def step_bytes(config, batch_size, device="cpu"):
     conv_kept = 2 * n["x"] + n["conv1_out"]
     cached = conv_kept + 2 * n["u"] + n["u_hat"] + n["couplings"] + n["decoder"]
     after_routing = cached - n["u_hat"] - n["couplings"]
-    forward = max(2 * n["x"] + cols1 + 2 * n["conv1_out"],  # pre-activation and ReLU output
-                  conv_kept + cols2 + 2 * n["primary_out"])
+    # Forward: one group's columns at a time, the output and a group's part of it, and the
+    # weights reordered into the columns' order.
+    forward = max(2 * n["x"] + cols1 + 2 * n["conv1_out"] + grads("conv1"),
+                  conv_kept + cols2 + 2 * n["primary_out"] + grads("primary"))
     routing_backward = (cached + 2 * n["routing_left"] + n["u_hat"]  # paths, stacked; du_hat
                         + grads("decoder"))
     shared = config.share_transforms and config.n_primary > config.primary_types
     predictions_backward = after_routing + n["u_hat"] + (  # du_hat and its reordered copy
         n["u"] * config.n_classes if shared else n["u_hat"]) + grads("decoder") + grads("caps")
-    # A convolution's backward holds one group's columns or their gradient at a time, and
-    # dx; conv1's needs no dx (its input is the image).
-    # The group's weight gradient is made whole before it is copied into dw.
+    # A convolution's backward holds dx and, at a time, one group's columns and their
+    # weight gradient, or its reordered weights and the columns' gradient; conv1's needs no
+    # dx (its input is the image).
     d = _dims(config)
-    group_dw = cols2 // (d.gh * d.gw * batch_size) * d.TD
-    primary_backward = (after_routing - n["u"] + cols2 + 2 * n["conv1_out"] + group_dw
+    group_weights = cols2 // (d.gh * d.gw * batch_size) * d.TD
+    primary_backward = (after_routing - n["u"] + n["conv1_out"] + cols2 + group_weights
                         + grads("decoder") + grads("caps") + grads("primary"))
     conv1_backward = conv_kept + n["conv1_out"] + cols1 + config.n_params()
     return itemsize * max(forward, routing_backward, predictions_backward, primary_backward,
@@ -176,7 +177,7 @@ def _cnn_layers(config):
     return layers
 
 
-def _cnn_plan(config, batch_size, device):
+def _cnn_plan(config, batch_size):
     """The CNN baseline's plan, by the same accounting as the CapsNet's: each convolution
     keeps its padded batch-last input, its output and ReLU output (plus the pooled output
     and its int64 winners). Going forward, a layer's column group and the output it makes
@@ -187,7 +188,7 @@ def _cnn_plan(config, batch_size, device):
     of backward: a CNN's are small). FLOPs: the convolutions and FC layers."""
     B, k, pad = batch_size, config.kernel_size, config.kernel_size // 2
     itemsize = np.dtype(config.dtype).itemsize
-    budget = COLUMN_BYTES["cupy" if device == "gpu" else "numpy"] // itemsize
+    budget = COLUMN_BYTES // itemsize
     cached = forward_peak = backward_transient = conv_flops = traffic = 0
     for n, (C, K, H, W, pooled) in enumerate(_cnn_layers(config)):
         out = K * H * W
@@ -213,17 +214,18 @@ def _cnn_plan(config, batch_size, device):
                 batch_size=batch_size)
 
 
-def plan(config, batch_size, device="cpu"):
-    """The Plan of a training step of `config` (a CapsNetConfig or CNNConfig)."""
+def plan(config, batch_size):
+    """The Plan of a training step of `config` (a CapsNetConfig or CNNConfig): the same on
+    either device, since both build the columns in groups of the same size."""
     if kind_of(config) == "cnn":
-        return _cnn_plan(config, batch_size, device)
+        return _cnn_plan(config, batch_size)
     n = config.n_params()
     itemsize = np.dtype(config.dtype).itemsize
     forward, train = flops_per_image(config)
     f = _flop_parts(config)
     gemm = 3 * (f["conv1"] + f["primary"] + f["decoder"]) - f["conv1"]
     return Plan(n_params=n, param_bytes=3 * n * itemsize,
-                step_bytes=step_bytes(config, batch_size, device),
+                step_bytes=step_bytes(config, batch_size),
                 flops_forward=forward, flops_train=train, gemm_flops_train=float(gemm),
                 traffic_bytes=traffic_per_image(config), batch_size=batch_size)
 
@@ -244,11 +246,11 @@ def available_bytes(device):
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def largest_batch(config, budget_bytes, device="cpu"):
+def largest_batch(config, budget_bytes):
     """The largest batch size whose step fits in budget_bytes (0 if none does), by
     bisection: memory grows with the batch, but not in proportion (the im2col columns are
     capped)."""
-    fits = lambda b: plan(config, b, device).total_bytes <= budget_bytes  # noqa: E731
+    fits = lambda b: plan(config, b).total_bytes <= budget_bytes  # noqa: E731
     if not fits(1):
         return 0
     low, high = 1, 2
@@ -263,11 +265,11 @@ def largest_batch(config, budget_bytes, device="cpu"):
 def check_fits(config, batch_size, device="cpu", *, headroom=0.9):
     """Raise MinicapsError, with a batch size that would fit, when a training step of this
     configuration needs more than `headroom` of the device's available memory."""
-    need = plan(config, batch_size, device).total_bytes
+    need = plan(config, batch_size).total_bytes
     budget = headroom * available_bytes(device)
     if need <= budget:
         return
-    fits = largest_batch(config, budget, device)
+    fits = largest_batch(config, budget)
     hint = (f"try --batch-size {fits}" if fits >= 1 else
             "even one image does not fit: use a smaller input, crop, or fewer capsules")
     raise MinicapsError(f"a training step needs {need / GIB:.1f} GiB at batch size "

@@ -4,19 +4,20 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from minicaps import CapsNet, CapsNetConfig, MinicapsError
+from minicaps import Adam, CapsNet, CapsNetConfig, MinicapsError
 from minicaps.cnn import PoolingCNN
 from minicaps.plan import check_fits, flops_per_image, largest_batch, plan
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(),  # the paper's network
-    dict(in_shape=(1, 28, 28), conv_channels=64, primary_types=8),
-    dict(in_shape=(3, 40, 52), n_classes=5, conv_channels=32, primary_types=4,
-         conv_stride=2, routing_iters=5, reconstruction=False),
+@pytest.mark.parametrize("kwargs, B", [
+    (dict(), 4),  # the paper's network: at batch 4 the primary capsules' backward peaks,
+    (dict(), 32),  # at 32 routing's backward
+    (dict(in_shape=(1, 28, 28), conv_channels=64, primary_types=8), 16),
+    (dict(in_shape=(3, 40, 52), n_classes=5, conv_channels=32, primary_types=4,
+          conv_stride=2, routing_iters=5, reconstruction=False), 16),
 ])
-def test_predicted_memory_is_within_a_quarter_of_the_measured_peak(kwargs):
-    assert_memory_prediction(CapsNet(**kwargs))
+def test_predicted_memory_is_within_15_percent_of_the_measured_peak(kwargs, B):
+    assert_memory_prediction(CapsNet(**kwargs), B)
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -24,22 +25,24 @@ def test_predicted_memory_is_within_a_quarter_of_the_measured_peak(kwargs):
     dict(in_shape=(3, 48, 96), n_classes=16, channels=(16, 32, 32), hidden=(64,)),
 ])
 def test_the_cnn_baseline_is_planned_like_the_capsnet(kwargs):
-    assert_memory_prediction(PoolingCNN(**kwargs))
+    assert_memory_prediction(PoolingCNN(**kwargs), 16)
 
 
-def assert_memory_prediction(net):
-    B = 16
+def assert_memory_prediction(net, B):
+    """The planner's step_bytes against the peak of one training step (forward, backward,
+    Adam's update) above what was allocated before it (weights, Adam's moments, the batch).
+    The band is tight enough to catch a regression such as backward keeping routing's
+    cache to the end (the paper's net at batch 32: 1.05 -> 0.67)."""
     rng = np.random.default_rng(0)
     x = rng.random((B, *net.config.in_shape)).astype(np.float32)
     y = rng.integers(0, net.config.n_classes, B)
+    optimizer = Adam(net.params, lr=1e-3)
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    net.loss_and_grads(x, y)
-    measured = tracemalloc.get_traced_memory()[1] - before  # activations and gradients
+    optimizer.step(net.loss_and_grads(x, y)[1])
+    measured = tracemalloc.get_traced_memory()[1] - before
     tracemalloc.stop()
-    predicted = plan(net.config, B).step_bytes
-    print(f"predicted / measured: {predicted / measured:.3f}")
-    assert 0.75 < predicted / measured < 1.25
+    assert 0.85 < plan(net.config, B).step_bytes / measured < 1.15
 
 
 def test_flops_of_the_papers_network():

@@ -88,6 +88,30 @@ def test_conv_equals_a_naive_loop(stride, pad):
     np.testing.assert_allclose(out, naive_conv(x, w, b, stride, pad), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("rows_per_group", [1, 2])  # 2 of 3 rows: an uneven split
+@pytest.mark.parametrize("stride,pad", [(1, 0), (2, 1)])
+def test_conv_in_groups_of_kernel_rows_equals_the_whole_kernel(monkeypatch, rows_per_group,
+                                                              stride, pad):
+    """Forward and backward with the kernel rows in groups (each group's columns, weight
+    rows and their gradients) give what one group of all the rows gives."""
+    from minicaps import conv
+    rng = np.random.default_rng(rows_per_group)
+    x, w, b = rng.standard_normal((2, 3, 9, 8)), rng.standard_normal((4, 3, 3, 3)), \
+        rng.standard_normal(4)
+    out, cache = conv.conv2d_forward(x, w, b, stride=stride, pad=pad)
+    dout = rng.standard_normal(out.shape)
+    whole = conv.conv2d_backward(dout, cache)
+    oh, ow = out.shape[2:]
+    row_bytes = 3 * 3 * oh * ow * 2 * x.itemsize  # C * kw * oh * ow * B
+    monkeypatch.setattr(conv, "COLUMN_BYTES", rows_per_group * row_bytes)
+    groups = conv._row_groups(conv.to_batch_last(x, pad), 3, 3, oh, ow)
+    assert [len(rows) for rows in groups] == {1: [1, 1, 1], 2: [2, 1]}[rows_per_group]
+    grouped_out, grouped_cache = conv.conv2d_forward(x, w, b, stride=stride, pad=pad)
+    np.testing.assert_allclose(grouped_out, out, rtol=1e-12, atol=1e-12)
+    for grouped, expected in zip(conv.conv2d_backward(dout, grouped_cache), whole):
+        np.testing.assert_allclose(grouped, expected, rtol=1e-12, atol=1e-12)
+
+
 def test_maxpool_equals_a_naive_loop():
     from minicaps.pooling import maxpool_forward
     x = np.random.default_rng(0).standard_normal((2, 3, 7, 9))
