@@ -31,7 +31,8 @@ def rows():
         yield "classes", j, dataclasses.replace(PAPER, n_classes=j), 32
     for size in (28, 40, 56):
         yield "input size", f"{size}x{size}", dataclasses.replace(PAPER, in_shape=(1, size, size)), 32
-    yield "logo corners (R&S defaults: 3x48x96, conv 128 9x9 stride 2, no decoder)", "-", LOGOS, 32
+    yield ("logo corners (R&S defaults without the contrast channels: 3x48x96, conv 128 9x9 "
+           "stride 2, no decoder)", "-", LOGOS, 32)
 
 
 def main():
