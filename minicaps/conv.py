@@ -1,10 +1,11 @@
 """2-D convolution as matrix products over im2col columns.
 
-The portable im2col and col2im move data with kh*kw strided slices (no scatter-add), so the
-same code runs on NumPy and CuPy. Columns are laid out (kh, C, kw, oh, ow, B): kernel row first, so
-that one (row, column) offset of the kernel is one contiguous block of the columns, and
-batch last, so that each slice copies runs of B contiguous numbers instead of runs of ow
-(6 for the paper's primary capsules), which made col2im 3-4 times faster on the CPU.
+The portable im2col and col2im move data with kh*kw strided slices (no scatter-add), so
+the same code runs on NumPy and CuPy. Columns are laid out (kh, C, kw, oh, ow, B): kernel
+row first, so that one (row, column) offset of the kernel is one contiguous block of the
+columns, and batch last, so that each slice copies runs of B contiguous numbers instead of
+runs of ow (6 for the paper's primary capsules), which made col2im 3-4 times faster on the
+CPU.
 
 The columns of a whole batch are big (95 MB for the paper's primary capsules at batch 32,
 380 MB at 128): the largest part of a training step's memory when kept for backward. So
@@ -17,7 +18,7 @@ Forward puts the weights in the columns' order once, (O, kh, C, kw), so that eac
 weight matrix is a view (NumPy multiplies it in place; CuPy copies a matrix whose rows are
 not adjacent, so there a group of fewer than kh rows still costs a copy); backward instead
 reorders each group's rows on their own, so that it never holds the reordered weights whole
-beside their gradient (21 MB each for the primary capsules, a fifth of a step's memory at
+beside their gradient (21 MB each for the primary capsules, a quarter of a step's peak at
 batch 32).
 
 On the GPU the columns and their adjoint are built by fused kernels (minicaps/kernels.py),
