@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from minicaps import Adam, CapsNet, CapsNetConfig  # noqa: E402
 from minicaps.allocator import reuse_freed_memory  # noqa: E402
 from minicaps.backend import to_host, xp_for  # noqa: E402
-from minicaps.bench import peak_step_bytes  # noqa: E402
+from minicaps.bench import peak_step_bytes, synchronize  # noqa: E402
 
 
 def minicaps_step(net, optimizer, x, y):
@@ -61,7 +61,7 @@ def synchronizers(device):
     if device == "cpu":
         return (lambda: None), (lambda: None)
     import torch
-    return (lambda: xp_for("gpu").cuda.Device().synchronize()), torch.cuda.synchronize
+    return (lambda: synchronize(xp_for("gpu"))), torch.cuda.synchronize
 
 
 def setup(config, batch_size, device, seed=0):

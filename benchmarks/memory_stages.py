@@ -17,6 +17,7 @@ import numpy as np
 import minicaps.model as model
 from minicaps import CapsNet, CapsNetConfig
 from minicaps.backend import xp_for
+from minicaps.bench import synchronize
 from minicaps.plan import plan
 
 STAGES = ["conv2d_forward_batch_last", "primary_capsules_forward", "predictions_forward",
@@ -76,8 +77,7 @@ def measure(config, batch_size, device):
 
     def wrapped(name):
         def stage(*args, **kwargs):
-            if device == "gpu":
-                xp.cuda.Device().synchronize()
+            synchronize(xp)
             start = meter.now()
             meter.restart_peak()
             result = originals[name](*args, **kwargs)

@@ -33,6 +33,7 @@ import numpy as np
 from minicaps import Adam, CapsNet, CapsNetConfig
 from minicaps.allocator import reuse_freed_memory
 from minicaps.backend import xp_for
+from minicaps.bench import synchronize
 from minicaps.conv import (_add_columns, _columns, _kernel_rows, _row_groups, _row_weights,
                            by_kernel_row)
 from minicaps.presets import RS_DEFAULTS
@@ -98,17 +99,16 @@ def conv_parts(config, batch_size, runs, device="cpu"):
     dw = xp.empty_like(w)
     dout = xp.asarray(rng.random((O, oh * ow * batch_size), dtype=np.float32))
     groups = _row_groups(xt, k, k, oh, ow)
-    synchronize = (lambda: None) if device == "cpu" else xp.cuda.Device().synchronize
 
     def one_run():
         seconds = dict.fromkeys(CONV_PARTS, 0.0)
 
         @contextmanager
         def timing(part):
-            synchronize()
+            synchronize(xp)
             start = time.perf_counter()
             yield
-            synchronize()
+            synchronize(xp)
             seconds[part] += time.perf_counter() - start
 
         def group_columns(rows):

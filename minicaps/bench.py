@@ -17,7 +17,8 @@ from .optim import Adam
 from .plan import plan
 
 
-def _synchronize(xp):
+def synchronize(xp):
+    """Wait until the GPU has done what was asked of it (nothing to wait for on the CPU)."""
     if xp is not np:
         xp.cuda.Device().synchronize()
 
@@ -42,7 +43,7 @@ def peak_step_bytes(xp, step):
     xp.cuda.set_allocator(tracking_malloc)
     try:
         step()
-        _synchronize(xp)
+        synchronize(xp)
     finally:
         xp.cuda.set_allocator(pool.malloc)
     return peak[0] - before
@@ -51,10 +52,10 @@ def peak_step_bytes(xp, step):
 def _median_seconds(xp, step, steps):
     times = []
     for _ in range(steps):
-        _synchronize(xp)
+        synchronize(xp)
         start = time.perf_counter()
         step()
-        _synchronize(xp)
+        synchronize(xp)
         times.append(time.perf_counter() - start)
     return float(np.median(times))
 

@@ -119,11 +119,11 @@ class Adam(Optimizer):
             flat = [a.reshape(-1) for a in (p, grads[name], self.m[name], self.v[name])]
 
             def update(start, stop, flat=flat):
+                xp = get_array_module(flat[0])
                 # In chunks, so that the passes' temporaries stay small (a whole-array pass
                 # over the primary capsules' weights would allocate 21 MB per temporary).
                 for chunk in range(start, stop, ADAM_CHUNK):
                     p, g, m, v = (a[chunk:min(stop, chunk + ADAM_CHUNK)] for a in flat)
-                    xp = get_array_module(p)
                     m *= self.beta1
                     m += (1 - self.beta1) * g
                     v *= self.beta2

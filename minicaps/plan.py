@@ -96,8 +96,10 @@ def step_bytes(config, batch_size):
     cols1 = _group_elements(config, batch_size, "conv1")
     cols2 = _group_elements(config, batch_size, "primary")
     shapes = config.param_shapes()
-    grads = lambda prefix: sum(int(np.prod(s)) for name, s in shapes.items()  # noqa: E731
-                               if name.startswith(prefix))
+    # Elements of the parameters named prefix*: their gradients once backward has made
+    # them, and forward's copy of a convolution's weights reordered into the columns' order.
+    weights = lambda prefix: sum(int(np.prod(s)) for name, s in shapes.items()  # noqa: E731
+                                 if name.startswith(prefix))
     # conv1 keeps its batch-last input (and the loss the image), its ReLU output (which is
     # also the primary capsules' input); the primary capsules keep their squash's input
     # and the predictions their input u; routing keeps u_hat and the couplings.
@@ -106,20 +108,20 @@ def step_bytes(config, batch_size):
     after_routing = cached - n["u_hat"] - n["couplings"]
     # Forward: one group's columns at a time, the output and a group's part of it, and the
     # weights reordered into the columns' order.
-    forward = max(2 * n["x"] + cols1 + 2 * n["conv1_out"] + grads("conv1"),
-                  conv_kept + cols2 + 2 * n["primary_out"] + grads("primary"))
+    forward = max(2 * n["x"] + cols1 + 2 * n["conv1_out"] + weights("conv1"),
+                  conv_kept + cols2 + 2 * n["primary_out"] + weights("primary"))
     routing_backward = (cached + 2 * n["routing_left"] + n["u_hat"]  # paths, stacked; du_hat
-                        + grads("decoder"))
+                        + weights("decoder"))
     shared = config.share_transforms and config.n_primary > config.primary_types
     predictions_backward = after_routing + n["u_hat"] + (  # du_hat and its reordered copy
-        n["u"] * config.n_classes if shared else n["u_hat"]) + grads("decoder") + grads("caps")
+        n["u"] * config.n_classes if shared else n["u_hat"]) + weights("decoder") + weights("caps")
     # A convolution's backward holds dx and, at a time, one group's columns and their
     # weight gradient, or its reordered weights and the columns' gradient; conv1's needs no
     # dx (its input is the image).
     d = _dims(config)
     group_weights = cols2 // (d.gh * d.gw * batch_size) * d.TD
     primary_backward = (after_routing - n["u"] + n["conv1_out"] + cols2 + group_weights
-                        + grads("decoder") + grads("caps") + grads("primary"))
+                        + weights("decoder") + weights("caps") + weights("primary"))
     conv1_backward = conv_kept + n["conv1_out"] + cols1 + config.n_params()
     return itemsize * max(forward, routing_backward, predictions_backward, primary_backward,
                           conv1_backward)
