@@ -34,8 +34,7 @@ from minicaps import Adam, CapsNet, CapsNetConfig
 from minicaps.allocator import reuse_freed_memory
 from minicaps.backend import xp_for
 from minicaps.bench import synchronize
-from minicaps.conv import (_add_columns, _columns, _kernel_rows, _row_groups, _row_weights,
-                           by_kernel_row)
+from minicaps.conv import _add_columns, _columns, _group_weights, _groups
 from minicaps.presets import RS_DEFAULTS
 
 NETWORKS = {
@@ -79,10 +78,9 @@ def stage_seconds(stats, name, caller):
     return total
 
 
-COLUMNS, REORDER, OUTPUT, WEIGHT_GRADIENT, COLUMN_GRADIENT, COL2IM = CONV_PARTS = (
-    "columns (forward and again in backward)",
-    "weights into the columns' order, their gradient back", "output product",
-    "weight-gradient product", "column-gradient product",
+COLUMNS, OUTPUT, WEIGHT_GRADIENT, INTO_DW, COLUMN_GRADIENT, COL2IM = CONV_PARTS = (
+    "columns (forward and again in backward)", "output product", "weight-gradient product",
+    "each group's weight gradient into dw", "column-gradient product",
     "col2im (adding the column gradient back)")
 
 
@@ -98,7 +96,7 @@ def conv_parts(config, batch_size, runs, device="cpu"):
     w = xp.asarray(rng.random((O, C, k, k), dtype=np.float32))
     dw = xp.empty_like(w)
     dout = xp.asarray(rng.random((O, oh * ow * batch_size), dtype=np.float32))
-    groups = _row_groups(xt, k, k, oh, ow)
+    groups = _groups(xt, k, k, oh, ow)
 
     def one_run():
         seconds = dict.fromkeys(CONV_PARTS, 0.0)
@@ -111,29 +109,26 @@ def conv_parts(config, batch_size, runs, device="cpu"):
             synchronize(xp)
             seconds[part] += time.perf_counter() - start
 
-        def group_columns(rows):
+        def group_columns(group):
             with timing(COLUMNS):
-                cols = _columns(xt, rows, k, oh, ow, s)
+                cols = _columns(xt[group], k, k, oh, ow, s)
             return cols, cols.reshape(-1, dout.shape[1])
 
-        with timing(REORDER):
-            w_by_row = by_kernel_row(w)
-        for rows in groups:  # forward
-            _, cols_2d = group_columns(rows)
+        for group in groups:  # forward
+            _, cols_2d = group_columns(group)
             with timing(OUTPUT):
-                _row_weights(w_by_row, rows) @ cols_2d
+                _group_weights(w, group) @ cols_2d
         dxt = xp.zeros_like(xt)
-        for rows in groups:  # backward, which rebuilds the columns
-            cols, cols_2d = group_columns(rows)
+        for group in groups:  # backward, which rebuilds the columns
+            cols, cols_2d = group_columns(group)
             with timing(WEIGHT_GRADIENT):
-                dw_rows = (dout @ cols_2d.T).reshape(O, len(rows), C, k)
-            with timing(REORDER):
-                _kernel_rows(dw, rows)[...] = dw_rows.transpose(0, 2, 1, 3)
-                w_rows = by_kernel_row(_kernel_rows(w, rows)).reshape(O, -1)
+                dw_group = dout @ cols_2d.T
+            with timing(INTO_DW):
+                dw[:, group] = dw_group.reshape(O, -1, k, k)
             with timing(COLUMN_GRADIENT):
-                dcols = w_rows.T @ dout
+                dcols = _group_weights(w, group).T @ dout
             with timing(COL2IM):
-                _add_columns(dxt, dcols.reshape(cols.shape), rows, s)
+                _add_columns(dxt[group], dcols.reshape(cols.shape), s)
         return seconds
 
     one_run()  # warm-up
@@ -147,7 +142,7 @@ def print_conv_parts(config, batch_size, runs, device):
     parts, flops, n_groups = conv_parts(config, batch_size, runs, device)
     total = sum(parts.values())
     print(f"the primary capsules' convolution on the {device}, batch {batch_size}, {n_groups} "
-          f"groups of kernel rows: {total * 1e3:.1f} ms forward and backward (medians of "
+          f"groups of input channels: {total * 1e3:.1f} ms forward and backward (medians of "
           f"{runs})\n")
     print("| part | ms | share | GFLOP/s |\n|---|---:|---:|---:|")
     for part, seconds in parts.items():

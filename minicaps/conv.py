@@ -1,38 +1,34 @@
 """2-D convolution as matrix products over im2col columns.
 
 The portable im2col and col2im move data with kh*kw strided slices (no scatter-add), so
-the same code runs on NumPy and CuPy. Columns are laid out (kh, C, kw, oh, ow, B): kernel
-row first, so that one (row, column) offset of the kernel is one contiguous block of the
-columns, and batch last, so that each slice copies runs of B contiguous numbers instead of
-runs of ow (6 for the paper's primary capsules), which made col2im 3-4 times faster on the
-CPU.
+the same code runs on NumPy and CuPy. Columns are laid out (C, kh, kw, oh, ow, B): the
+weights' own order, so that the weight matrix of any range of input channels is a view of
+w (O, C, kh, kw), its gradient a slice of dw, and nothing is reordered; and batch last, so
+that each slice copies runs of B contiguous numbers instead of runs of ow (6 for the
+paper's primary capsules), which made col2im 3-4 times faster on the CPU.
 
 The columns of a whole batch are big (95 MB for the paper's primary capsules at batch 32,
 380 MB at 128): the largest part of a training step's memory when kept for backward. So
-the convolution works through the kernel's rows in groups, building only that group's
+the convolution works through the input channels in groups, building only that group's
 columns, and backward rebuilds them instead of keeping them: one more im2col's worth of
 copying for a memory ceiling of COLUMN_BYTES. Each group is still one large matrix product
-(for the primary capsules a row alone has C*kw = 2304 terms), and every weight row's
-gradient is computed over the whole batch at once, so nothing is accumulated across chunks.
-Forward puts the weights in the columns' order once, (O, kh, C, kw), so that each group's
-weight matrix is a view (NumPy multiplies it in place; CuPy copies a matrix whose rows are
-not adjacent, so there a group of fewer than kh rows still costs a copy); backward instead
-reorders each group's rows on their own, so that it never holds the reordered weights whole
-beside their gradient (21 MB each for the primary capsules, a quarter of a step's peak at
-batch 32).
+(for the primary capsules 42 channels make 3402 terms), and every weight's gradient is
+computed over the whole batch at once, so nothing is accumulated across chunks. Each
+group's columns are freed before the next group's (and, in backward, before their own
+gradient) are made.
 
 On the GPU the columns and their adjoint are built by fused kernels (minicaps/kernels.py),
-one launch per group instead of kh*kw slice copies, and the ceiling is the CPU's: a group
-of the paper's primary capsules is then one kernel row from batch 32 up (at 128 a matrix
-product of 256 x 2304 x 4608, still enough to keep the GPU busy), and the columns take a
-ninth of the memory that the whole kernel's would. Each group's columns are freed before
-the next group's (and, in backward, before their own gradient) are made.
+one launch per group instead of kh*kw slice copies.
 """
 from . import kernels
 from .backend import get_array_module
 from .parallel import in_parts
 
-COLUMN_BYTES = 16 * 2 ** 20  # the same on both devices (see above)
+COLUMN_BYTES = 16 * 2 ** 20  # a group's columns, the same on both devices
+# Each group costs some fixed work (Python, and on the GPU a few launches of ~10 us): past
+# this many groups the columns of one group are small next to the step's activations, so
+# a large batch lets its groups grow past COLUMN_BYTES rather than multiply.
+MAX_GROUPS = 8
 
 
 def output_size(size, kernel, stride, pad):
@@ -47,76 +43,74 @@ def to_batch_last(x, pad=0):
     return xp.pad(xt, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else xt
 
 
-def _columns(xt, rows, kw, oh, ow, stride):
-    """Columns (len(rows), C, kw, oh, ow, B) of kernel rows `rows` from xt (C, H', W', B)."""
+def channel_groups(channels, channel_bytes):
+    """Slices of range(channels), of near-equal sizes, whose columns (channel_bytes per
+    channel) fit in COLUMN_BYTES: at least one channel each, at most MAX_GROUPS groups."""
+    per_group = max(1, COLUMN_BYTES // channel_bytes)
+    n = min(MAX_GROUPS, -(-channels // per_group))
+    bounds = [channels * g // n for g in range(n + 1)]
+    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _groups(xt, kh, kw, oh, ow):
+    """channel_groups of xt (C, H, W, B) for a kh x kw kernel with oh x ow outputs."""
+    C, _, _, B = xt.shape
+    return channel_groups(C, kh * kw * oh * ow * B * xt.dtype.itemsize)
+
+
+def _columns(xt, kh, kw, oh, ow, stride):
+    """Columns (C, kh, kw, oh, ow, B) of xt (C, H, W, B)."""
     if kernels.fused(xt):
-        return kernels.columns(xt, rows, kw, oh, ow, stride)
+        return kernels.columns(xt, kh, kw, oh, ow, stride)
     xp = get_array_module(xt)
     C, _, _, B = xt.shape
-    cols = xp.empty((len(rows), C, kw, oh, ow, B), dtype=xt.dtype)
+    cols = xp.empty((C, kh, kw, oh, ow, B), dtype=xt.dtype)
 
     def copy(c0, c1):
-        for n, i in enumerate(rows):
+        for i in range(kh):
             for j in range(kw):
-                cols[n, c0:c1, j] = xt[c0:c1, i:i + stride * oh:stride, j:j + stride * ow:stride]
+                cols[c0:c1, i, j] = xt[c0:c1, i:i + stride * oh:stride, j:j + stride * ow:stride]
 
-    in_parts(xt, xt.shape[0], copy)  # channel ranges in parallel threads
+    in_parts(xt, C, copy)  # channel ranges in parallel threads
     return cols
 
 
-def _add_columns(dxt, dcols, rows, stride):
-    """The adjoint of _columns: add dcols (len(rows), C, kw, oh, ow, B) into dxt."""
+def _add_columns(dxt, dcols, stride):
+    """The adjoint of _columns: add dcols (C, kh, kw, oh, ow, B) into dxt (C, H, W, B)."""
     if kernels.fused(dxt):
-        kernels.add_columns(dxt, dcols, rows, stride)
+        kernels.add_columns(dxt, dcols, stride)
         return
-    _, _, kw, oh, ow, _ = dcols.shape
+    _, kh, kw, oh, ow, _ = dcols.shape
 
     def add(c0, c1):
-        for n, i in enumerate(rows):
+        for i in range(kh):
             for j in range(kw):
-                dxt[c0:c1, i:i + stride * oh:stride, j:j + stride * ow:stride] += dcols[n, c0:c1, j]
+                dxt[c0:c1, i:i + stride * oh:stride, j:j + stride * ow:stride] += dcols[c0:c1, i, j]
 
     in_parts(dxt, dxt.shape[0], add)
 
 
 def im2col(x, kh, kw, *, stride=1, pad=0):
-    """Patches of x (B, C, H, W) as columns (kh, C, kw, oh, ow, B)."""
+    """Patches of x (B, C, H, W) as columns (C, kh, kw, oh, ow, B)."""
     _, _, H, W = x.shape
     oh, ow = output_size(H, kh, stride, pad), output_size(W, kw, stride, pad)
-    return _columns(to_batch_last(x, pad), range(kh), kw, oh, ow, stride)
+    return _columns(to_batch_last(x, pad), kh, kw, oh, ow, stride)
 
 
 def col2im(cols, x_shape, *, stride=1, pad=0):
     """The adjoint of im2col: sums every column entry back onto the pixel it came from."""
     xp = get_array_module(cols)
-    kh, C, kw, oh, ow, B = cols.shape
+    C, kh, kw, oh, ow, B = cols.shape
     _, _, H, W = x_shape
     dxt = xp.zeros((C, H + 2 * pad, W + 2 * pad, B), dtype=cols.dtype)
-    _add_columns(dxt, cols, range(kh), stride)
+    _add_columns(dxt, cols, stride)
     return xp.ascontiguousarray(dxt[:, pad:pad + H, pad:pad + W].transpose(3, 0, 1, 2))
 
 
-def _row_groups(xt, kh, kw, oh, ow):
-    """Kernel rows in groups whose columns fit in COLUMN_BYTES (at least one row each)."""
-    C, _, _, B = xt.shape
-    row_bytes = C * kw * oh * ow * B * xt.dtype.itemsize
-    size = max(1, min(kh, COLUMN_BYTES // row_bytes))
-    return [range(i, min(kh, i + size)) for i in range(0, kh, size)]
-
-
-def by_kernel_row(w):
-    """w (O, C, kh, kw) in the columns' order, (O, kh, C, kw), contiguous."""
-    return get_array_module(w).ascontiguousarray(w.transpose(0, 2, 1, 3))
-
-
-def _row_weights(w_by_row, rows):
-    """The (O, g*C*kw) weight matrix of kernel rows `rows`: a view of w_by_row."""
-    return w_by_row[:, rows.start:rows.stop].reshape(w_by_row.shape[0], -1)
-
-
-def _kernel_rows(w, rows):
-    """The (O, C, g, kw) part of w (O, C, kh, kw) that holds kernel rows `rows`."""
-    return w[:, :, rows.start:rows.stop]
+def _group_weights(w, group):
+    """The (O, g*kh*kw) weight matrix of input channels `group`: a view of w (O, C, kh, kw)
+    (NumPy multiplies it in place; CuPy copies it, as its rows are not adjacent)."""
+    return w[:, group].reshape(w.shape[0], -1)
 
 
 def conv2d_forward_batch_last(xt, w, b, *, stride=1, pad=0):
@@ -129,12 +123,11 @@ def conv2d_forward_batch_last(xt, w, b, *, stride=1, pad=0):
         xt = get_array_module(xt).pad(xt, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     _, H, W, B = xt.shape
     oh, ow = output_size(H, kh, stride, 0), output_size(W, kw, stride, 0)
-    w_by_row = by_kernel_row(w)
     out = None
-    for rows in _row_groups(xt, kh, kw, oh, ow):
-        cols = _columns(xt, rows, kw, oh, ow, stride)  # (g, C, kw, oh, ow, B)
-        w_rows = _row_weights(w_by_row, rows)  # (O, g*C*kw)
-        part = w_rows @ cols.reshape(w_rows.shape[1], -1)  # (O, oh*ow*B)
+    for group in _groups(xt, kh, kw, oh, ow):
+        cols = _columns(xt[group], kh, kw, oh, ow, stride)  # (g, kh, kw, oh, ow, B)
+        w_group = _group_weights(w, group)  # (O, g*kh*kw)
+        part = w_group @ cols.reshape(w_group.shape[1], -1)  # (O, oh*ow*B)
         del cols  # before the next group's columns are built
         if out is None:
             out = part
@@ -154,17 +147,16 @@ def conv2d_backward_batch_last(dout, cache, *, need_dx=True):
     dout_2d = dout.reshape(O, -1)  # (O, oh*ow*B)
     dw = xp.empty_like(w)
     dxt = xp.zeros_like(xt) if need_dx else None
-    for rows in _row_groups(xt, kh, kw, oh, ow):
-        cols = _columns(xt, rows, kw, oh, ow, stride)
+    for group in _groups(xt, kh, kw, oh, ow):
+        cols = _columns(xt[group], kh, kw, oh, ow, stride)
         cols_shape = cols.shape
-        cols_2d = cols.reshape(-1, dout_2d.shape[1])  # (g*C*kw, oh*ow*B)
-        dw_rows = (dout_2d @ cols_2d.T).reshape(O, len(rows), C, kw)
-        _kernel_rows(dw, rows)[...] = dw_rows.transpose(0, 2, 1, 3)
-        del cols, cols_2d, dw_rows  # freed before the columns' gradient, as large, is made
+        cols_2d = cols.reshape(-1, dout_2d.shape[1])  # (g*kh*kw, oh*ow*B)
+        dw[:, group] = (dout_2d @ cols_2d.T).reshape(O, -1, kh, kw)
+        del cols, cols_2d  # freed before the columns' gradient, as large, is made
         if need_dx:
-            w_rows = by_kernel_row(_kernel_rows(w, rows)).reshape(O, -1)  # (O, g*C*kw)
-            _add_columns(dxt, (w_rows.T @ dout_2d).reshape(cols_shape), rows, stride)
-            del w_rows  # before the next group's columns are built
+            dcols = _group_weights(w, group).T @ dout_2d  # (g*kh*kw, oh*ow*B)
+            _add_columns(dxt[group], dcols.reshape(cols_shape), stride)
+            del dcols  # before the next group's columns are built
     if need_dx and pad:
         dxt = dxt[:, pad:-pad, pad:-pad]
     return dxt, dw, dout_2d.sum(axis=1)

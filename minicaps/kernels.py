@@ -50,12 +50,17 @@ def _kernel(name, in_params, out_params, body, *, index="int64", constants=None)
     key = (name, index, tuple(sorted(constants.items())))
     if key not in _compiled:
         import cupy
-        c_type = {"int32": "unsigned int", "int64": "unsigned long long"}[index]
-        preamble = "\n".join([f"typedef {c_type} idx_t;"]
-                             + [f"constexpr int {k} = {v};" for k, v in constants.items()])
         _compiled[key] = cupy.ElementwiseKernel(in_params, out_params, body, name,
-                                                preamble=preamble, options=_EXACT)
+                                                preamble=preamble(index, constants),
+                                                options=_EXACT)
     return _compiled[key]
+
+
+def preamble(index, constants):
+    """The C++ that a kernel body is compiled after: idx_t and the compiled-in constants."""
+    c_type = {"int32": "unsigned int", "int64": "unsigned long long"}[index]
+    return "\n".join([f"typedef {c_type} idx_t;"]
+                     + [f"constexpr int {k} = {v};" for k, v in constants.items()])
 
 
 def _index_type(*arrays):
@@ -63,37 +68,39 @@ def _index_type(*arrays):
     return "int32" if max(a.size for a in arrays) < 2 ** 31 else "int64"
 
 
-# Columns (g, C, kw, oh, ow, B) of kernel rows first_row .. first_row + g - 1 from xt
-# (C, H, W, B): one thread per column entry, reading the pixel it copies. Shapes are
-# compiled-in constants (see _kernel): a network has a handful of them, each compiled once.
-_IM2COL = """
+# Columns (C, kh, kw, oh, ow, B) of xt (C, H, W, B): one thread per column entry, reading
+# the pixel it copies. Shapes are compiled-in constants (see _kernel): a network has a
+# handful of them, each compiled once. The channel count is not one of them (c is what is
+# left of the index), so that channel groups of different sizes share a kernel. The
+# kernel row is r, as i is the thread's index.
+IM2COL = """
     idx_t t = i;
     const idx_t b = t % BATCH; t /= BATCH;
     const idx_t x = t % OUT_W; t /= OUT_W;
     const idx_t y = t % OUT_H; t /= OUT_H;
     const idx_t j = t % KERNEL_W; t /= KERNEL_W;
-    const idx_t c = t % CHANNELS;
-    const idx_t n = t / CHANNELS;
-    cols = xt[((c * IN_H + first_row + n + STRIDE * y) * IN_W + j + STRIDE * x) * BATCH + b];
+    const idx_t r = t % KERNEL_H;
+    const idx_t c = t / KERNEL_H;
+    cols = xt[((c * IN_H + r + STRIDE * y) * IN_W + j + STRIDE * x) * BATCH + b];
 """
 
 # col2im as a gather: one thread per pixel of xt (C, H, W, B) adds up, in the portable
-# code's order (kernel row n, then column j), the column entries that were copied from it.
+# code's order (kernel row r, then column j), the column entries that were copied from it.
 # No two threads write one pixel, so no atomics, and the sum is deterministic.
-_ADD_COLUMNS = """
+ADD_COLUMNS = """
     idx_t t = i;
     const idx_t b = t % BATCH; t /= BATCH;
     const int w = t % IN_W; t /= IN_W;
     const int h = t % IN_H;
     const idx_t c = t / IN_H;
     T sum = dxt;
-    for (int n = 0; n < ROWS; ++n) {
-        const int dy = h - first_row - n;
+    for (int r = 0; r < KERNEL_H; ++r) {
+        const int dy = h - r;
         if (dy < 0 || dy % STRIDE != 0 || dy / STRIDE >= OUT_H) continue;
         for (int j = 0; j < KERNEL_W; ++j) {
             const int dx = w - j;
             if (dx < 0 || dx % STRIDE != 0 || dx / STRIDE >= OUT_W) continue;
-            sum = sum + dcols[((((n * CHANNELS + c) * KERNEL_W + j) * OUT_H + dy / STRIDE)
+            sum = sum + dcols[((((c * KERNEL_H + r) * KERNEL_W + j) * OUT_H + dy / STRIDE)
                                * OUT_W + dx / STRIDE) * BATCH + b];
         }
     }
@@ -101,35 +108,33 @@ _ADD_COLUMNS = """
 """
 
 
-def _column_constants(xt_shape, rows, kw, oh, ow, stride):
-    """The shape of a group's columns, compiled in; the group's first kernel row is an
-    argument instead, so that the groups of one convolution share their kernel."""
-    assert rows.step == 1
-    C, H, W, B = xt_shape
-    return {"CHANNELS": C, "IN_H": H, "IN_W": W, "BATCH": B, "ROWS": len(rows), "KERNEL_W": kw,
+def column_constants(xt_shape, kh, kw, oh, ow, stride):
+    """The shapes of the columns of xt (C, H, W, B), but for C, compiled in."""
+    _, H, W, B = xt_shape
+    return {"IN_H": H, "IN_W": W, "BATCH": B, "KERNEL_H": kh, "KERNEL_W": kw,
             "OUT_H": oh, "OUT_W": ow, "STRIDE": stride}
 
 
-def columns(xt, rows, kw, oh, ow, stride):
-    """minicaps.conv's columns of kernel rows `rows`, in one launch."""
+def columns(xt, kh, kw, oh, ow, stride):
+    """minicaps.conv's columns of xt, in one launch."""
     import cupy
     C, _, _, B = xt.shape
-    cols = cupy.empty((len(rows), C, kw, oh, ow, B), dtype=xt.dtype)
-    im2col = _kernel("minicaps_im2col", "raw T xt, int32 first_row", "T cols", _IM2COL,
+    cols = cupy.empty((C, kh, kw, oh, ow, B), dtype=xt.dtype)
+    im2col = _kernel("minicaps_im2col", "raw T xt", "T cols", IM2COL,
                      index=_index_type(xt, cols),
-                     constants=_column_constants(xt.shape, rows, kw, oh, ow, stride))
-    im2col(cupy.ascontiguousarray(xt), rows.start, cols)
+                     constants=column_constants(xt.shape, kh, kw, oh, ow, stride))
+    im2col(cupy.ascontiguousarray(xt), cols)
     return cols
 
 
-def add_columns(dxt, dcols, rows, stride):
+def add_columns(dxt, dcols, stride):
     """minicaps.conv's adjoint of `columns`, added into dxt (C, H, W, B) in one launch."""
     import cupy
-    _, _, kw, oh, ow, _ = dcols.shape
-    col2im = _kernel("minicaps_col2im", "raw T dcols, int32 first_row", "T dxt", _ADD_COLUMNS,
+    _, kh, kw, oh, ow, _ = dcols.shape
+    col2im = _kernel("minicaps_col2im", "raw T dcols", "T dxt", ADD_COLUMNS,
                      index=_index_type(dxt, dcols),
-                     constants=_column_constants(dxt.shape, rows, kw, oh, ow, stride))
-    col2im(cupy.ascontiguousarray(dcols), rows.start, dxt)
+                     constants=column_constants(dxt.shape, kh, kw, oh, ow, stride))
+    col2im(cupy.ascontiguousarray(dcols), dxt)
 
 
 # Adam's update as minicaps.optim.Adam writes it, pass by pass, for one element.

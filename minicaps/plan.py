@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from .cnn import POOLED_LAYERS
-from .conv import COLUMN_BYTES
+from .conv import channel_groups
 from .errors import MinicapsError
 from .network import input_channels
 from .networks import kind_of
@@ -80,12 +80,18 @@ def _sizes(config, B):
     }
 
 
+def _largest_group(channels, channel_elements, itemsize):
+    """Elements of the largest of conv.channel_groups' column groups."""
+    groups = channel_groups(channels, channel_elements * itemsize)
+    return max(g.stop - g.start for g in groups) * channel_elements
+
+
 def _group_elements(config, batch_size, conv):
-    """Elements of the im2col columns of one group of kernel rows (see conv.COLUMN_BYTES)."""
+    """Elements of the im2col columns of the largest group of input channels."""
     C, K, k = input_channels(config), config.conv_channels, config.kernel_size
     (oh, ow), channels = ((config.conv1_size, C) if conv == "conv1" else (config.grid, K))
-    row = channels * k * oh * ow * batch_size
-    return max(1, min(k, COLUMN_BYTES // (row * np.dtype(config.dtype).itemsize))) * row
+    return _largest_group(channels, k * k * oh * ow * batch_size,
+                          np.dtype(config.dtype).itemsize)
 
 
 def step_bytes(config, batch_size):
@@ -96,9 +102,8 @@ def step_bytes(config, batch_size):
     cols1 = _group_elements(config, batch_size, "conv1")
     cols2 = _group_elements(config, batch_size, "primary")
     shapes = config.param_shapes()
-    # Elements of the parameters named prefix*: their gradients once backward has made
-    # them, and forward's copy of a convolution's weights reordered into the columns' order.
-    weights = lambda prefix: sum(int(np.prod(s)) for name, s in shapes.items()  # noqa: E731
+    # Elements of the gradients of the parameters named prefix*, once backward has made them.
+    grads = lambda prefix: sum(int(np.prod(s)) for name, s in shapes.items()  # noqa: E731
                                  if name.startswith(prefix))
     # conv1 keeps its batch-last input (and the loss the image), its ReLU output (which is
     # also the primary capsules' input); the primary capsules keep their squash's input
@@ -106,22 +111,21 @@ def step_bytes(config, batch_size):
     conv_kept = 2 * n["x"] + n["conv1_out"]
     cached = conv_kept + 2 * n["u"] + n["u_hat"] + n["couplings"] + n["decoder"]
     after_routing = cached - n["u_hat"] - n["couplings"]
-    # Forward: one group's columns at a time, the output and a group's part of it, and the
-    # weights reordered into the columns' order.
-    forward = max(2 * n["x"] + cols1 + 2 * n["conv1_out"] + weights("conv1"),
-                  conv_kept + cols2 + 2 * n["primary_out"] + weights("primary"))
+    # Forward: one group's columns at a time, the output and a group's part of it.
+    forward = max(2 * n["x"] + cols1 + 2 * n["conv1_out"],
+                  conv_kept + cols2 + 2 * n["primary_out"])
     routing_backward = (cached + 2 * n["routing_left"] + n["u_hat"]  # paths, stacked; du_hat
-                        + weights("decoder"))
+                        + grads("decoder"))
     shared = config.share_transforms and config.n_primary > config.primary_types
     predictions_backward = after_routing + n["u_hat"] + (  # du_hat and its reordered copy
-        n["u"] * config.n_classes if shared else n["u_hat"]) + weights("decoder") + weights("caps")
+        n["u"] * config.n_classes if shared else n["u_hat"]) + grads("decoder") + grads("caps")
     # A convolution's backward holds dx and, at a time, one group's columns and their
-    # weight gradient, or its reordered weights and the columns' gradient; conv1's needs no
-    # dx (its input is the image).
+    # weight gradient (made whole, then put into dw), or the columns' gradient (and on the
+    # GPU a copy of the group's weights); conv1's needs no dx (its input is the image).
     d = _dims(config)
     group_weights = cols2 // (d.gh * d.gw * batch_size) * d.TD
     primary_backward = (after_routing - n["u"] + n["conv1_out"] + cols2 + group_weights
-                        + weights("decoder") + weights("caps") + weights("primary"))
+                        + grads("decoder") + grads("caps") + grads("primary"))
     conv1_backward = conv_kept + n["conv1_out"] + cols1 + config.n_params()
     return itemsize * max(forward, routing_backward, predictions_backward, primary_backward,
                           conv1_backward)
@@ -190,14 +194,12 @@ def _cnn_plan(config, batch_size):
     of backward: a CNN's are small). FLOPs: the convolutions and FC layers."""
     B, k, pad = batch_size, config.kernel_size, config.kernel_size // 2
     itemsize = np.dtype(config.dtype).itemsize
-    budget = COLUMN_BYTES // itemsize
     cached = forward_peak = backward_transient = conv_flops = traffic = 0
     for n, (C, K, H, W, pooled) in enumerate(_cnn_layers(config)):
         out = K * H * W
         pooled_out = out // 4 if pooled else 0
         padded_in = C * (H + 2 * pad) * (W + 2 * pad)
-        row = C * k * H * W * B
-        cols = max(1, min(k, budget // row)) * row
+        cols = _largest_group(C, k * k * H * W * B, itemsize)
         forward_peak = max(forward_peak, cached * B + cols + 2 * out * B)
         cached += padded_in + 2 * out + 3 * pooled_out
         backward = cols + 2 * padded_in * B if n else cols

@@ -88,28 +88,42 @@ def test_conv_equals_a_naive_loop(stride, pad):
     np.testing.assert_allclose(out, naive_conv(x, w, b, stride, pad), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("rows_per_group", [1, 2])  # 2 of 3 rows: an uneven split
+@pytest.mark.parametrize("channels_per_group", [1, 2])  # 2 of 3 channels: an uneven split
 @pytest.mark.parametrize("stride,pad", [(1, 0), (2, 1)])
-def test_conv_in_groups_of_kernel_rows_equals_the_whole_kernel(monkeypatch, rows_per_group,
-                                                              stride, pad):
-    """Forward and backward with the kernel rows in groups (each group's columns, weight
-    rows and their gradients) give what one group of all the rows gives."""
+def test_conv_in_groups_of_channels_equals_the_whole_input(monkeypatch, channels_per_group,
+                                                           stride, pad):
+    """Forward and backward with the input channels in groups (each group's columns, weight
+    matrix and their gradients) give what one group of all the channels gives."""
     from minicaps import conv
-    rng = np.random.default_rng(rows_per_group)
+    rng = np.random.default_rng(channels_per_group)
     x, w, b = rng.standard_normal((2, 3, 9, 8)), rng.standard_normal((4, 3, 3, 3)), \
         rng.standard_normal(4)
     out, cache = conv.conv2d_forward(x, w, b, stride=stride, pad=pad)
     dout = rng.standard_normal(out.shape)
     whole = conv.conv2d_backward(dout, cache)
     oh, ow = out.shape[2:]
-    row_bytes = 3 * 3 * oh * ow * 2 * x.itemsize  # C * kw * oh * ow * B
-    monkeypatch.setattr(conv, "COLUMN_BYTES", rows_per_group * row_bytes)
-    groups = conv._row_groups(conv.to_batch_last(x, pad), 3, 3, oh, ow)
-    assert [len(rows) for rows in groups] == {1: [1, 1, 1], 2: [2, 1]}[rows_per_group]
+    channel_bytes = 3 * 3 * oh * ow * 2 * x.itemsize  # kh * kw * oh * ow * B
+    monkeypatch.setattr(conv, "COLUMN_BYTES", channels_per_group * channel_bytes)
+    groups = conv._groups(conv.to_batch_last(x, pad), 3, 3, oh, ow)
+    assert [g.stop - g.start for g in groups] == {1: [1, 1, 1], 2: [1, 2]}[channels_per_group]
     grouped_out, grouped_cache = conv.conv2d_forward(x, w, b, stride=stride, pad=pad)
     np.testing.assert_allclose(grouped_out, out, rtol=1e-12, atol=1e-12)
     for grouped, expected in zip(conv.conv2d_backward(dout, grouped_cache), whole):
         np.testing.assert_allclose(grouped, expected, rtol=1e-12, atol=1e-12)
+
+
+@given(channels=st.integers(1, 600), channel_bytes=st.integers(1, 2 ** 26))
+def test_channel_groups_cover_the_channels_within_the_ceiling_or_the_group_count(
+        channels, channel_bytes):
+    from minicaps.conv import COLUMN_BYTES, MAX_GROUPS, channel_groups
+    groups = channel_groups(channels, channel_bytes)
+    sizes = [g.stop - g.start for g in groups]
+    assert [g.start for g in groups] == [0] + [g.stop for g in groups[:-1]]
+    assert groups[-1].stop == channels and min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+    if len(groups) < MAX_GROUPS:  # below the cap, every group fits (or is one channel)
+        assert max(sizes) == 1 or max(sizes) * channel_bytes <= COLUMN_BYTES
+    else:
+        assert len(groups) == MAX_GROUPS
 
 
 def test_maxpool_equals_a_naive_loop():
