@@ -6,6 +6,7 @@ Axis letters, used the same way everywhere: B batch, I input (primary) capsules,
 from . import kernels
 from .backend import get_array_module
 from .conv import conv2d_backward_batch_last, conv2d_forward_batch_last
+from .parallel import transposed
 
 
 def squash_forward(s):
@@ -101,8 +102,7 @@ def predictions_forward(u, w):
     if G == 1:
         u_i = u.transpose(1, 0, 2)  # (I, B, D)
         u_hat = u_i @ w.reshape(I, J * E, D).transpose(0, 2, 1)  # (I, B, J*E)
-        u_hat = u_hat.reshape(I, B, J, E).transpose(1, 2, 0, 3)  # (B, J, I, E)
-        return get_array_module(u).ascontiguousarray(u_hat), (u, w)
+        return transposed(u_hat.reshape(I, B, J, E), (1, 2, 0, 3)), (u, w)  # (B, J, I, E)
     blocks = u.reshape(B, 1, N, G, D) @ w.transpose(1, 0, 3, 2)[None]  # (B, J, N, G, E)
     return blocks.reshape(B, J, I, E), (u, w)
 
@@ -115,7 +115,7 @@ def predictions_backward(du_hat, cache):
     B, I, _ = u.shape
     G = I // N
     if G == 1:
-        g = du_hat.transpose(2, 0, 1, 3).reshape(I, B, J * E)  # (I, B, J*E)
+        g = transposed(du_hat, (2, 0, 1, 3)).reshape(I, B, J * E)
         du = (g @ w.reshape(I, J * E, D)).transpose(1, 0, 2)  # (B, I, D)
         # dw_i = g_i^T u_i, computed as (u_i^T g_i)^T: the transposed operand is then the
         # small u (D numbers per capsule), not g, which CuPy would copy whole for the product.

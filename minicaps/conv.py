@@ -22,7 +22,7 @@ one launch per group instead of kh*kw slice copies.
 """
 from . import kernels
 from .backend import get_array_module
-from .parallel import in_parts
+from .parallel import in_parts, transposed
 
 COLUMN_BYTES = 16 * 2 ** 20  # a group's columns, the same on both devices
 # Each group costs some fixed work (Python, and on the GPU a few launches of ~10 us): past
@@ -39,7 +39,7 @@ def output_size(size, kernel, stride, pad):
 def to_batch_last(x, pad=0):
     """x (B, C, H, W) as (C, H + 2 pad, W + 2 pad, B), zero-padded."""
     xp = get_array_module(x)
-    xt = xp.ascontiguousarray(x.transpose(1, 2, 3, 0))
+    xt = transposed(x, (1, 2, 3, 0))
     return xp.pad(xt, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else xt
 
 
@@ -104,7 +104,7 @@ def col2im(cols, x_shape, *, stride=1, pad=0):
     _, _, H, W = x_shape
     dxt = xp.zeros((C, H + 2 * pad, W + 2 * pad, B), dtype=cols.dtype)
     _add_columns(dxt, cols, stride)
-    return xp.ascontiguousarray(dxt[:, pad:pad + H, pad:pad + W].transpose(3, 0, 1, 2))
+    return transposed(dxt[:, pad:pad + H, pad:pad + W], (3, 0, 1, 2))
 
 
 def _group_weights(w, group):
@@ -175,11 +175,10 @@ def conv2d_backward(dout, cache, *, need_dx=True):
     """dx, dw, db for dout (B, O, oh, ow). dx is None when need_dx is False (the input
     layer needs no gradient, and col2im is a fifth of the backward pass)."""
     cache, pad = cache
-    xp = get_array_module(dout)
     dxt, dw, db = conv2d_backward_batch_last(
-        xp.ascontiguousarray(dout.transpose(1, 2, 3, 0)), cache, need_dx=need_dx)
+        transposed(dout, (1, 2, 3, 0)), cache, need_dx=need_dx)
     if dxt is None:
         return None, dw, db
     if pad:
         dxt = dxt[:, pad:-pad, pad:-pad]
-    return xp.ascontiguousarray(dxt.transpose(3, 0, 1, 2)), dw, db
+    return transposed(dxt, (3, 0, 1, 2)), dw, db

@@ -28,3 +28,33 @@ def in_parts(array, length, work):
     bounds = [length * n // THREADS for n in range(THREADS + 1)]
     for future in [_pool.submit(work, a, b) for a, b in zip(bounds[:-1], bounds[1:])]:
         future.result()
+
+
+# Source bytes per tile of `transposed`: tiles of 256 KiB stayed in the 2 MiB L2 cache
+# beside the writes they feed (measured best among 1-16 rows of u_hat, batch 8 to 128).
+TILE_BYTES = 256 * 2 ** 10
+
+
+def transposed(array, axes):
+    """array.transpose(axes) as a new contiguous array.
+
+    NumPy copies a transpose on one core, and in the order of the result, so that its reads
+    jump across the source (for u_hat between the predictions' and routing's layouts, one
+    64-byte run per 82 KiB at batch 128). Here the source is copied in tiles of its first
+    axis, each small enough to stay in cache while it is written out, in parallel threads:
+    u_hat's copy at batch 128 took 80-90 ms that way, 13-17 ms tiled."""
+    view = array.transpose(axes)
+    xp = get_array_module(array)
+    if xp is not np:  # one launch on the GPU, which copies in parallel anyway
+        return xp.ascontiguousarray(view)
+    out = np.empty(view.shape, dtype=view.dtype)
+    lead = (slice(None),) * axes.index(0)  # the axes in front of the source's first
+    tile = max(1, TILE_BYTES // max(1, array[:1].nbytes))
+
+    def copy(start, stop):
+        for first in range(start, stop, tile):
+            last = min(stop, first + tile)
+            out[lead + (slice(first, last),)] = array[first:last].transpose(axes)
+
+    in_parts(array, array.shape[0], copy)
+    return out

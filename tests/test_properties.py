@@ -319,3 +319,20 @@ def test_standardised_input_equals_standardising_by_hand():
     np.testing.assert_allclose(net.predict(x), raw.predict(by_hand), rtol=1e-12)
     assert float(net.loss_terms(x, [0, 1])["reconstruction"]) != \
         float(raw.loss_terms(by_hand, [0, 1])["reconstruction"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_transposed_copies_equal_numpys(data):
+    """minicaps.parallel.transposed, tiled and threaded, against NumPy's own transposing
+    copy, for tiles of one row to all of them and arrays split over threads or not."""
+    from unittest import mock
+    from minicaps import parallel
+    shape = data.draw(st.lists(st.integers(1, 6), min_size=1, max_size=4), label="shape")
+    axes = tuple(data.draw(st.permutations(range(len(shape))), label="axes"))
+    array = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    with mock.patch.object(parallel, "TILE_BYTES", data.draw(st.integers(1, 2000))), \
+            mock.patch.object(parallel, "MIN_ELEMENTS", data.draw(st.integers(1, 64))):
+        out = parallel.transposed(array, axes)
+    assert out.flags.c_contiguous
+    np.testing.assert_array_equal(out, np.ascontiguousarray(array.transpose(axes)))
