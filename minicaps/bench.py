@@ -14,7 +14,8 @@ import numpy as np
 from .backend import xp_for
 from .model import CapsNet
 from .optim import Adam
-from .plan import plan
+from .conv import _columns, channel_groups
+from .plan import main_convolution, plan
 
 
 def synchronize(xp):
@@ -49,9 +50,12 @@ def peak_step_bytes(xp, step):
     return peak[0] - before
 
 
-def _median_seconds(xp, step, steps):
+def _median_seconds(xp, step, steps, before=None):
+    """Median seconds of step() over `steps` runs; before() runs untimed ahead of each."""
     times = []
     for _ in range(steps):
+        if before is not None:
+            before()
         synchronize(xp)
         start = time.perf_counter()
         step()
@@ -106,19 +110,55 @@ def benchmark(config, *, batch_size=32, steps=10, warmup=2, device="cpu", seed=0
     }
 
 
-def gemm_gflops(device="cpu", shape=(256, 2304, 1152), repeats=5):
-    """Achieved GFLOP/s of a float32 product (M x K) @ (K x N): the rate the convolutions'
-    products get. The default is one kernel-row group of the paper's primary capsules at
-    batch 32 (M = 256 channels, K = 256 x 9, N = 6 x 6 x 32), which runs at about half the
-    rate of a large square product on the CPU; predictions use this, not the peak."""
+# Matrix products this wide (output positions times batch: the paper's primary capsules at
+# batch 128) already run at the machine's full rate: step_rates times wider ones at this
+# width, so that calibrating a large batch costs no more than a middling one.
+CALIBRATION_WIDTH = 4608
+_EVICT_BYTES = 64 * 2 ** 20  # more than the CPU's last-level cache
+
+
+def step_rates(config, batch_size, device="cpu", repeats=3):
+    """(GEMM GFLOP/s, copy GB/s) that a training step of `config` gets on this machine, for
+    Plan.step_seconds: measured on one channel group of its main convolution
+    (minicaps.plan.main_convolution) at this batch, the group's three matrix products
+    (output, weight gradient, column gradient) and the building of its columns.
+
+    Both depend on the shapes: at batch 1 a product 36 columns wide runs at a fraction of
+    the rate of one 1152 wide, and im2col copying runs of one number at a fraction of runs
+    of 32. A product wider than CALIBRATION_WIDTH (many images, or a large image's output
+    rows) is timed at that width. On the CPU the columns are built from a cold cache, as in a step, where the
+    stages between one use of an array and the next push it out."""
     xp = xp_for(device)
-    M, K, N = shape
+    conv = main_convolution(config)
+    oh, ow = conv.out_size
+    oh = min(oh, max(1, CALIBRATION_WIDTH // ow))  # the top rows of a very large output
+    batch = min(batch_size, max(1, CALIBRATION_WIDTH // (oh * ow)))
+    in_h = (oh - 1) * conv.stride + conv.kernel
+    k2, dtype = conv.kernel ** 2, np.dtype(config.dtype)
+    groups = channel_groups(conv.in_channels, k2 * oh * ow * batch * dtype.itemsize)
+    g = max(group.stop - group.start for group in groups)
     rng = np.random.default_rng(0)
-    a = xp.asarray(rng.random((M, K), dtype=np.float32))
-    b = xp.asarray(rng.random((K, N), dtype=np.float32))
-    a @ b
-    seconds = _median_seconds(xp, lambda: a @ b, repeats)
-    return 2 * M * K * N / seconds / 1e9
+    xt, cols, w, dout = (xp.asarray(rng.random(shape, dtype=dtype)) for shape in [
+        (g, in_h, conv.in_w, batch), (g * k2, oh * ow * batch),
+        (conv.out_channels, g * k2), (conv.out_channels, oh * ow * batch)])
+
+    def products():
+        w @ cols, dout @ cols.T, w.T @ dout
+
+    products()
+    gemm_s = _median_seconds(xp, products, repeats)
+    evict = np.ones(_EVICT_BYTES // 4, dtype=np.float32) if xp is np else None
+
+    def evict_caches():
+        if evict is not None:
+            evict.sum()
+
+    def build():
+        _columns(xt, conv.kernel, conv.kernel, oh, ow, conv.stride)
+
+    build()
+    copy_s = _median_seconds(xp, build, repeats, before=evict_caches)
+    return 3 * 2 * w.size * cols.shape[1] / gemm_s / 1e9, cols.nbytes / copy_s / 1e9
 
 
 def bandwidth_gbs(device="cpu", mib=64, repeats=5):

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .bench import bandwidth_gbs, benchmark, gemm_gflops
+from .bench import bandwidth_gbs, benchmark, step_rates
 from .cli_options import network_config, network_options
 from .gradcheck import check_model, directional_check, scale_to_operating_point
 from .errors import MinicapsError
@@ -58,8 +58,8 @@ def plan_command(batch_size, gpu, as_json, **options):
     config = network_config(options)
     device = _device(gpu)
     p = plan(config, batch_size)
-    rate, bandwidth = gemm_gflops(device), bandwidth_gbs(device)
-    step_s = p.step_seconds(rate, bandwidth)
+    (rate, copy), bandwidth = step_rates(config, batch_size, device), bandwidth_gbs(device)
+    step_s = p.step_seconds(rate, copy, bandwidth)
     free = available_bytes(device)
     click.echo(f"parameters: {p.n_params:,} ({config.n_primary:,} primary capsules)")
     click.echo(f"memory of a training step at batch {batch_size}: "
@@ -70,8 +70,9 @@ def plan_command(batch_size, gpu, as_json, **options):
     click.echo(f"FLOPs per image: {p.flops_forward / 1e9:.3f} G forward, "
                f"{p.flops_train / 1e9:.3f} G training")
     click.echo(f"predicted step: {step_s * 1e3:.0f} ms ({batch_size / step_s:.0f} images/s), "
-               f"from this machine's {rate:.0f} GFLOP/s in matrix products and "
-               f"{bandwidth:.0f} GB/s in element-wise passes")
+               f"from this machine's {rate:.0f} GFLOP/s in this network's convolution "
+               f"products, {copy:.1f} GB/s building its columns and {bandwidth:.0f} GB/s in "
+               f"contiguous passes")
     if as_json:
         click.echo(json.dumps({"n_params": p.n_params, "param_bytes": p.param_bytes,
                                "step_bytes": p.step_bytes,

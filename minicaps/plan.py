@@ -32,18 +32,49 @@ class Plan:
     flops_train: float      # per image: forward, backward, update
     gemm_flops_train: float  # per image: the part done by large matrix products
     traffic_bytes: float    # per image: memory moved by copies and element-wise passes
+    update_bytes: int       # per step: Adam reads weights, gradients, moments, writes three
     batch_size: int
 
     @property
     def total_bytes(self):
         return self.param_bytes + self.step_bytes
 
-    def step_seconds(self, gemm_gflops, bandwidth_gbs):
-        """Predicted training-step time: the large matrix products at the machine's GEMM
-        rate, plus the memory-bound rest (im2col, routing, transposes) at its bandwidth."""
+    def step_seconds(self, gemm_gflops, copy_gbs, bandwidth_gbs):
+        """Predicted training-step time: the large matrix products at the GEMM rate that
+        this network's convolution gets, the copies and passes over activations (im2col,
+        col2im, routing, transposes) at the rate that building its columns gets, and the
+        optimizer's update, a contiguous pass, at the memory's bandwidth (minicaps.bench.
+        step_rates measures the first two for a configuration and batch)."""
         per_image = (self.gemm_flops_train / (gemm_gflops * 1e9)
-                     + self.traffic_bytes / (bandwidth_gbs * 1e9))
-        return per_image * self.batch_size
+                     + self.traffic_bytes / (copy_gbs * 1e9))
+        return per_image * self.batch_size + self.update_bytes / (bandwidth_gbs * 1e9)
+
+
+@dataclass(frozen=True)
+class Convolution:
+    """One convolution as minicaps.conv runs it: its input already padded."""
+    out_channels: int
+    in_channels: int
+    kernel: int
+    in_h: int
+    in_w: int
+    stride: int
+
+    @property
+    def out_size(self):
+        return tuple((n - self.kernel) // self.stride + 1 for n in (self.in_h, self.in_w))
+
+
+def main_convolution(config):
+    """The convolution that does most of a training step's arithmetic: the primary
+    capsules' of a CapsNet, a CNN's largest layer."""
+    if kind_of(config) == "cnn":
+        pad = config.kernel_size // 2
+        C, K, H, W, _ = max(_cnn_layers(config), key=lambda l: l[0] * l[1] * l[2] * l[3])
+        return Convolution(K, C, config.kernel_size, H + 2 * pad, W + 2 * pad, 1)
+    (h1, w1), k = config.conv1_size, config.kernel_size
+    return Convolution(config.primary_types * config.primary_dim, config.conv_channels, k,
+                       h1, w1, config.primary_stride)
 
 
 def _dims(config):
@@ -215,7 +246,7 @@ def _cnn_plan(config, batch_size):
                 step_bytes=itemsize * max(forward_peak, cached * B + backward_transient + n),
                 flops_forward=float(forward), flops_train=float(3 * forward),
                 gemm_flops_train=float(3 * forward), traffic_bytes=float(traffic * itemsize),
-                batch_size=batch_size)
+                update_bytes=7 * n * itemsize, batch_size=batch_size)
 
 
 def plan(config, batch_size):
@@ -231,7 +262,8 @@ def plan(config, batch_size):
     return Plan(n_params=n, param_bytes=3 * n * itemsize,
                 step_bytes=step_bytes(config, batch_size),
                 flops_forward=forward, flops_train=train, gemm_flops_train=float(gemm),
-                traffic_bytes=traffic_per_image(config), batch_size=batch_size)
+                traffic_bytes=traffic_per_image(config), update_bytes=7 * n * itemsize,
+                batch_size=batch_size)
 
 
 def available_bytes(device):

@@ -6,7 +6,8 @@ import pytest
 
 from minicaps import Adam, CapsNet, CapsNetConfig, MinicapsError
 from minicaps.cnn import PoolingCNN
-from minicaps.plan import check_fits, flops_per_image, largest_batch, plan
+from minicaps.plan import (Convolution, check_fits, flops_per_image, largest_batch,
+                           main_convolution, plan)
 
 
 @pytest.mark.parametrize("kwargs, B", [
@@ -62,3 +63,26 @@ def test_a_step_too_big_for_memory_is_refused_with_a_batch_that_fits():
     check_fits(small, 32)  # the paper's network at batch 32 fits anywhere
     fits = largest_batch(small, 8 * 2 ** 30)
     assert plan(small, fits).total_bytes <= 8 * 2 ** 30 < plan(small, fits + 1).total_bytes
+
+
+def test_the_main_convolution_is_the_primary_capsules_or_the_cnns_largest_layer():
+    primary = main_convolution(CapsNetConfig())
+    assert primary == Convolution(256, 256, 9, 20, 20, 2) and primary.out_size == (6, 6)
+    # 1->32 channels at 28x28, 32->64 at 14x14, 64->64 at 7x7: the second does the most,
+    # on its input padded by 2 for the 5x5 kernel.
+    cnn = PoolingCNN(in_shape=(1, 28, 28), channels=(32, 64, 64)).config
+    assert main_convolution(cnn) == Convolution(64, 32, 5, 18, 18, 1)
+
+
+@pytest.mark.parametrize("in_shape, B", [((1, 28, 28), 2), ((3, 405, 720), 64)])
+def test_calibrating_the_step_time_measures_a_bounded_part_of_the_network(in_shape, B):
+    """step_rates times one channel group of the main convolution, cropped to at most
+    CALIBRATION_WIDTH output positions: for the logo challenge's full frames (a 195 x 352
+    capsule grid) that is tens of MB, where one group of the real columns is 0.7 GB."""
+    from minicaps.bench import step_rates
+    tracemalloc.start()
+    gemm_gflops, copy_gbs = step_rates(CapsNetConfig(in_shape=in_shape, n_classes=59), B)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert 0 < gemm_gflops < np.inf and 0 < copy_gbs < np.inf
+    assert peak < 200 * 2 ** 20
