@@ -125,9 +125,10 @@ def step_rates(config, batch_size, device="cpu", repeats=3):
 
     Both depend on the shapes: at batch 1 a product 36 columns wide runs at a fraction of
     the rate of one 1152 wide, and im2col copying runs of one number at a fraction of runs
-    of 32. A product wider than CALIBRATION_WIDTH (many images, or a large image's output
-    rows) is timed at that width. On the CPU the columns are built from a cold cache, as in a step, where the
-    stages between one use of an array and the next push it out."""
+    of 32. A product wider than CALIBRATION_WIDTH is timed on fewer images, or on fewer
+    of a large image's output rows, down to one image and one row. On the CPU the columns
+    are built from a cold cache, as in a step, where the stages between one use of an
+    array and the next push it out."""
     xp = xp_for(device)
     conv = main_convolution(config)
     oh, ow = conv.out_size
@@ -163,7 +164,7 @@ def step_rates(config, batch_size, device="cpu", repeats=3):
 
 def bandwidth_gbs(device="cpu", mib=64, repeats=5):
     """Achieved GB/s of an element-wise add over float32 arrays of `mib` MiB (two reads,
-    one write): what copies and routing's passes get."""
+    one write): what the optimizer's update, one contiguous pass per array, gets."""
     xp = xp_for(device)
     n = mib * 2 ** 20 // 4
     a, b = xp.ones(n, dtype=np.float32), xp.ones(n, dtype=np.float32)

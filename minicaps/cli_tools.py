@@ -71,13 +71,16 @@ def plan_command(batch_size, gpu, as_json, **options):
                f"{p.flops_train / 1e9:.3f} G training")
     click.echo(f"predicted step: {step_s * 1e3:.0f} ms ({batch_size / step_s:.0f} images/s), "
                f"from this machine's {rate:.0f} GFLOP/s in this network's convolution "
-               f"products, {copy:.1f} GB/s building its columns and {bandwidth:.0f} GB/s in "
-               f"contiguous passes")
+               f"products, {copy:.1f} GB/s building its columns (the rate charged for all "
+               f"copies and passes over activations) and {bandwidth:.0f} GB/s in the "
+               f"optimizer's update")
     if as_json:
         click.echo(json.dumps({"n_params": p.n_params, "param_bytes": p.param_bytes,
                                "step_bytes": p.step_bytes,
                                "total_bytes": p.total_bytes, "flops_forward": p.flops_forward,
                                "flops_train": p.flops_train, "step_s": step_s,
+                               "images_per_s": batch_size / step_s, "gemm_gflops": rate,
+                               "copy_gbs": copy, "bandwidth_gbs": bandwidth,
                                "batch_size": batch_size}))
     if p.total_bytes > free:
         raise click.ClickException(f"does not fit: {p.total_bytes / GIB:.1f} GiB needed")

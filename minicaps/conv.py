@@ -11,8 +11,10 @@ The columns of a whole batch are big (95 MB for the paper's primary capsules at 
 380 MB at 128): the largest part of a training step's memory when kept for backward. So
 the convolution works through the input channels in groups, building only that group's
 columns, and backward rebuilds them instead of keeping them: one more im2col's worth of
-copying for a memory ceiling of COLUMN_BYTES. Each group is still one large matrix product
-(for the primary capsules 42 channels make 3402 terms), and every weight's gradient is
+copying for a memory ceiling of COLUMN_BYTES per group, or an eighth of the whole columns
+where that takes more than MAX_GROUPS groups (the primary capsules from batch 40 on). Each
+group is still one large matrix product (for the primary capsules at batch 32, 42 channels
+make 3402 terms), and every weight's gradient is
 computed over the whole batch at once, so nothing is accumulated across chunks. Each
 group's columns are freed before the next group's (and, in backward, before their own
 gradient) are made.
@@ -109,7 +111,8 @@ def col2im(cols, x_shape, *, stride=1, pad=0):
 
 def _group_weights(w, group):
     """The (O, g*kh*kw) weight matrix of input channels `group`: a view of w (O, C, kh, kw)
-    (NumPy multiplies it in place; CuPy copies it, as its rows are not adjacent)."""
+    (NumPy multiplies it in place; CuPy copies it unless the group is all the channels, as
+    its rows are not adjacent)."""
     return w[:, group].reshape(w.shape[0], -1)
 
 

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from .cnn import POOLED_LAYERS
-from .conv import channel_groups
+from .conv import channel_groups, output_size
 from .errors import MinicapsError
 from .network import input_channels
 from .networks import kind_of
@@ -62,7 +62,7 @@ class Convolution:
 
     @property
     def out_size(self):
-        return tuple((n - self.kernel) // self.stride + 1 for n in (self.in_h, self.in_w))
+        return tuple(output_size(n, self.kernel, self.stride, 0) for n in (self.in_h, self.in_w))
 
 
 def main_convolution(config):
@@ -70,7 +70,8 @@ def main_convolution(config):
     capsules' of a CapsNet, a CNN's largest layer."""
     if kind_of(config) == "cnn":
         pad = config.kernel_size // 2
-        C, K, H, W, _ = max(_cnn_layers(config), key=lambda l: l[0] * l[1] * l[2] * l[3])
+        C, K, H, W, _ = max(_cnn_layers(config),
+                            key=lambda layer: layer[0] * layer[1] * layer[2] * layer[3])
         return Convolution(K, C, config.kernel_size, H + 2 * pad, W + 2 * pad, 1)
     (h1, w1), k = config.conv1_size, config.kernel_size
     return Convolution(config.primary_types * config.primary_dim, config.conv_channels, k,
@@ -135,7 +136,7 @@ def step_bytes(config, batch_size):
     shapes = config.param_shapes()
     # Elements of the gradients of the parameters named prefix*, once backward has made them.
     grads = lambda prefix: sum(int(np.prod(s)) for name, s in shapes.items()  # noqa: E731
-                                 if name.startswith(prefix))
+                               if name.startswith(prefix))
     # conv1 keeps its batch-last input (and the loss the image), its ReLU output (which is
     # also the primary capsules' input); the primary capsules keep their squash's input
     # and the predictions their input u; routing keeps u_hat and the couplings.
@@ -191,8 +192,8 @@ def traffic_per_image(config):
     """Bytes per image moved by the memory-bound work of a training step.
 
     im2col writes the columns twice (forward, and again in backward), and the primary
-    convolution's backward writes their gradient and reads it back in col2im. Routing and the predictions pass over u_hat
-    about 4R + 2 times: 2R - 1 reads forward, about 2R backward, writing u_hat and its
+    convolution's backward writes their gradient and reads it back in col2im. Routing and
+    the predictions pass over u_hat about 4R + 2 times: 2R - 1 reads forward, about 2R backward, writing u_hat and its
     gradient, and the copies between layouts."""
     n = _sizes(config, 1)
     itemsize = np.dtype(config.dtype).itemsize
@@ -285,7 +286,7 @@ def available_bytes(device):
 def largest_batch(config, budget_bytes):
     """The largest batch size whose step fits in budget_bytes (0 if none does), by
     bisection: memory grows with the batch, but not in proportion (the im2col columns are
-    capped)."""
+    built in groups)."""
     fits = lambda b: plan(config, b).total_bytes <= budget_bytes  # noqa: E731
     if not fits(1):
         return 0

@@ -49,22 +49,26 @@ def column_problems(draw, device="gpu"):
 
 @needs_gpu
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(problem=column_problems(), index=st.sampled_from(["int32", "int64"]))
-def test_fused_columns_and_their_adjoint_equal_the_slice_copies(problem, index):
+@given(problem=column_problems(), index=st.sampled_from(["int32", "int64"]), data=st.data())
+def test_fused_columns_and_their_adjoint_equal_the_slice_copies(problem, index, data):
+    """On a group of channels, as minicaps.conv passes them: views of xt and dxt that
+    start past their arrays' first element; the other channels of dxt stay as they were."""
     import cupy
     xt, kh, kw, stride = problem
-    _, H, W, _ = xt.shape
+    C, H, W, _ = xt.shape
+    first = data.draw(st.integers(0, C - 1), label="first channel")
+    group = slice(first, data.draw(st.integers(first + 1, C), label="channels end"))
     oh, ow = output_size(H, kh, stride, 0), output_size(W, kw, stride, 0)
     # Both index widths: 64-bit arithmetic otherwise runs only for arrays past 2**31.
     with mock.patch.object(kernels, "_index_type", lambda *arrays: index):
-        cols = _columns(xt, kh, kw, oh, ow, stride)
+        cols = _columns(xt[group], kh, kw, oh, ow, stride)
         dcols = cupy.asarray(np.random.default_rng(1).standard_normal(cols.shape), xt.dtype)
         start = cupy.asarray(np.random.default_rng(2).standard_normal(xt.shape), xt.dtype)
         dxt, expected_dxt = start.copy(), start.copy()  # added into what is there already
-        _add_columns(dxt, dcols, stride)
+        _add_columns(dxt[group], dcols, stride)
     with kernels.portable():
-        expected = _columns(xt, kh, kw, oh, ow, stride)
-        _add_columns(expected_dxt, dcols, stride)
+        expected = _columns(xt[group], kh, kw, oh, ow, stride)
+        _add_columns(expected_dxt[group], dcols, stride)
     assert_identical(cols, expected)
     assert_identical(dxt, expected_dxt)
 
@@ -141,7 +145,9 @@ def test_fused_softmax_over_axis_1_and_its_backward_match_the_portable_code(shap
 
 @needs_gpu
 @pytest.mark.parametrize("kwargs", [{}, {"in_shape": (3, 11, 13), "routing_grad": "last"}])
-def test_a_training_step_with_fused_kernels_matches_the_portable_one(kwargs):
+def test_a_training_step_with_fused_kernels_matches_the_portable_one(kwargs, monkeypatch):
+    from minicaps import conv
+    monkeypatch.setattr(conv, "COLUMN_BYTES", 1)  # a group per channel, up to MAX_GROUPS
     net = small_net(**kwargs)
     x, y = batch(net, B=3)
     net.to("gpu")
