@@ -30,9 +30,26 @@ def in_parts(array, length, work):
         future.result()
 
 
-# Source bytes per tile of `transposed`: tiles of 256 KiB stayed in the 2 MiB L2 cache
-# beside the writes they feed (measured best among 1-16 rows of u_hat, batch 8 to 128).
+# Bytes per tile of in_tiles: tiles of 256 KiB stayed in the 2 MiB L2 cache beside the
+# writes they feed (measured best among 1-16 rows of u_hat, batch 8 to 128).
 TILE_BYTES = 256 * 2 ** 10
+
+
+def in_tiles(array, length, index_bytes, work):
+    """Call work(start, stop) over tiles of range(length) of about TILE_BYTES each
+    (index_bytes per index), the tiles split over threads as in_parts splits; on the GPU
+    once over all of it (a launch per tile would cost more than the cache saves). `work`
+    must not call in_parts itself: the threads it runs in are in_parts'."""
+    if get_array_module(array) is not np:
+        work(0, length)
+        return
+    tile = max(1, TILE_BYTES // max(1, index_bytes))
+
+    def run(start, stop):
+        for first in range(start, stop, tile):
+            work(first, min(stop, first + tile))
+
+    in_parts(array, length, run)
 
 
 def transposed(array, axes):
@@ -49,12 +66,9 @@ def transposed(array, axes):
         return xp.ascontiguousarray(view)
     out = np.empty(view.shape, dtype=view.dtype)
     lead = (slice(None),) * axes.index(0)  # the axes in front of the source's first
-    tile = max(1, TILE_BYTES // max(1, array[:1].nbytes))
 
-    def copy(start, stop):
-        for first in range(start, stop, tile):
-            last = min(stop, first + tile)
-            out[lead + (slice(first, last),)] = array[first:last].transpose(axes)
+    def copy(first, last):
+        out[lead + (slice(first, last),)] = array[first:last].transpose(axes)
 
-    in_parts(array, array.shape[0], copy)
+    in_tiles(array, array.shape[0], array[:1].nbytes, copy)
     return out

@@ -149,8 +149,11 @@ def step_bytes(config, batch_size):
     routing_backward = (cached + 2 * n["routing_left"] + n["u_hat"]  # paths, stacked; du_hat
                         + grads("decoder"))
     shared = config.share_transforms and config.n_primary > config.primary_types
-    predictions_backward = after_routing + n["u_hat"] + (  # du_hat and its reordered copy
-        n["u"] * config.n_classes if shared else n["u_hat"]) + grads("decoder") + grads("caps")
+    # du_hat, and with shared transforms du before its sum over the classes (unshared ones
+    # go through du_hat in small tiles).
+    per_class_du = n["u"] * config.n_classes if shared else 0
+    predictions_backward = (after_routing + n["u_hat"] + per_class_du + grads("decoder")
+                            + grads("caps"))
     # A convolution's backward holds dx and, at a time, one group's columns and their
     # weight gradient (made whole, then put into dw), or the columns' gradient (and on the
     # GPU a copy of the group's weights); conv1's needs no dx (its input is the image).

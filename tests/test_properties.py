@@ -336,3 +336,21 @@ def test_transposed_copies_equal_numpys(data):
         out = parallel.transposed(array, axes)
     assert out.flags.c_contiguous
     np.testing.assert_array_equal(out, np.ascontiguousarray(array.transpose(axes)))
+
+
+@pytest.mark.parametrize("tile_bytes", [1, 700, 10 ** 9])  # a capsule a tile, some, all
+def test_predictions_in_tiles_of_capsules_equal_their_definition(tile_bytes):
+    """u_hat[b, j, i] = W_ij u_i and its gradients, computed tile by tile in threads."""
+    from unittest import mock
+    from minicaps import parallel
+    from minicaps.capsules import predictions_backward
+    rng = np.random.default_rng(0)
+    u, w = rng.standard_normal((3, 7, 4)), rng.standard_normal((7, 5, 6, 4))
+    du_hat = rng.standard_normal((3, 5, 7, 6))
+    with mock.patch.object(parallel, "TILE_BYTES", tile_bytes), \
+            mock.patch.object(parallel, "MIN_ELEMENTS", 1):
+        u_hat, cache = predictions_forward(u, w)
+        du, dw = predictions_backward(du_hat, cache)
+    np.testing.assert_allclose(u_hat, np.einsum("bid,ijed->bjie", u, w), rtol=1e-12)
+    np.testing.assert_allclose(du, np.einsum("bjie,ijed->bid", du_hat, w), rtol=1e-12)
+    np.testing.assert_allclose(dw, np.einsum("bjie,bid->ijed", du_hat, u), rtol=1e-12)
