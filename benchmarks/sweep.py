@@ -12,7 +12,7 @@ import dataclasses
 
 from minicaps import CapsNetConfig
 from minicaps.allocator import reuse_freed_memory
-from minicaps.bench import bandwidth_gbs, benchmark, step_rates
+from minicaps.bench import benchmark, step_rates
 from minicaps.plan import plan
 
 PAPER = CapsNetConfig()
@@ -42,20 +42,18 @@ def main():
     args = parser.parse_args()
     reuse_freed_memory()  # as `minicaps bench` does
     device = "gpu" if args.gpu else "cpu"
-    bandwidth = bandwidth_gbs(device)
-    print(f"{device}: element-wise {bandwidth:.0f} GB/s\n")
     print("| varied | value | batch | train images/s | infer images/s | GFLOP/s | "
           "peak memory (MiB) | planned memory (MiB) | predicted images/s (its GEMM GFLOP/s, "
-          "copy GB/s) | measured / predicted |")
+          "copy GB/s, update GB/s) | measured / predicted |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for what, value, config, batch in rows():
         r = benchmark(config, batch_size=batch, steps=args.steps, warmup=1, device=device)
-        gemm, copy = step_rates(config, batch, device)
-        predicted = batch / plan(config, batch).step_seconds(gemm, copy, bandwidth)
+        gemm, copy, update = step_rates(config, batch, device)
+        predicted = batch / plan(config, batch).step_seconds(gemm, copy, update)
         print(f"| {what} | {value} | {batch} | {r['images_per_s']:.1f} | "
               f"{r['infer_images_per_s']:.1f} | {r['gflops']:.0f} | "
               f"{r['peak_mem_bytes'] / 2**20:.0f} | {r['predicted_mem_bytes'] / 2**20:.0f} | "
-              f"{predicted:.1f} ({gemm:.0f}, {copy:.1f}) | {r['images_per_s'] / predicted:.2f} |",
+              f"{predicted:.1f} ({gemm:.0f}, {copy:.1f}, {update:.0f}) | {r['images_per_s'] / predicted:.2f} |",
               flush=True)
 
 

@@ -50,8 +50,9 @@ def peak_step_bytes(xp, step):
     return peak[0] - before
 
 
-def _median_seconds(xp, step, steps, before=None):
-    """Median seconds of step() over `steps` runs; before() runs untimed ahead of each."""
+def _median_seconds(xp, step, steps, before=None, summary=np.median):
+    """Median (or another summary) of the seconds of `steps` runs of step(); before() runs
+    untimed ahead of each."""
     times = []
     for _ in range(steps):
         if before is not None:
@@ -61,7 +62,7 @@ def _median_seconds(xp, step, steps, before=None):
         step()
         synchronize(xp)
         times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return float(summary(times))
 
 
 def benchmark(config, *, batch_size=32, steps=10, warmup=2, device="cpu", seed=0):
@@ -115,20 +116,26 @@ def benchmark(config, *, batch_size=32, steps=10, warmup=2, device="cpu", seed=0
 # width, so that calibrating a large batch costs no more than a middling one.
 CALIBRATION_WIDTH = 4608
 _EVICT_BYTES = 64 * 2 ** 20  # more than the CPU's last-level cache
+UPDATE_SAMPLE = 2 ** 22  # parameters: their Adam state (64 MB) outgrows the cache too
 
 
-def step_rates(config, batch_size, device="cpu", repeats=3):
-    """(GEMM GFLOP/s, copy GB/s) that a training step of `config` gets on this machine, for
-    Plan.step_seconds: measured on one channel group of its main convolution
-    (minicaps.plan.main_convolution) at this batch, the group's three matrix products
-    (output, weight gradient, column gradient) and the building of its columns.
+def step_rates(config, batch_size, device="cpu", repeats=5):
+    """(GEMM GFLOP/s, copy GB/s, update GB/s) that a training step of `config` gets on this
+    machine, for Plan.step_seconds: the first two measured on one channel group of its main
+    convolution (minicaps.plan.main_convolution) at this batch, the group's three matrix
+    products (output, weight gradient, column gradient) and the building of its columns;
+    the last is update_gbs.
 
     Both depend on the shapes: at batch 1 a product 36 columns wide runs at a fraction of
     the rate of one 1152 wide, and im2col copying runs of one number at a fraction of runs
     of 32. A product wider than CALIBRATION_WIDTH is timed on fewer images, or on fewer
     of a large image's output rows, down to one image and one row. On the CPU the columns
     are built from a cold cache, as in a step, where the stages between one use of an
-    array and the next push it out."""
+    array and the next push it out. The products' rate is from the fastest of `repeats`
+    runs: on a shared machine another process's burst slows one run in a few by up to 2x,
+    and would then set the rate for the whole prediction, where a step's median leaves such
+    runs out. Copies vary from run to run by themselves (the cache's and memory's state):
+    their rate is from the median."""
     xp = xp_for(device)
     conv = main_convolution(config)
     oh, ow = conv.out_size
@@ -147,7 +154,7 @@ def step_rates(config, batch_size, device="cpu", repeats=3):
         w @ cols, dout @ cols.T, w.T @ dout
 
     products()
-    gemm_s = _median_seconds(xp, products, repeats)
+    gemm_s = _median_seconds(xp, products, repeats, summary=min)
     evict = np.ones(_EVICT_BYTES // 4, dtype=np.float32) if xp is np else None
 
     def evict_caches():
@@ -159,16 +166,18 @@ def step_rates(config, batch_size, device="cpu", repeats=3):
 
     build()
     copy_s = _median_seconds(xp, build, repeats, before=evict_caches)
-    return 3 * 2 * w.size * cols.shape[1] / gemm_s / 1e9, cols.nbytes / copy_s / 1e9
+    return (3 * 2 * w.size * cols.shape[1] / gemm_s / 1e9, cols.nbytes / copy_s / 1e9,
+            update_gbs(device, dtype, repeats))
 
 
-def bandwidth_gbs(device="cpu", mib=64, repeats=5):
-    """Achieved GB/s of an element-wise add over float32 arrays of `mib` MiB (two reads,
-    one write): what the optimizer's update, one contiguous pass per array, gets."""
+def update_gbs(device="cpu", dtype="float32", repeats=5):
+    """GB/s of Adam's update (Plan.update_bytes: weights, gradients and two moments read,
+    three of them written) on UPDATE_SAMPLE parameters: its dozen element-wise passes run
+    at about half the rate of one contiguous pass, as they go chunk by chunk."""
     xp = xp_for(device)
-    n = mib * 2 ** 20 // 4
-    a, b = xp.ones(n, dtype=np.float32), xp.ones(n, dtype=np.float32)
-    out = xp.empty_like(a)
-    xp.add(a, b, out=out)
-    seconds = _median_seconds(xp, lambda: xp.add(a, b, out=out), repeats)
-    return 3 * 4 * n / seconds / 1e9
+    params = {"w": xp.zeros(UPDATE_SAMPLE, dtype=dtype)}
+    grads = {"w": xp.ones(UPDATE_SAMPLE, dtype=dtype)}
+    optimizer = Adam(params, lr=1e-3)
+    optimizer.step(grads)
+    seconds = _median_seconds(xp, lambda: optimizer.step(grads), repeats)
+    return 7 * params["w"].nbytes / seconds / 1e9

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .bench import bandwidth_gbs, benchmark, step_rates
+from .bench import benchmark, step_rates
 from .cli_options import network_config, network_options
 from .gradcheck import check_model, directional_check, scale_to_operating_point
 from .errors import MinicapsError
@@ -58,8 +58,8 @@ def plan_command(batch_size, gpu, as_json, **options):
     config = network_config(options)
     device = _device(gpu)
     p = plan(config, batch_size)
-    (rate, copy), bandwidth = step_rates(config, batch_size, device), bandwidth_gbs(device)
-    step_s = p.step_seconds(rate, copy, bandwidth)
+    rate, copy, update = step_rates(config, batch_size, device)
+    step_s = p.step_seconds(rate, copy, update)
     free = available_bytes(device)
     click.echo(f"parameters: {p.n_params:,} ({config.n_primary:,} primary capsules)")
     click.echo(f"memory of a training step at batch {batch_size}: "
@@ -72,7 +72,7 @@ def plan_command(batch_size, gpu, as_json, **options):
     click.echo(f"predicted step: {step_s * 1e3:.0f} ms ({batch_size / step_s:.0f} images/s), "
                f"from this machine's {rate:.0f} GFLOP/s in this network's convolution "
                f"products, {copy:.1f} GB/s building its columns (the rate charged for all "
-               f"copies and passes over activations) and {bandwidth:.0f} GB/s in the "
+               f"copies and passes over activations) and {update:.0f} GB/s in the "
                f"optimizer's update")
     if as_json:
         click.echo(json.dumps({"n_params": p.n_params, "param_bytes": p.param_bytes,
@@ -80,7 +80,7 @@ def plan_command(batch_size, gpu, as_json, **options):
                                "total_bytes": p.total_bytes, "flops_forward": p.flops_forward,
                                "flops_train": p.flops_train, "step_s": step_s,
                                "images_per_s": batch_size / step_s, "gemm_gflops": rate,
-                               "copy_gbs": copy, "bandwidth_gbs": bandwidth,
+                               "copy_gbs": copy, "update_gbs": update,
                                "batch_size": batch_size}))
     if p.total_bytes > free:
         raise click.ClickException(f"does not fit: {p.total_bytes / GIB:.1f} GiB needed")

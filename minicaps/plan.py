@@ -39,15 +39,15 @@ class Plan:
     def total_bytes(self):
         return self.param_bytes + self.step_bytes
 
-    def step_seconds(self, gemm_gflops, copy_gbs, bandwidth_gbs):
+    def step_seconds(self, gemm_gflops, copy_gbs, update_gbs):
         """Predicted training-step time: the large matrix products at the GEMM rate that
         this network's convolution gets, the copies and passes over activations (im2col,
         col2im, routing, transposes) at the rate that building its columns gets, and the
-        optimizer's update, a contiguous pass, at the memory's bandwidth (minicaps.bench.
-        step_rates measures the first two for a configuration and batch)."""
+        optimizer's update at its own rate (minicaps.bench.step_rates measures all three
+        for a configuration and batch)."""
         per_image = (self.gemm_flops_train / (gemm_gflops * 1e9)
                      + self.traffic_bytes / (copy_gbs * 1e9))
-        return per_image * self.batch_size + self.update_bytes / (bandwidth_gbs * 1e9)
+        return per_image * self.batch_size + self.update_bytes / (update_gbs * 1e9)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ def test_plan_counts_the_papers_network():
     numbers = json.loads(result.output.strip().splitlines()[-1])
     assert numbers["n_params"] == 8_215_568
     assert "8,215,568" in result.output
-    for key in ("step_s", "images_per_s", "gemm_gflops", "copy_gbs", "bandwidth_gbs"):
+    for key in ("step_s", "images_per_s", "gemm_gflops", "copy_gbs", "update_gbs"):
         assert 0 < numbers[key] < float("inf"), key
 
 
