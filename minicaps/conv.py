@@ -14,10 +14,9 @@ columns, and backward rebuilds them instead of keeping them: one more im2col's w
 copying for a memory ceiling of COLUMN_BYTES per group, or an eighth of the whole columns
 where that takes more than MAX_GROUPS groups (the primary capsules from batch 40 on). Each
 group is still one large matrix product (for the primary capsules at batch 32, 42 channels
-make 3402 terms), and every weight's gradient is
-computed over the whole batch at once, so nothing is accumulated across chunks. Each
-group's columns are freed before the next group's (and, in backward, before their own
-gradient) are made.
+make 3402 terms), and every weight's gradient is computed over the whole batch at once, so
+nothing is accumulated across chunks. Each group's columns are freed before the next
+group's (and, in backward, before their own gradient) are made.
 
 On the GPU the columns and their adjoint are built by fused kernels (minicaps/kernels.py),
 one launch per group instead of kh*kw slice copies.

@@ -196,8 +196,8 @@ def traffic_per_image(config):
 
     im2col writes the columns twice (forward, and again in backward), and the primary
     convolution's backward writes their gradient and reads it back in col2im. Routing and
-    the predictions pass over u_hat about 4R + 2 times: 2R - 1 reads forward, about 2R backward, writing u_hat and its
-    gradient, and the copies between layouts."""
+    the predictions pass over u_hat about 4R + 2 times: 2R - 1 reads forward, about 2R
+    backward, writing u_hat and its gradient, and the copies between layouts."""
     n = _sizes(config, 1)
     itemsize = np.dtype(config.dtype).itemsize
     R = config.routing_iters
