@@ -136,6 +136,12 @@ def step_rates(config, batch_size, device="cpu", repeats=5):
     and would then set the rate for the whole prediction, where a step's median leaves such
     runs out. Copies vary from run to run by themselves (the cache's and memory's state):
     their rate is from the median."""
+    gemm_gflops, copy_gbs = _convolution_rates(config, batch_size, device, repeats)
+    return gemm_gflops, copy_gbs, update_gbs(device, config.dtype, repeats)
+
+
+def _convolution_rates(config, batch_size, device, repeats):
+    """step_rates' first two, from arrays freed when it returns."""
     xp = xp_for(device)
     conv = main_convolution(config)
     oh, ow = conv.out_size
@@ -166,8 +172,7 @@ def step_rates(config, batch_size, device="cpu", repeats=5):
 
     build()
     copy_s = _median_seconds(xp, build, repeats, before=evict_caches)
-    return (3 * 2 * w.size * cols.shape[1] / gemm_s / 1e9, cols.nbytes / copy_s / 1e9,
-            update_gbs(device, dtype, repeats))
+    return 3 * 2 * w.size * cols.shape[1] / gemm_s / 1e9, cols.nbytes / copy_s / 1e9
 
 
 def update_gbs(device="cpu", dtype="float32", repeats=5):
