@@ -10,57 +10,18 @@ that notes its high-water mark. The planner (minicaps/plan.py) models the same s
     python benchmarks/memory_stages.py --gpu --batch-size 32
 """
 import argparse
-import tracemalloc
 
 import numpy as np
 
 import minicaps.model as model
 from minicaps import CapsNet, CapsNetConfig
 from minicaps.backend import xp_for
-from minicaps.bench import synchronize
+from minicaps.bench import MemoryMeter, synchronize
 from minicaps.plan import plan
 
 STAGES = ["conv2d_forward_batch_last", "primary_capsules_forward", "predictions_forward",
           "routing_forward", "routing_backward", "predictions_backward",
           "primary_capsules_backward", "conv2d_backward_batch_last"]
-
-
-class CpuMeter:
-    def __init__(self):
-        tracemalloc.start()
-
-    def now(self):
-        return tracemalloc.get_traced_memory()[0]
-
-    def restart_peak(self):
-        tracemalloc.reset_peak()
-
-    def peak(self):
-        return tracemalloc.get_traced_memory()[1]
-
-
-class GpuMeter:
-    """CuPy's pool with an allocator that keeps the high-water mark of its used bytes."""
-
-    def __init__(self):
-        import cupy
-        self.pool = cupy.get_default_memory_pool()
-        self.high = 0
-
-        def malloc(size):
-            memory = self.pool.malloc(size)
-            self.high = max(self.high, self.pool.used_bytes())
-            return memory
-        cupy.cuda.set_allocator(malloc)
-
-    def now(self):
-        return self.pool.used_bytes()
-
-    def restart_peak(self):
-        self.high = self.now()
-
-    def peak(self):
-        return self.high
 
 
 def measure(config, batch_size, device):
@@ -72,7 +33,6 @@ def measure(config, batch_size, device):
     x = xp.asarray(rng.random((batch_size, *config.in_shape), dtype=np.float32))
     y = xp.asarray(rng.integers(0, config.n_classes, batch_size))
     net.loss_and_grads(x, y)  # warm-up: CuPy's handles and workspaces
-    meter = CpuMeter() if device == "cpu" else GpuMeter()
     records, originals = [], {name: getattr(model, name) for name in STAGES}
 
     def wrapped(name):
@@ -89,9 +49,10 @@ def measure(config, batch_size, device):
     for name in STAGES:
         setattr(model, name, wrapped(name))
     try:
-        base = meter.now()
-        meter.restart_peak()
-        net.loss_and_grads(x, y)
+        with MemoryMeter(xp) as meter:
+            base = meter.now()
+            meter.restart_peak()
+            net.loss_and_grads(x, y)
     finally:
         for name, function in originals.items():
             setattr(model, name, function)

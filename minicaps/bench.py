@@ -24,30 +24,56 @@ def synchronize(xp):
         xp.cuda.Device().synchronize()
 
 
+class MemoryMeter:
+    """Bytes allocated now, and their high-water mark since restart_peak(): NumPy's through
+    tracemalloc, CuPy's through its pool, with an allocator that notes the mark. A context
+    manager: tracing starts on entry and stops (CuPy's allocator is put back) on exit."""
+
+    def __init__(self, xp):
+        self.xp = xp
+
+    def __enter__(self):
+        if self.xp is np:
+            tracemalloc.start()
+            return self
+        self.pool = self.xp.get_default_memory_pool()
+        self.high = self.pool.used_bytes()
+
+        def tracking_malloc(size):
+            memory = self.pool.malloc(size)
+            self.high = max(self.high, self.pool.used_bytes())
+            return memory
+
+        self.xp.cuda.set_allocator(tracking_malloc)
+        return self
+
+    def __exit__(self, *exc):
+        if self.xp is np:
+            tracemalloc.stop()
+        else:
+            self.xp.cuda.set_allocator(self.pool.malloc)
+
+    def now(self):
+        return tracemalloc.get_traced_memory()[0] if self.xp is np else self.pool.used_bytes()
+
+    def restart_peak(self):
+        if self.xp is np:
+            tracemalloc.reset_peak()
+        else:
+            self.high = self.now()
+
+    def peak(self):
+        return tracemalloc.get_traced_memory()[1] if self.xp is np else self.high
+
+
 def peak_step_bytes(xp, step):
     """Peak bytes allocated while step() runs, above what was allocated before."""
-    if xp is np:
-        tracemalloc.start()
-        before = tracemalloc.get_traced_memory()[0]
-        step()
-        peak = tracemalloc.get_traced_memory()[1] - before
-        tracemalloc.stop()
-        return peak
-    pool = xp.get_default_memory_pool()
-    before, peak = pool.used_bytes(), [pool.used_bytes()]
-
-    def tracking_malloc(size):
-        memory = pool.malloc(size)
-        peak[0] = max(peak[0], pool.used_bytes())
-        return memory
-
-    xp.cuda.set_allocator(tracking_malloc)
-    try:
+    with MemoryMeter(xp) as meter:
+        before = meter.now()
+        meter.restart_peak()
         step()
         synchronize(xp)
-    finally:
-        xp.cuda.set_allocator(pool.malloc)
-    return peak[0] - before
+        return meter.peak() - before
 
 
 def _median_seconds(xp, step, steps, before=None, summary=np.median):

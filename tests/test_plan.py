@@ -1,10 +1,9 @@
 """The planner predicts without allocating: check it against what a step really allocates."""
-import tracemalloc
-
 import numpy as np
 import pytest
 
 from minicaps import Adam, CapsNet, CapsNetConfig, MinicapsError
+from minicaps.bench import peak_step_bytes
 from minicaps.cnn import PoolingCNN
 from minicaps.plan import (Convolution, check_fits, flops_per_image, largest_batch,
                            main_convolution, plan)
@@ -38,11 +37,7 @@ def assert_memory_prediction(net, B):
     x = rng.random((B, *net.config.in_shape)).astype(np.float32)
     y = rng.integers(0, net.config.n_classes, B)
     optimizer = Adam(net.params, lr=1e-3)
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    optimizer.step(net.loss_and_grads(x, y)[1])
-    measured = tracemalloc.get_traced_memory()[1] - before
-    tracemalloc.stop()
+    measured = peak_step_bytes(np, lambda: optimizer.step(net.loss_and_grads(x, y)[1]))
     assert 0.85 < plan(net.config, B).step_bytes / measured < 1.15
 
 
@@ -80,9 +75,8 @@ def test_calibrating_the_step_time_measures_a_bounded_part_of_the_network(in_sha
     CALIBRATION_WIDTH output positions: for the logo challenge's full frames (a 195 x 352
     capsule grid) that is tens of MB, where one group of the real columns is 0.7 GB."""
     from minicaps.bench import step_rates
-    tracemalloc.start()
-    rates = step_rates(CapsNetConfig(in_shape=in_shape, n_classes=59), B)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
+    rates = []
+    peak = peak_step_bytes(np, lambda: rates.extend(
+        step_rates(CapsNetConfig(in_shape=in_shape, n_classes=59), B)))
     assert len(rates) == 3 and all(0 < rate < np.inf for rate in rates)
     assert peak < 200 * 2 ** 20
