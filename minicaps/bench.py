@@ -14,7 +14,7 @@ import numpy as np
 from .backend import xp_for
 from .model import CapsNet
 from .optim import Adam
-from .conv import _columns, channel_groups
+from .conv import _columns, largest_group
 from .plan import main_convolution, plan
 
 
@@ -76,9 +76,9 @@ def peak_step_bytes(xp, step):
         return meter.peak() - before
 
 
-def _median_seconds(xp, step, steps, before=None, summary=np.median):
-    """Median (or another summary) of the seconds of `steps` runs of step(); before() runs
-    untimed ahead of each."""
+def _seconds(xp, step, steps, before=None, summary=np.median):
+    """The median (or another summary) of the seconds of `steps` runs of step(); before()
+    runs untimed ahead of each."""
     times = []
     for _ in range(steps):
         if before is not None:
@@ -117,8 +117,8 @@ def benchmark(config, *, batch_size=32, steps=10, warmup=2, device="cpu", seed=0
     for _ in range(warmup):
         train_step()
         infer_step()
-    step_s = _median_seconds(xp, train_step, steps)
-    infer_s = _median_seconds(xp, infer_step, steps)
+    step_s = _seconds(xp, train_step, steps)
+    infer_s = _seconds(xp, infer_step, steps)
     peak = peak_step_bytes(xp, train_step)
     planned = plan(config, batch_size)
     return {
@@ -152,9 +152,9 @@ def step_rates(config, batch_size, device="cpu", repeats=5):
     products (output, weight gradient, column gradient) and the building of its columns;
     the last is update_gbs.
 
-    Both depend on the shapes: at batch 1 a product 36 columns wide runs at a fraction of
-    the rate of one 1152 wide, and im2col copying runs of one number at a fraction of runs
-    of 32. A product wider than CALIBRATION_WIDTH is timed on fewer images, or on fewer
+    The first two depend on the shapes: at batch 1 a product 36 columns wide runs at a
+    fraction of the rate of one 1152 wide, and im2col copying runs of one number at a
+    fraction of runs of 32. A product wider than CALIBRATION_WIDTH is timed on fewer images, or on fewer
     of a large image's output rows, down to one image and one row. On the CPU the columns
     are built from a cold cache, as in a step, where the stages between one use of an
     array and the next push it out. The products' rate is from the fastest of `repeats`
@@ -175,8 +175,7 @@ def _convolution_rates(config, batch_size, device, repeats):
     batch = min(batch_size, max(1, CALIBRATION_WIDTH // (oh * ow)))
     in_h = (oh - 1) * conv.stride + conv.kernel
     k2, dtype = conv.kernel ** 2, np.dtype(config.dtype)
-    groups = channel_groups(conv.in_channels, k2 * oh * ow * batch * dtype.itemsize)
-    g = max(group.stop - group.start for group in groups)
+    g = largest_group(conv.in_channels, k2 * oh * ow * batch * dtype.itemsize)
     rng = np.random.default_rng(0)
     xt, cols, w, dout = (xp.asarray(rng.random(shape, dtype=dtype)) for shape in [
         (g, in_h, conv.in_w, batch), (g * k2, oh * ow * batch),
@@ -186,7 +185,7 @@ def _convolution_rates(config, batch_size, device, repeats):
         w @ cols, dout @ cols.T, w.T @ dout
 
     products()
-    gemm_s = _median_seconds(xp, products, repeats, summary=min)
+    gemm_s = _seconds(xp, products, repeats, summary=min)
     evict = np.ones(_EVICT_BYTES // 4, dtype=np.float32) if xp is np else None
 
     def evict_caches():
@@ -197,7 +196,7 @@ def _convolution_rates(config, batch_size, device, repeats):
         _columns(xt, conv.kernel, conv.kernel, oh, ow, conv.stride)
 
     build()
-    copy_s = _median_seconds(xp, build, repeats, before=evict_caches)
+    copy_s = _seconds(xp, build, repeats, before=evict_caches)
     return 3 * 2 * w.size * cols.shape[1] / gemm_s / 1e9, cols.nbytes / copy_s / 1e9
 
 
@@ -210,5 +209,5 @@ def update_gbs(device="cpu", dtype="float32", repeats=5):
     grads = {"w": xp.ones(UPDATE_SAMPLE, dtype=dtype)}
     optimizer = Adam(params, lr=1e-3)
     optimizer.step(grads)
-    seconds = _median_seconds(xp, lambda: optimizer.step(grads), repeats)
+    seconds = _seconds(xp, lambda: optimizer.step(grads), repeats)
     return 7 * params["w"].nbytes / seconds / 1e9

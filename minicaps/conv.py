@@ -53,6 +53,11 @@ def channel_groups(channels, channel_bytes):
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+def largest_group(channels, channel_bytes):
+    """Channels in the largest of channel_groups' groups (the planner sizes memory by it)."""
+    return max(group.stop - group.start for group in channel_groups(channels, channel_bytes))
+
+
 def _groups(xt, kh, kw, oh, ow):
     """channel_groups of xt (C, H, W, B) for a kh x kw kernel with oh x ow outputs."""
     C, _, _, B = xt.shape

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from .cnn import POOLED_LAYERS
-from .conv import channel_groups, output_size
+from .conv import largest_group, output_size
 from .errors import MinicapsError
 from .network import input_channels
 from .networks import kind_of
@@ -114,8 +114,7 @@ def _sizes(config, B):
 
 def _largest_group(channels, channel_elements, itemsize):
     """Elements of the largest of conv.channel_groups' column groups."""
-    groups = channel_groups(channels, channel_elements * itemsize)
-    return max(g.stop - g.start for g in groups) * channel_elements
+    return largest_group(channels, channel_elements * itemsize) * channel_elements
 
 
 def _group_elements(config, batch_size, conv):
