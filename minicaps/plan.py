@@ -32,12 +32,17 @@ class Plan:
     flops_train: float      # per image: forward, backward, update
     gemm_flops_train: float  # per image: the part done by large matrix products
     traffic_bytes: float    # per image: memory moved by copies and element-wise passes
-    update_bytes: int       # per step: Adam reads weights, gradients, moments, writes three
     batch_size: int
 
     @property
     def total_bytes(self):
         return self.param_bytes + self.step_bytes
+
+    @property
+    def update_bytes(self):
+        """Bytes Adam's update moves per step: it reads the weights, their gradients and the
+        two moments, and writes back the three of param_bytes."""
+        return self.param_bytes // 3 * 7
 
     def step_seconds(self, gemm_gflops, copy_gbs, update_gbs):
         """Predicted training-step time: the large matrix products at the GEMM rate that
@@ -249,7 +254,7 @@ def _cnn_plan(config, batch_size):
                 step_bytes=itemsize * max(forward_peak, cached * B + backward_transient + n),
                 flops_forward=float(forward), flops_train=float(3 * forward),
                 gemm_flops_train=float(3 * forward), traffic_bytes=float(traffic * itemsize),
-                update_bytes=7 * n * itemsize, batch_size=batch_size)
+                batch_size=batch_size)
 
 
 def plan(config, batch_size):
@@ -265,8 +270,7 @@ def plan(config, batch_size):
     return Plan(n_params=n, param_bytes=3 * n * itemsize,
                 step_bytes=step_bytes(config, batch_size),
                 flops_forward=forward, flops_train=train, gemm_flops_train=float(gemm),
-                traffic_bytes=traffic_per_image(config), update_bytes=7 * n * itemsize,
-                batch_size=batch_size)
+                traffic_bytes=traffic_per_image(config), batch_size=batch_size)
 
 
 def available_bytes(device):
