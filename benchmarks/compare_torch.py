@@ -17,6 +17,8 @@ torch.cuda.max_memory_allocated), in the same process.
 
 Both run in one process, so both get the allocator setting that `minicaps bench` and
 `minicaps train` use (minicaps/allocator.py); --default-allocator leaves glibc's default.
+NumPy's OpenBLAS lets its idle threads sleep (minicaps/idle_threads.py): spinning, as
+they did before, they took a core from PyTorch's steps as well as from minicaps' copies.
 
 PyTorch is a dev-only reference here; minicaps never imports it.
 """
@@ -28,11 +30,12 @@ import sys
 import time
 from pathlib import Path
 
+# minicaps before NumPy, so that OpenBLAS's idle threads sleep (minicaps/idle_threads.py)
+from minicaps import Adam, CapsNet, CapsNetConfig
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from minicaps import Adam, CapsNet, CapsNetConfig  # noqa: E402
 from minicaps.allocator import reuse_freed_memory  # noqa: E402
 from minicaps.backend import to_host, xp_for  # noqa: E402
 from minicaps.bench import peak_step_bytes, synchronize  # noqa: E402

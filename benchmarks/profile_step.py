@@ -28,9 +28,10 @@ import pstats
 import time
 from contextlib import contextmanager
 
+# minicaps before NumPy, so that OpenBLAS's idle threads sleep (minicaps/idle_threads.py)
+from minicaps import Adam, CapsNet, CapsNetConfig
 import numpy as np
 
-from minicaps import Adam, CapsNet, CapsNetConfig
 from minicaps.allocator import reuse_freed_memory
 from minicaps.backend import xp_for
 from minicaps.bench import synchronize

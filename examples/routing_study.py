@@ -14,9 +14,10 @@ import argparse
 import json
 from pathlib import Path
 
+# minicaps before NumPy, so that OpenBLAS's idle threads sleep (minicaps/idle_threads.py)
+from minicaps import Adam, CapsNet, ExponentialDecay
 import numpy as np
 
-from minicaps import Adam, CapsNet, ExponentialDecay
 from minicaps.augment import shift
 from minicaps.data import load_dataset
 from minicaps.evaluate import class_lengths
