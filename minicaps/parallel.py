@@ -35,21 +35,27 @@ def in_parts(array, length, work):
 TILE_BYTES = 256 * 2 ** 10
 
 
-def in_tiles(array, length, index_bytes, work):
-    """Call work(start, stop) over tiles of range(length) of about TILE_BYTES each
+def in_tiles(array, length, index_bytes, work, tile_bytes=None):
+    """Call work(start, stop) over tiles of range(length) of about tile_bytes (by default
+    TILE_BYTES) each
     (index_bytes per index), the tiles split over threads as in_parts splits; on the GPU
     once over all of it (a launch per tile would cost more than the cache saves). `work`
     must not call in_parts itself: the threads it runs in are in_parts'."""
     if get_array_module(array) is not np:
         work(0, length)
         return
-    tile = max(1, TILE_BYTES // max(1, index_bytes))
+    tile = tile_length(index_bytes, tile_bytes)
 
     def run(start, stop):
         for first in range(start, stop, tile):
             work(first, min(stop, first + tile))
 
     in_parts(array, length, run)
+
+
+def tile_length(index_bytes, tile_bytes=None):
+    """Indices per tile of in_tiles on the CPU (at least one)."""
+    return max(1, (tile_bytes or TILE_BYTES) // max(1, index_bytes))
 
 
 def transposed(array, axes):

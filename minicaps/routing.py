@@ -16,8 +16,16 @@ Two backward passes, both exact for what they define:
 from . import kernels
 from .backend import get_array_module
 from .capsules import squash_backward, squash_forward
+from .parallel import in_tiles
 
 ROUTING_GRADS = ("full", "last")
+# Routing is separate for every example, so the CPU routes a batch in tiles of examples,
+# split over threads (minicaps.parallel.in_tiles): a tile's u_hat (about 3 MiB, four
+# examples of the paper's network) stays in cache through every iteration, where the whole
+# batch's (24 MB at batch 32) went out to memory and back at each of its passes. On the
+# 2-core CPU, routing forward took 3.3 ms instead of 6.6 at batch 32, 13 instead of 35 at
+# 128; backward 4.4 instead of 7.6, 21 instead of 41. The GPU routes the batch at once.
+TILE_BYTES = 3 * 2 ** 20
 
 
 def softmax(x, axis):
@@ -47,20 +55,37 @@ def routing_forward(u_hat, *, iters=3, grad="full"):
         raise ValueError(f"routing needs at least one iteration, not {iters}")
     xp = get_array_module(u_hat)
     B, J, I, E = u_hat.shape
-    b = xp.zeros((B, J, I), dtype=u_hat.dtype)
-    couplings, squash_caches, vs = [], [], []
-    for r in range(iters):
-        c = softmax(b, axis=1)  # (B, J, I), sums to 1 over J
-        s = (c[:, :, None, :] @ u_hat)[:, :, 0, :]  # (B, J, E)
-        v, squash_cache = squash_forward(s)
-        couplings.append(c)
-        squash_caches.append(squash_cache)
-        vs.append(v)
-        if r < iters - 1:
-            b = b + (u_hat @ v[..., None])[..., 0]  # agreement <u_hat, v>, (B, J, I)
-    if grad == "last":  # the backward pass needs only the last iteration
-        couplings, squash_caches, vs = couplings[-1:], squash_caches[-1:], vs[-1:]
-    return v, (u_hat, couplings, squash_caches, vs, grad, iters)
+    kept = iters if grad == "full" else 1  # "last": backward needs only the last iteration
+    new = lambda *shape: [xp.empty((B, J, *shape), dtype=u_hat.dtype)  # noqa: E731
+                          for _ in range(kept)]
+    couplings, vs = new(I), new(E)
+    squash_caches = list(zip(new(E), new(1), new(1)))  # s, |s|^2, |s|
+
+    def route(first, last):  # examples first..last-1, every iteration
+        u = u_hat[first:last]
+        b = xp.zeros(u.shape[:3], dtype=u.dtype)
+        for r in range(iters):
+            c = softmax(b, axis=1)  # (n, J, I), sums to 1 over J
+            s = (c[:, :, None, :] @ u)[:, :, 0, :]  # (n, J, E)
+            v, squash_cache = squash_forward(s)
+            k = r - (iters - kept)  # its place among the kept iterations, if kept
+            if k >= 0:
+                for whole, part in zip((couplings[k], vs[k], *squash_caches[k]),
+                                       (c, v, *squash_cache)):
+                    whole[first:last] = part
+            if r < iters - 1:
+                b = b + (u @ v[..., None])[..., 0]  # agreement <u_hat, v>, (n, J, I)
+
+    in_tiles(u_hat, B, u_hat[0].nbytes, route, tile_bytes=TILE_BYTES)
+    return vs[-1], (u_hat, couplings, squash_caches, vs, grad, iters)
+
+
+def _examples(cache, first, last):
+    """The routing cache of examples first..last-1 (views)."""
+    u_hat, couplings, squash_caches, vs, grad, iters = cache
+    return (u_hat[first:last], [c[first:last] for c in couplings],
+            [tuple(a[first:last] for a in sc) for sc in squash_caches],
+            [v[first:last] for v in vs], grad, iters)
 
 
 def _gradient_paths(dv, cache):
@@ -94,15 +119,23 @@ def routing_backward(dv, cache):
 
     Every path into u_hat is an outer product left (B, J, I) x right (B, J, E): c_r x ds_r
     for the weighted sums, db_r x v_(r-1) for the agreements. They are collected and
-    summed with one batched matrix product at the end.
+    summed with one batched matrix product, tile of examples by tile as in the forward pass.
     """
+    u_hat = cache[0]
     xp = get_array_module(dv)
-    terms = _gradient_paths(dv, cache)
-    left = xp.stack([t[1] for t in terms], axis=-1)  # (B, J, I, K)
-    right = xp.stack([t[2] for t in terms], axis=2)  # (B, J, K, E)
-    if len(terms) == 1:  # the same numbers, 1.3x faster (NumPy's product of K = 1 is a loop)
-        return left * right
-    return left @ right
+    du_hat = xp.empty_like(u_hat)
+
+    def backward(first, last):
+        terms = _gradient_paths(dv[first:last], _examples(cache, first, last))
+        left = xp.stack([t[1] for t in terms], axis=-1)  # (n, J, I, K)
+        right = xp.stack([t[2] for t in terms], axis=2)  # (n, J, K, E)
+        if len(terms) == 1:  # the same numbers, 1.3x faster (NumPy's product of K = 1 is a loop)
+            xp.multiply(left, right, out=du_hat[first:last])
+        else:
+            xp.matmul(left, right, out=du_hat[first:last])
+
+    in_tiles(u_hat, u_hat.shape[0], u_hat[0].nbytes, backward, tile_bytes=TILE_BYTES)
+    return du_hat
 
 
 def gradient_path_norms(dv, cache):

@@ -354,3 +354,27 @@ def test_predictions_in_tiles_of_capsules_equal_their_definition(tile_bytes):
     np.testing.assert_allclose(u_hat, np.einsum("bid,ijed->bjie", u, w), rtol=1e-12)
     np.testing.assert_allclose(du, np.einsum("bjie,ijed->bid", du_hat, w), rtol=1e-12)
     np.testing.assert_allclose(dw, np.einsum("bjie,bid->ijed", du_hat, u), rtol=1e-12)
+
+
+@pytest.mark.parametrize("grad,iters", [("full", 1), ("full", 3), ("last", 3)])
+@pytest.mark.parametrize("tile_bytes", [1, 5000])  # an example a tile; a few, unevenly
+def test_routing_in_tiles_of_examples_equals_the_whole_batch(grad, iters, tile_bytes):
+    """Routing forward (v and every cached array) and backward, tile by tile in threads,
+    against the batch routed at once."""
+    from unittest import mock
+    from minicaps import parallel, routing
+    rng = np.random.default_rng(iters)
+    u_hat, dv = rng.standard_normal((7, 3, 5, 4)), rng.standard_normal((7, 3, 4))
+    v, cache = routing_forward(u_hat, iters=iters, grad=grad)
+    du_hat = routing.routing_backward(dv, cache)
+    assert parallel.tile_length(u_hat[0].nbytes, routing.TILE_BYTES) >= len(u_hat)
+    with mock.patch.object(routing, "TILE_BYTES", tile_bytes), \
+            mock.patch.object(parallel, "MIN_ELEMENTS", 1):
+        tiled_v, tiled_cache = routing_forward(u_hat, iters=iters, grad=grad)
+        tiled_du_hat = routing.routing_backward(dv, tiled_cache)
+    np.testing.assert_array_equal(tiled_v, v)
+    cached = lambda c: [*c[1], *(a for sc in c[2] for a in sc), *c[3]]  # noqa: E731
+    assert len(cached(cache)) == 5 * (iters if grad == "full" else 1)  # c, s, |s|^2, |s|, v
+    for tiled, whole in zip(cached(tiled_cache), cached(cache), strict=True):
+        np.testing.assert_array_equal(tiled, whole)
+    np.testing.assert_array_equal(tiled_du_hat, du_hat)
