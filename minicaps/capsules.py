@@ -128,6 +128,7 @@ def predictions_backward(du_hat, cache):
         w_2d, u_t = w.reshape(I, J * E, D), u.transpose(1, 2, 0)
 
         def gradients(first, last):  # of capsules first..last-1, as in predictions_forward
+            # A view where du_hat is laid out (I, B, J, E), as routing leaves it on the CPU.
             g = xp.ascontiguousarray(du_hat[:, :, first:last].transpose(2, 0, 1, 3))
             g = g.reshape(-1, B, J * E)  # (n, B, J*E)
             du[first:last] = g @ w_2d[first:last]

