@@ -74,7 +74,7 @@ def main():
         print(f"| {name} | {mib(start):.2f} | {mib(peak):.2f} |")
     peak = max(p for _, _, p in records)
     print(f"\nstep peak {mib(peak):.2f} MiB per image; planned "
-          f"{mib(plan(config, B).step_bytes):.2f}")
+          f"{mib(plan(config, B, device).step_bytes):.2f}")
 
 
 if __name__ == "__main__":

@@ -120,7 +120,7 @@ def benchmark(config, *, batch_size=32, steps=10, warmup=2, device="cpu", seed=0
     step_s = _seconds(xp, train_step, steps)
     infer_s = _seconds(xp, infer_step, steps)
     peak = peak_step_bytes(xp, train_step)
-    planned = plan(config, batch_size)
+    planned = plan(config, batch_size, device)
     return {
         "device": device,
         "batch_size": batch_size,

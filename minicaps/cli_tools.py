@@ -57,7 +57,7 @@ def plan_command(batch_size, gpu, as_json, **options):
     """Parameters, memory, FLOPs and a predicted step time, without building the network."""
     config = network_config(options)
     device = _device(gpu)
-    p = plan(config, batch_size)
+    p = plan(config, batch_size, device)
     rate, copy, update = step_rates(config, batch_size, device)
     step_s = p.step_seconds(rate, copy, update)
     free = available_bytes(device)

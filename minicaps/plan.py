@@ -19,6 +19,7 @@ from .conv import largest_group, output_size
 from .errors import MinicapsError
 from .network import input_channels
 from .networks import kind_of
+from .routing import examples_at_once
 
 GIB = 2 ** 30
 
@@ -130,11 +131,15 @@ def _group_elements(config, batch_size, conv):
                           np.dtype(config.dtype).itemsize)
 
 
-def step_bytes(config, batch_size):
-    """Peak bytes of one training step: at each stage, what the stages before it keep for
-    backward and is still held, that stage's transient, and the gradients made so far."""
+def step_bytes(config, batch_size, device="cpu"):
+    """Peak bytes of one training step on `device`: at each stage, what the stages before
+    it keep for backward and is still held, that stage's transient, and the gradients made
+    so far."""
     n = _sizes(config, batch_size)
     itemsize = np.dtype(config.dtype).itemsize
+    # Routing's gradient paths exist for the examples routed at once, not the whole batch.
+    routed = examples_at_once(batch_size, n["u_hat"] // batch_size * itemsize, device)
+    paths = n["routing_left"] // batch_size * routed
     cols1 = _group_elements(config, batch_size, "conv1")
     cols2 = _group_elements(config, batch_size, "primary")
     shapes = config.param_shapes()
@@ -150,7 +155,7 @@ def step_bytes(config, batch_size):
     # Forward: one group's columns at a time, the output and a group's part of it.
     forward = max(2 * n["x"] + cols1 + 2 * n["conv1_out"],
                   conv_kept + cols2 + 2 * n["primary_out"])
-    routing_backward = (cached + 2 * n["routing_left"] + n["u_hat"]  # paths, stacked; du_hat
+    routing_backward = (cached + 2 * paths + n["u_hat"]  # paths, stacked; du_hat
                         + grads("decoder"))
     shared = config.share_transforms and config.n_primary > config.primary_types
     # du_hat, and with shared transforms du before its sum over the classes (unshared ones
@@ -257,9 +262,10 @@ def _cnn_plan(config, batch_size):
                 batch_size=batch_size)
 
 
-def plan(config, batch_size):
-    """The Plan of a training step of `config` (a CapsNetConfig or CNNConfig): the same on
-    either device, since both build the columns in groups of the same size."""
+def plan(config, batch_size, device="cpu"):
+    """The Plan of a training step of `config` (a CapsNetConfig or CNNConfig) on `device`.
+    Both devices build the columns in groups of the same size; only the CPU routes in tiles
+    of examples (minicaps.routing.examples_at_once)."""
     if kind_of(config) == "cnn":
         return _cnn_plan(config, batch_size)
     n = config.n_params()
@@ -268,7 +274,7 @@ def plan(config, batch_size):
     f = _flop_parts(config)
     gemm = 3 * (f["conv1"] + f["primary"] + f["decoder"]) - f["conv1"]
     return Plan(n_params=n, param_bytes=3 * n * itemsize,
-                step_bytes=step_bytes(config, batch_size),
+                step_bytes=step_bytes(config, batch_size, device),
                 flops_forward=forward, flops_train=train, gemm_flops_train=float(gemm),
                 traffic_bytes=traffic_per_image(config), batch_size=batch_size)
 
@@ -289,11 +295,11 @@ def available_bytes(device):
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def largest_batch(config, budget_bytes):
+def largest_batch(config, budget_bytes, device="cpu"):
     """The largest batch size whose step fits in budget_bytes (0 if none does), by
     bisection: memory grows with the batch, but not in proportion (the im2col columns are
     built in groups)."""
-    fits = lambda b: plan(config, b).total_bytes <= budget_bytes  # noqa: E731
+    fits = lambda b: plan(config, b, device).total_bytes <= budget_bytes  # noqa: E731
     if not fits(1):
         return 0
     low, high = 1, 2
@@ -308,11 +314,11 @@ def largest_batch(config, budget_bytes):
 def check_fits(config, batch_size, device="cpu", *, headroom=0.9):
     """Raise MinicapsError, with a batch size that would fit, when a training step of this
     configuration needs more than `headroom` of the device's available memory."""
-    need = plan(config, batch_size).total_bytes
+    need = plan(config, batch_size, device).total_bytes
     budget = headroom * available_bytes(device)
     if need <= budget:
         return
-    fits = largest_batch(config, budget)
+    fits = largest_batch(config, budget, device)
     hint = (f"try --batch-size {fits}" if fits >= 1 else
             "even one image does not fit: use a smaller input, crop, or fewer capsules")
     raise MinicapsError(f"a training step needs {need / GIB:.1f} GiB at batch size "

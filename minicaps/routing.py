@@ -18,7 +18,7 @@ import numpy as np
 from . import kernels
 from .backend import get_array_module
 from .capsules import squash_backward, squash_forward
-from .parallel import in_tiles
+from .parallel import THREADS, in_tiles, tile_length
 
 ROUTING_GRADS = ("full", "last")
 # Routing is separate for every example, so the CPU routes a batch in tiles of examples,
@@ -80,6 +80,14 @@ def routing_forward(u_hat, *, iters=3, grad="full"):
 
     in_tiles(u_hat, B, u_hat[0].nbytes, route, tile_bytes=TILE_BYTES)
     return vs[-1], (u_hat, couplings, squash_caches, vs, grad, iters)
+
+
+def examples_at_once(batch_size, example_bytes, device):
+    """The most examples whose routing temporaries exist at once (example_bytes of u_hat
+    each): on the CPU a tile per thread, on the GPU the whole batch."""
+    if device == "gpu":
+        return batch_size
+    return min(batch_size, THREADS * tile_length(example_bytes, TILE_BYTES))
 
 
 def _examples(cache, first, last):
