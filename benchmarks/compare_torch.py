@@ -86,7 +86,7 @@ def setup(config, batch_size, device, seed=0):
 
 
 def alternate(config, batch_size, steps, warmup, device="cpu", seed=0):
-    """Median seconds of a training step, (minicaps, PyTorch), one step of each in turn."""
+    """Seconds of each training step, (minicaps', PyTorch's), one step of each in turn."""
     ours_step, theirs_step = setup(config, batch_size, device, seed)
     ours_sync, theirs_sync = synchronizers(device)
     ours, theirs = [], []
@@ -102,7 +102,7 @@ def alternate(config, batch_size, steps, warmup, device="cpu", seed=0):
         if n >= warmup:
             ours.append(t1 - t0)
             theirs.append(t2 - t1)
-    return float(np.median(ours)), float(np.median(theirs))
+    return np.array(ours), np.array(theirs)
 
 
 def gpu_peak_bytes(config, batch_size):
@@ -208,8 +208,13 @@ def main():
                      f" MiB, PyTorch {(t_peak - t_before) / B / 1024:.2f} MiB "
                      f"(peak RSS {peak / 1024:.0f} / {t_peak / 1024:.0f} MiB); ")
         ours, theirs = alternate(config, B, args.steps, args.warmup, device)
+        # The ratio of the medians, and the quartiles of the ratios of steps taken one
+        # after the other: how much the machine's own variations moved it.
+        low, high = np.percentile(theirs / ours, [25, 75])
+        ours, theirs = np.median(ours), np.median(theirs)
         line += (f"minicaps {B / ours:6.1f} images/s, PyTorch {B / theirs:6.1f} images/s, "
-                 f"ratio {theirs / ours:.2f} (medians of {args.steps} alternated steps)")
+                 f"ratio {theirs / ours:.2f} (medians of {args.steps} alternated steps; "
+                 f"step by step {low:.2f}-{high:.2f})")
         print(line, flush=True)
 
 
