@@ -49,7 +49,7 @@ def main():
     for what, value, config, batch in rows():
         r = benchmark(config, batch_size=batch, steps=args.steps, warmup=1, device=device)
         gemm, copy, update = step_rates(config, batch, device)
-        predicted = batch / plan(config, batch).step_seconds(gemm, copy, update)
+        predicted = batch / plan(config, batch, device).step_seconds(gemm, copy, update)
         print(f"| {what} | {value} | {batch} | {r['images_per_s']:.1f} | "
               f"{r['infer_images_per_s']:.1f} | {r['gflops']:.0f} | "
               f"{r['peak_mem_bytes'] / 2**20:.0f} | {r['predicted_mem_bytes'] / 2**20:.0f} | "
