@@ -205,12 +205,17 @@ def traffic_per_image(config):
 
     im2col writes the columns twice (forward, and again in backward), and the primary
     convolution's backward writes their gradient and reads it back in col2im. Routing and
-    the predictions pass over u_hat about 4R + 2 times: 2R - 1 reads forward, about 2R
-    backward, writing u_hat and its gradient, and the copies between layouts."""
+    the predictions pass over u_hat 4R + 2 times (2R + 3 with routing_grad "last"): five
+    of them go to memory (the predictions write u_hat, routing reads it forward and again
+    backward, writes its gradient, the predictions read that), the rest are routing's
+    iterations over a tile of examples held in cache (minicaps.routing.TILE_BYTES), counted
+    at half a pass each: routing in tiles took half the time it took passing over the
+    whole batch (a CPU figure; the GPU routes the batch at once)."""
     n = _sizes(config, 1)
     itemsize = np.dtype(config.dtype).itemsize
     R = config.routing_iters
-    passes = 4 * R + 2 if config.routing_grad == "full" else 2 * R + 3
+    in_cache = 4 * R - 3 if config.routing_grad == "full" else 2 * R - 2
+    passes = 5 + in_cache / 2
     elements = (2 * n["conv1_cols"] + 4 * n["primary_cols"] + passes * n["u_hat"]
                 + 6 * n["conv1_out"])  # ReLU, bias, transposes of conv1's output
     return float(elements * itemsize)
