@@ -36,11 +36,11 @@ TILE_BYTES = 256 * 2 ** 10
 
 
 def in_tiles(array, length, index_bytes, work, tile_bytes=None):
-    """Call work(start, stop) over tiles of range(length) of about tile_bytes (by default
-    TILE_BYTES) each
-    (index_bytes per index), the tiles split over threads as in_parts splits; on the GPU
-    once over all of it (a launch per tile would cost more than the cache saves). `work`
-    must not call in_parts itself: the threads it runs in are in_parts'."""
+    """Call work(start, stop) over tiles of range(length) of about tile_bytes each (by
+    default TILE_BYTES; index_bytes per index), the tiles split over threads as in_parts
+    splits; on the GPU once over all of it (a launch per tile would cost more than the
+    cache saves). `work` must not call in_parts itself: the threads it runs in are
+    in_parts'."""
     if get_array_module(array) is not np:
         work(0, length)
         return

@@ -58,10 +58,13 @@ def routing_forward(u_hat, *, iters=3, grad="full"):
     xp = get_array_module(u_hat)
     B, J, I, E = u_hat.shape
     kept = iters if grad == "full" else 1  # "last": backward needs only the last iteration
-    new = lambda *shape: [xp.empty((B, J, *shape), dtype=u_hat.dtype)  # noqa: E731
-                          for _ in range(kept)]
-    couplings, vs = new(I), new(E)
-    squash_caches = list(zip(new(E), new(1), new(1)))  # s, |s|^2, |s|
+
+    def per_kept_iteration(last_axis):  # the whole batch's arrays, filled tile by tile
+        return [xp.empty((B, J, last_axis), dtype=u_hat.dtype) for _ in range(kept)]
+
+    couplings, vs = per_kept_iteration(I), per_kept_iteration(E)
+    squash_caches = list(zip(per_kept_iteration(E), per_kept_iteration(1),
+                             per_kept_iteration(1)))  # s, |s|^2, |s|
 
     def route(first, last):  # examples first..last-1, every iteration
         u = u_hat[first:last]
@@ -152,7 +155,7 @@ def routing_backward(dv, cache):
         else:
             xp.matmul(left, right, out=du_hat[first:last])
 
-    in_tiles(u_hat, u_hat.shape[0], u_hat[0].nbytes, backward, tile_bytes=TILE_BYTES)
+    in_tiles(u_hat, B, u_hat[0].nbytes, backward, tile_bytes=TILE_BYTES)
     return du_hat
 
 
