@@ -53,8 +53,8 @@ def main():
         print(f"| {what} | {value} | {batch} | {r['images_per_s']:.1f} | "
               f"{r['infer_images_per_s']:.1f} | {r['gflops']:.0f} | "
               f"{r['peak_mem_bytes'] / 2**20:.0f} | {r['predicted_mem_bytes'] / 2**20:.0f} | "
-              f"{predicted:.1f} ({gemm:.0f}, {copy:.1f}, {update:.0f}) | {r['images_per_s'] / predicted:.2f} |",
-              flush=True)
+              f"{predicted:.1f} ({gemm:.0f}, {copy:.1f}, {update:.0f}) | "
+              f"{r['images_per_s'] / predicted:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
