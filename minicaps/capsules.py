@@ -59,13 +59,13 @@ def length_backward(dlengths, cache):
 def primary_capsules_forward(x, w, b, *, types, stride=2):
     """Convolution (no ReLU), regrouped into capsules and squashed.
 
-    x (C, H, W, B) batch-last (as conv1 leaves it), w (T*D, C, k, k) -> u (B, I, D) with
+    x (C, H, W, B) batch-last (as conv1 leaves it), w (C, k, k, T*D) -> u (B, I, D) with
     I = T*gh*gw. Output channel t*D + d is dimension d of capsule type t; capsule
     i = t*gh*gw + row*gw + col.
     """
     out, conv_cache = conv2d_forward_batch_last(x, w, b, stride=stride)  # (T*D, gh, gw, B)
     _, gh, gw, B = out.shape
-    D = w.shape[0] // types
+    D = w.shape[-1] // types
     s = out.reshape(types, D, gh, gw, B).transpose(4, 0, 2, 3, 1)  # (B, T, gh, gw, D)
     s = s.reshape(B, types * gh * gw, D)  # (B, I, D)
     u, squash_cache = squash_forward(s)

@@ -58,7 +58,7 @@ class CNNConfig:
     def param_shapes(self):
         shapes, c_in, k = {}, input_channels(self), self.kernel_size
         for n, c_out in enumerate(self.channels):
-            shapes[f"conv{n}.w"], shapes[f"conv{n}.b"] = (c_out, c_in, k, k), (c_out,)
+            shapes[f"conv{n}.w"], shapes[f"conv{n}.b"] = (c_in, k, k, c_out), (c_out,)
             c_in = c_out
         h, w = self.feature_size
         widths = (c_in * h * w, *self.hidden, self.n_classes)

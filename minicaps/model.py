@@ -111,8 +111,8 @@ class CapsNetConfig:
         k, K = self.kernel_size, self.conv_channels
         TD = self.primary_types * self.primary_dim
         shapes = {
-            "conv1.w": (K, input_channels(self), k, k), "conv1.b": (K,),
-            "primary.w": (TD, K, k, k), "primary.b": (TD,),
+            "conv1.w": (input_channels(self), k, k, K), "conv1.b": (K,),
+            "primary.w": (K, k, k, TD), "primary.b": (TD,),
             "caps.w": (self.primary_types if self.share_transforms else self.n_primary,
                        self.n_parents, self.class_dim, self.primary_dim),
         }

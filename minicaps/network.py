@@ -14,12 +14,19 @@ from .errors import MinicapsError
 
 def fan_in_uniform(rng, shapes, name):
     """A conv or linear parameter drawn uniformly in +-1/sqrt(fan_in) of its layer
-    (PyTorch's default, for weights and biases alike). Conv weights are (out, in, kh, kw),
-    linear weights (in, out); `shapes` holds the layer's weight under name[:-1] + "w"."""
-    w_shape = shapes[name[:-1] + "w"]
-    fan_in = int(np.prod(w_shape[1:])) if len(w_shape) == 4 else w_shape[0]
-    bound = 1 / np.sqrt(fan_in)
-    return rng.uniform(-bound, bound, shapes[name])
+    (PyTorch's default, for weights and biases alike). Conv weights are (in, kh, kw, out),
+    linear weights (in, out): fan_in is all but the last axis. `shapes` holds the layer's
+    weight under name[:-1] + "w".
+
+    Conv weights are drawn in PyTorch's order, out first, and then moved into minicaps'
+    layout: a seed makes the same network as it did before the layout changed (and as
+    PyTorch's layout would), so earlier runs can be repeated exactly."""
+    shape = shapes[name]
+    bound = 1 / np.sqrt(int(np.prod(shapes[name[:-1] + "w"][:-1])))
+    if len(shape) != 4:
+        return rng.uniform(-bound, bound, shape)
+    drawn = rng.uniform(-bound, bound, (shape[-1], *shape[:-1]))
+    return np.ascontiguousarray(np.moveaxis(drawn, 0, -1))
 
 
 def check_input_options(config):
