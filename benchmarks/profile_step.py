@@ -79,9 +79,9 @@ def stage_seconds(stats, name, caller):
     return total
 
 
-COLUMNS, OUTPUT, WEIGHT_GRADIENT, INTO_DW, COLUMN_GRADIENT, COL2IM = CONV_PARTS = (
-    "columns (forward and again in backward)", "output product", "weight-gradient product",
-    "each group's weight gradient into dw", "column-gradient product",
+COLUMNS, OUTPUT, WEIGHT_GRADIENT, COLUMN_GRADIENT, COL2IM = CONV_PARTS = (
+    "columns (forward and again in backward)", "output product",
+    "weight-gradient product (written into dw)", "column-gradient product",
     "col2im (adding the column gradient back)")
 
 
@@ -94,7 +94,7 @@ def conv_parts(config, batch_size, runs, device="cpu"):
     (h1, w1), (oh, ow) = config.conv1_size, config.grid
     O = config.primary_types * config.primary_dim
     xt = xp.asarray(rng.random((C, h1, w1, batch_size), dtype=np.float32))
-    w = xp.asarray(rng.random((O, C, k, k), dtype=np.float32))
+    w = xp.asarray(rng.random((C, k, k, O), dtype=np.float32))
     dw = xp.empty_like(w)
     dout = xp.asarray(rng.random((O, oh * ow * batch_size), dtype=np.float32))
     groups = _groups(xt, k, k, oh, ow)
@@ -118,16 +118,14 @@ def conv_parts(config, batch_size, runs, device="cpu"):
         for group in groups:  # forward
             _, cols_2d = group_columns(group)
             with timing(OUTPUT):
-                _group_weights(w, group) @ cols_2d
+                _group_weights(w, group).T @ cols_2d
         dxt = xp.zeros_like(xt)
         for group in groups:  # backward, which rebuilds the columns
             cols, cols_2d = group_columns(group)
             with timing(WEIGHT_GRADIENT):
-                dw_group = dout @ cols_2d.T
-            with timing(INTO_DW):
-                dw[:, group] = dw_group.reshape(O, -1, k, k)
+                xp.matmul(cols_2d, dout.T, out=_group_weights(dw, group))
             with timing(COLUMN_GRADIENT):
-                dcols = _group_weights(w, group).T @ dout
+                dcols = _group_weights(w, group) @ dout
             with timing(COL2IM):
                 _add_columns(dxt[group], dcols.reshape(cols.shape), s)
         return seconds

@@ -1,8 +1,10 @@
 """The same CapsNet written with PyTorch autograd: an independent oracle for minicaps'
 hand-written gradients and a speed/memory reference. Dev-only: minicaps never imports it.
 
-`TorchCapsNet(config, params)` takes a minicaps config and params dict (same names and
-layouts), so both libraries can run the very same weights.
+`TorchCapsNet(config, params)` takes a minicaps config and params dict (same names), so
+both libraries can run the very same weights. It holds the convolutions' weights in
+PyTorch's own layout, (out, in, kh, kw) where minicaps has (in, kh, kw, out), so that
+PyTorch runs as it would on its own, and hands gradients back in minicaps' layouts.
 """
 import numpy as np
 import torch
@@ -19,9 +21,19 @@ def squash(s):
 class TorchCapsNet:
     def __init__(self, config, params, dtype=torch.float32, device="cpu"):
         self.config = config
-        self.params = {name: torch.tensor(np.asarray(p), dtype=dtype, device=device,
-                                          requires_grad=True)
+        self.conv_weights = config.conv_weight_names()
+        self.params = {name: torch.tensor(self._torch_layout(name, np.asarray(p)), dtype=dtype,
+                                          device=device, requires_grad=True)
                        for name, p in params.items()}
+
+    def _torch_layout(self, name, array):
+        """minicaps' parameter `name` in PyTorch's layout (conv weights out first)."""
+        return np.ascontiguousarray(np.moveaxis(array, -1, 0)) if name in self.conv_weights \
+            else array
+
+    def _minicaps_layout(self, name, array):
+        """The inverse of _torch_layout."""
+        return np.moveaxis(array, 0, -1) if name in self.conv_weights else array
 
     def loss(self, x, y):
         cfg, p = self.config, self.params
@@ -66,4 +78,5 @@ class TorchCapsNet:
             q.grad = None
         loss = self.loss(x, y)
         loss.backward()
-        return loss.item(), {name: q.grad.cpu().numpy() for name, q in self.params.items()}
+        return loss.item(), {name: self._minicaps_layout(name, q.grad.cpu().numpy())
+                             for name, q in self.params.items()}

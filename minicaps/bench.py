@@ -179,10 +179,10 @@ def _convolution_rates(config, batch_size, device, repeats):
     rng = np.random.default_rng(0)
     xt, cols, w, dout = (xp.asarray(rng.random(shape, dtype=dtype)) for shape in [
         (g, in_h, conv.in_w, batch), (g * k2, oh * ow * batch),
-        (conv.out_channels, g * k2), (conv.out_channels, oh * ow * batch)])
+        (g * k2, conv.out_channels), (conv.out_channels, oh * ow * batch)])
 
-    def products():
-        w @ cols, dout @ cols.T, w.T @ dout
+    def products():  # as minicaps.conv multiplies: output, weight gradient, column gradient
+        w.T @ cols, cols @ dout.T, w @ dout
 
     products()
     gemm_s = _seconds(xp, products, repeats, summary=min)

@@ -1,9 +1,10 @@
 """Checkpoints: one `.npz` of host arrays and JSON text, written atomically.
 
-Keys of the archive (format "minicaps-checkpoint-2"; version 1, without model_kind, is
-read as a CapsNet):
+Keys of the archive (format "minicaps-checkpoint-3"; version 1, without model_kind, is
+read as a CapsNet; versions 1 and 2 held convolution weights in PyTorch's (out, in, kh, kw)
+layout, which reading moves into today's (in, kh, kw, out)):
 
-    format              0-d str   "minicaps-checkpoint-2"
+    format              0-d str   "minicaps-checkpoint-3"
     params/<name>       arrays    the network's parameters, under `net.params`' names
     optim/<key>         arrays    the optimizer's state_dict ("step" as a 0-d int64); with a
                                   weight average, "average.<name>": the scored weights
@@ -36,8 +37,10 @@ from .errors import MinicapsError
 from .networks import config_from_dict, kind_of
 from .optim import AVERAGE
 
-FORMAT = "minicaps-checkpoint-2"  # 2 added model_kind (the CNN baseline)
-READABLE = ("minicaps-checkpoint-1", FORMAT)
+# 2 added model_kind (the CNN baseline); 3 put convolution weights' out axis last
+FORMAT = "minicaps-checkpoint-3"
+OUT_FIRST = ("minicaps-checkpoint-1", "minicaps-checkpoint-2")  # conv weights (out, in, kh, kw)
+READABLE = (*OUT_FIRST, FORMAT)
 
 
 @dataclass
@@ -64,6 +67,17 @@ class Checkpoint:
         """{param name: array} of the weight average in the optimizer state ({} if none)."""
         prefix = f"{AVERAGE}."
         return {k[len(prefix):]: a for k, a in self.optimizer.items() if k.startswith(prefix)}
+
+
+def _move_out_axis_last(arrays, conv_weights):
+    """Convolution weights, and the optimizer's arrays kept beside them ("m.<name>",
+    "average.<name>", ...), from the (out, in, kh, kw) of checkpoints before format 3."""
+    for key, array in arrays.items():
+        group, _, name = key.partition("/")
+        if group == "optim":
+            name = name.partition(".")[2]
+        if group in ("params", "optim") and name in conv_weights and array.ndim == 4:
+            arrays[key] = np.ascontiguousarray(np.moveaxis(array, 0, -1))
 
 
 def _text(obj):
@@ -133,14 +147,17 @@ def load(path):
             if "format" not in data.files or str(data["format"][()]) not in READABLE:
                 raise MinicapsError(f"{path}: not a minicaps checkpoint ({FORMAT})")
             arrays = {k: data[k] for k in data.files}  # read every member now: CRCs checked
+        model_config = config_from_dict(
+            str(arrays["model_kind"][()]) if "model_kind" in arrays else "capsnet",
+            _json(arrays, "model_config"))
+        if str(arrays["format"][()]) in OUT_FIRST:
+            _move_out_axis_last(arrays, model_config.conv_weight_names())
         ckpt = Checkpoint(
             params={k[len("params/"):]: a for k, a in arrays.items() if k.startswith("params/")},
             optimizer={k[len("optim/"):]: a for k, a in arrays.items() if k.startswith("optim/")},
             epoch=int(arrays["epoch"]),
             rng_state=_json(arrays, "rng_state"),
-            model_config=config_from_dict(
-                str(arrays["model_kind"][()]) if "model_kind" in arrays else "capsnet",
-                _json(arrays, "model_config")),
+            model_config=model_config,
             train_config=_json(arrays, "train_config"),
             classes=[str(c) for c in arrays["classes"]],
             history=_json(arrays, "history"),

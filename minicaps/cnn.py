@@ -69,6 +69,10 @@ class CNNConfig:
     def n_params(self):
         return sum(int(np.prod(s)) for s in self.param_shapes().values())
 
+    def conv_weight_names(self):
+        """The parameters that are convolution weights, (in, kh, kw, out)."""
+        return tuple(f"conv{n}.w" for n in range(len(self.channels)))
+
 
 def init_cnn_params(config, seed=0):
     """Uniform in +-1/sqrt(fan_in), weights and biases (PyTorch's default), host arrays."""

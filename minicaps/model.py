@@ -126,6 +126,11 @@ class CapsNetConfig:
     def n_params(self):
         return sum(int(np.prod(s)) for s in self.param_shapes().values())
 
+    @staticmethod
+    def conv_weight_names():
+        """The parameters that are convolution weights, (in, kh, kw, out)."""
+        return ("conv1.w", "primary.w")
+
 
 def init_params(config, seed=0):
     """Host arrays from a seeded generator: the same weights whatever the device.

@@ -163,12 +163,10 @@ def step_bytes(config, batch_size, device="cpu"):
     per_class_du = n["u"] * config.n_classes if shared else 0
     predictions_backward = (after_routing + n["u_hat"] + per_class_du + grads("decoder")
                             + grads("caps"))
-    # A convolution's backward holds dx and, at a time, one group's columns and their
-    # weight gradient (made whole, then put into dw), or the columns' gradient (and on the
-    # GPU a copy of the group's weights); conv1's needs no dx (its input is the image).
-    d = _dims(config)
-    group_weights = cols2 // (d.gh * d.gw * batch_size) * d.TD
-    primary_backward = (after_routing - n["u"] + n["conv1_out"] + cols2 + group_weights
+    # A convolution's backward holds dx and, at a time, one group's columns or their
+    # gradient (each group's weight gradient is written straight into dw); conv1's needs
+    # no dx (its input is the image).
+    primary_backward = (after_routing - n["u"] + n["conv1_out"] + cols2
                         + grads("decoder") + grads("caps") + grads("primary"))
     conv1_backward = conv_kept + n["conv1_out"] + cols1 + config.n_params()
     return itemsize * max(forward, routing_backward, predictions_backward, primary_backward,

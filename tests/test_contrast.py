@@ -92,7 +92,7 @@ def test_networks_see_the_image_then_its_contrast(config):
     plain = build(type(config)(**{**config.__dict__, "in_shape": (2 * C, H, W),
                                   "contrast_window": 0, "input_mean": None,
                                   "input_std": None}), net.params)
-    assert net.params["conv0.w" if "conv0.w" in net.params else "conv1.w"].shape[1] == 2 * C
+    assert net.params["conv0.w" if "conv0.w" in net.params else "conv1.w"].shape[0] == 2 * C
     x = np.random.default_rng(0).random((3, C, H, W))
     mean, std = (np.array(s).reshape(1, 3, 1, 1) for s in (config.input_mean, config.input_std))
     by_hand = np.concatenate([(x - mean) / std, local_contrast(x, config.contrast_window)], 1)

@@ -27,7 +27,7 @@ def draw_conv(data):
     B, C, O = dims(data, 1, 2, "B"), dims(data, 1, 3, "C"), dims(data, 1, 3, "O")
     k, stride, pad = dims(data, 1, 3, "k"), dims(data, 1, 3, "stride"), dims(data, 0, 2, "pad")
     H_, W_ = dims(data, max(1, k - 2 * pad), 7, "H"), dims(data, max(1, k - 2 * pad), 7, "W")
-    inputs = [normal(data, (B, C, H_, W_)), normal(data, (O, C, k, k)), normal(data, (O,))]
+    inputs = [normal(data, (B, C, H_, W_)), normal(data, (C, k, k, O)), normal(data, (O,))]
     return inputs, {"stride": stride, "pad": pad}
 
 
@@ -71,7 +71,7 @@ def draw_primary(data):
                   dims(data, 1, 3, "D"))
     k, stride = dims(data, 1, 3, "k"), dims(data, 1, 2, "stride")
     H_, W_ = dims(data, k, 6, "H"), dims(data, k, 6, "W")
-    inputs = [normal(data, (C, H_, W_, B)), normal(data, (T * D, C, k, k)),
+    inputs = [normal(data, (C, H_, W_, B)), normal(data, (C, k, k, T * D)),
               normal(data, (T * D,))]  # batch-last input, as conv1 leaves it
     return inputs, {"types": T, "stride": stride}
 

@@ -65,8 +65,9 @@ def test_col2im_is_the_adjoint_of_im2col(data):
 
 
 def naive_conv(x, w, b, stride, pad):
+    """The definition, loop by loop, with w (C, k, k, O)."""
     B, C, H, W = x.shape
-    O, _, k, _ = w.shape
+    _, k, _, O = w.shape
     xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     oh, ow = (H + 2 * pad - k) // stride + 1, (W + 2 * pad - k) // stride + 1
     out = np.zeros((B, O, oh, ow))
@@ -75,14 +76,14 @@ def naive_conv(x, w, b, stride, pad):
             for r in range(oh):
                 for q in range(ow):
                     patch = xp[n, :, r * stride:r * stride + k, q * stride:q * stride + k]
-                    out[n, o, r, q] = (patch * w[o]).sum() + b[o]
+                    out[n, o, r, q] = (patch * w[..., o]).sum() + b[o]
     return out
 
 
 @pytest.mark.parametrize("stride,pad", [(1, 0), (2, 0), (1, 2), (3, 1)])
 def test_conv_equals_a_naive_loop(stride, pad):
     rng = np.random.default_rng(stride * 10 + pad)
-    x, w, b = rng.standard_normal((2, 3, 9, 8)), rng.standard_normal((4, 3, 3, 3)), \
+    x, w, b = rng.standard_normal((2, 3, 9, 8)), rng.standard_normal((3, 3, 3, 4)), \
         rng.standard_normal(4)
     out, _ = conv2d_forward(x, w, b, stride=stride, pad=pad)
     np.testing.assert_allclose(out, naive_conv(x, w, b, stride, pad), rtol=1e-12, atol=1e-12)
@@ -96,7 +97,7 @@ def test_conv_in_groups_of_channels_equals_the_whole_input(monkeypatch, channels
     matrix and their gradients) give what one group of all the channels gives."""
     from minicaps import conv
     rng = np.random.default_rng(channels_per_group)
-    x, w, b = rng.standard_normal((2, 3, 9, 8)), rng.standard_normal((4, 3, 3, 3)), \
+    x, w, b = rng.standard_normal((2, 3, 9, 8)), rng.standard_normal((3, 3, 3, 4)), \
         rng.standard_normal(4)
     out, cache = conv.conv2d_forward(x, w, b, stride=stride, pad=pad)
     dout = rng.standard_normal(out.shape)
@@ -201,7 +202,7 @@ def test_default_network_is_the_papers():
     cfg = CapsNetConfig()
     shapes = cfg.param_shapes()
     assert shapes["caps.w"] == (1152, 10, 16, 8)
-    assert shapes["primary.w"] == (256, 256, 9, 9)
+    assert shapes["primary.w"] == (256, 9, 9, 256)
     assert shapes["decoder.2.w"] == (1024, 784)
     assert cfg.n_params() == 8_215_568  # "about 8.2 M parameters with the decoder"
     assert CapsNetConfig(reconstruction=False).n_params() == 8_215_568 - 1_411_344

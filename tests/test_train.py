@@ -385,14 +385,44 @@ def test_capsule_only_options_are_refused_for_the_cnn(tmp_path):
         _run(tmp_path, 1, model="cnn", init_length=0.3)
 
 
+def _as_written_before(path, old, version, conv_weights):
+    """Rewrite checkpoint `path` as `old` as version `version` (1 or 2) wrote it: conv
+    weights and their optimizer arrays out-first, and (version 1) no model_kind."""
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files if version > 1 or k != "model_kind"}
+    for key in arrays:
+        if key.rpartition("/")[2].partition(".")[2] in conv_weights or \
+                key.partition("/")[2] in conv_weights:
+            arrays[key] = np.moveaxis(arrays[key], -1, 0)
+    arrays["format"] = np.array(f"minicaps-checkpoint-{version}")
+    np.savez(old, **arrays)
+
+
 def test_a_checkpoint_without_a_model_kind_is_a_capsnet(tmp_path):
     """Checkpoints written before the CNN existed hold no model_kind."""
     _run(tmp_path, 1)
-    with np.load(tmp_path / "last.npz", allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files if k != "model_kind"}
-    arrays["format"] = np.array("minicaps-checkpoint-1")
-    np.savez(tmp_path / "old.npz", **arrays)
+    _as_written_before(tmp_path / "last.npz", tmp_path / "old.npz", 1, ("conv1.w", "primary.w"))
     assert checkpoint.load(tmp_path / "old.npz").model_config.conv_channels == 8
+
+
+@pytest.mark.parametrize("model", ["capsnet", "cnn"])
+def test_checkpoints_with_conv_weights_out_first_are_read_in_todays_layout(tmp_path, model):
+    """Formats 1 and 2 held conv weights (out, in, kh, kw): reading moves them, their Adam
+    moments and their weight average into (in, kh, kw, out), and nothing else."""
+    _run(tmp_path, 2, model=model, average_epochs=1.0)
+    today = checkpoint.load(tmp_path / "last.npz")
+    names = today.model_config.conv_weight_names()
+    assert len(names) >= 2 and all(today.params[n].ndim == 4 for n in names)
+    _as_written_before(tmp_path / "last.npz", tmp_path / "old.npz", 2, names)
+    with np.load(tmp_path / "old.npz") as f:  # the rewrite did move them
+        assert all(f[f"params/{n}"].shape != today.params[n].shape for n in names)
+    old = checkpoint.load(tmp_path / "old.npz")
+    for mine, theirs in [(today.params, old.params), (today.optimizer, old.optimizer)]:
+        assert set(mine) == set(theirs)
+        for key in mine:
+            assert np.array_equal(mine[key], theirs[key]), key
+            assert np.asarray(theirs[key]).flags.c_contiguous, key
+    assert {k.partition(".")[0] for k in old.optimizer} >= {"m", "v", "average"}
 
 
 def test_padding_puts_images_in_a_larger_canvas(tmp_path):
