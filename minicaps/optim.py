@@ -120,15 +120,26 @@ class Adam(Optimizer):
 
             def update(start, stop, flat=flat):
                 xp = get_array_module(flat[0])
-                # In chunks, so that the passes' temporaries stay small (a whole-array pass
-                # over the primary capsules' weights would allocate 21 MB per temporary).
+                # In chunks, through two temporaries of a chunk, made once per call and
+                # written with out=: a whole-array pass over the primary capsules' weights
+                # would allocate 21 MB per temporary. The arithmetic and its order are the
+                # fused kernel's (tests/test_kernels.py holds the two to the same bits).
+                size = min(ADAM_CHUNK, stop - start)
+                t_chunk, u_chunk = (xp.empty(size, flat[0].dtype) for _ in range(2))
                 for chunk in range(start, stop, ADAM_CHUNK):
                     p, g, m, v = (a[chunk:min(stop, chunk + ADAM_CHUNK)] for a in flat)
+                    t, u = t_chunk[:p.size], u_chunk[:p.size]
                     m *= self.beta1
-                    m += (1 - self.beta1) * g
+                    m += xp.multiply(g, 1 - self.beta1, out=t)
                     v *= self.beta2
-                    v += (1 - self.beta2) * (g * g)
-                    p -= step_size * m / (xp.sqrt(v) + eps)
+                    xp.multiply(g, g, out=t)
+                    t *= 1 - self.beta2
+                    v += t
+                    xp.multiply(m, step_size, out=t)
+                    xp.sqrt(v, out=u)
+                    u += eps
+                    t /= u
+                    p -= t  # p - step_size m / (sqrt(v) + eps)
 
             in_parts(flat[0], flat[0].size, update)
 
