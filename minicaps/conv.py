@@ -5,8 +5,9 @@ as the linear layers' (in, out). (PyTorch's (O, C, kh, kw) is the same numbers w
 moved to the front.) The weight matrix (C*kh*kw, O) of any range of input channels is
 then a block of contiguous rows of w, on both devices, and so is its gradient, which
 the weight-gradient product writes in place: as columns @ dout^T, the form OpenBLAS runs
-at 180-190 GFLOP/s here, against 160-170 for dout @ columns^T with (O, ...) weights, which
-also needed each group's gradient copied into dw (README, "CPU").
+at 181-188 GFLOP/s on the development machine, against 160-172 for dout @ columns^T with
+(O, ...) weights, which also needed each group's gradient copied into dw (README, "On the
+CPU").
 
 The portable im2col and col2im move data with kh*kw strided slices (no scatter-add), so
 the same code runs on NumPy and CuPy. Columns are laid out (C, kh, kw, oh, ow, B): the
@@ -176,7 +177,7 @@ def conv2d_backward_batch_last(dout, cache, *, need_dx=True):
 
 
 def conv2d_forward(x, w, b, *, stride=1, pad=0):
-    """out[b, o] = sum over c, kh, kw of w[o, c] * patch + b[o].
+    """out[b, o] = sum over c, i, j of w[c, i, j, o] * patch[c, i, j] + b[o].
 
     x (B, C, H, W), w (C, kh, kw, O), b (O,) -> out (B, O, oh, ow).
     """
