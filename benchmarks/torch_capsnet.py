@@ -22,17 +22,19 @@ class TorchCapsNet:
     def __init__(self, config, params, dtype=torch.float32, device="cpu"):
         self.config = config
         self.conv_weights = config.conv_weight_names()
-        self.params = {name: torch.tensor(self._torch_layout(name, np.asarray(p)), dtype=dtype,
-                                          device=device, requires_grad=True)
-                       for name, p in params.items()}
+        self.params = {name: self._leaf(name, p, dtype, device) for name, p in params.items()}
 
-    def _torch_layout(self, name, array):
-        """minicaps' parameter `name` in PyTorch's layout (conv weights out first)."""
-        return np.ascontiguousarray(np.moveaxis(array, -1, 0)) if name in self.conv_weights \
-            else array
+    def _leaf(self, name, array, dtype, device):
+        """A contiguous copy of minicaps' parameter `name` in PyTorch's layout (conv weights
+        out first), made by one copy: no host temporary to inflate the memory baseline."""
+        tensor = torch.from_numpy(np.asarray(array))
+        if name in self.conv_weights:
+            tensor = tensor.permute(3, 0, 1, 2)
+        return tensor.to(dtype=dtype, device=device, copy=True,
+                         memory_format=torch.contiguous_format).requires_grad_()
 
     def _minicaps_layout(self, name, array):
-        """The inverse of _torch_layout."""
+        """A gradient of PyTorch's layout in minicaps' (the inverse of _leaf's move)."""
         return np.moveaxis(array, 0, -1) if name in self.conv_weights else array
 
     def loss(self, x, y):

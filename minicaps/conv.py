@@ -159,7 +159,7 @@ def conv2d_backward_batch_last(dout, cache, *, need_dx=True):
     C, kh, kw, O = w.shape
     _, oh, ow, _ = dout.shape
     dout_2d = dout.reshape(O, -1)  # (O, oh*ow*B)
-    dw = xp.empty_like(w)
+    dw = xp.empty(w.shape, dtype=w.dtype)  # C order, whatever w's: its groups' rows are views
     dxt = xp.zeros_like(xt) if need_dx else None
     for group in _groups(xt, kh, kw, oh, ow):
         cols = _columns(xt[group], kh, kw, oh, ow, stride)

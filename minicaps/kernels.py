@@ -137,7 +137,8 @@ def add_columns(dxt, dcols, stride):
     col2im(cupy.ascontiguousarray(dcols), dxt)
 
 
-# Adam's update as minicaps.optim.Adam writes it, pass by pass, for one element.
+# Adam's update for one element: the same operations, in the same order, as the portable
+# update of minicaps.optim.Adam.
 _ADAM = """
     m = m * beta1;
     m = m + one_minus_beta1 * g;

@@ -8,8 +8,8 @@
     -> lengths |v|, margin loss
     -> decoder on v masked to one class     (B, C*H*W), reconstruction loss
 
-The backward pass is the forward pass read in reverse. Parameters follow PyTorch's layouts
-(conv weights (out, in, kh, kw)); the decoder's linear weights are (in, out).
+The backward pass is the forward pass read in reverse. Parameters are laid out inputs
+first: conv weights (in, kh, kw, out), the decoder's linear weights (in, out).
 """
 from dataclasses import dataclass
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from . import kernels
 from .backend import device_of, get_array_module, to_device
+from .errors import MinicapsError
 from .parallel import in_parts
 
 AVERAGE = "average"  # the state_dict prefix of the weight average: "average.<param name>"
@@ -90,7 +91,13 @@ class Optimizer:
         self.step_count = int(state["step"])
         for prefix, buffers in self._buffers().items():
             for name, p in self.params.items():
-                buffers[name] = to_device(state[f"{prefix}.{name}"], device_of(p)).astype(p.dtype)
+                array = state[f"{prefix}.{name}"]
+                # The update works on flat views: a buffer of the right size in another
+                # shape (a layout not converted) would be taken silently, element by element.
+                if tuple(array.shape) != tuple(p.shape):
+                    raise MinicapsError(f"optimizer state {prefix}.{name} is {tuple(array.shape)}, "
+                                        f"its parameter {tuple(p.shape)}")
+                buffers[name] = to_device(array, device_of(p)).astype(p.dtype)
 
 
 class Adam(Optimizer):

@@ -63,7 +63,7 @@ def test_a_net_with_contrast_channels_runs_the_same_on_the_gpu():
     from minicaps import CapsNet, CapsNetConfig
     plain = small_net(in_shape=(3, 11, 13))
     config = CapsNetConfig(**{**plain.config.__dict__, "contrast_window": 3})
-    params = {**plain.params, "conv1.w": np.concatenate([plain.params["conv1.w"]] * 2, 1)}
+    params = {**plain.params, "conv1.w": np.concatenate([plain.params["conv1.w"]] * 2, 0)}
     net = CapsNet.from_config(config, params)
     x, y = batch(plain, B=3)
     loss, grads = net.loss_and_grads(x, y)

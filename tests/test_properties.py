@@ -113,6 +113,25 @@ def test_conv_in_groups_of_channels_equals_the_whole_input(monkeypatch, channels
         np.testing.assert_allclose(grouped, expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("order", ["fortran", "kernel axes swapped in memory"])
+def test_conv_results_do_not_depend_on_how_the_weights_lie_in_memory(order):
+    """Backward writes each group's weight gradient into rows of dw in place: dw must be
+    laid out for that whatever the memory order of w (a copy would take the writes)."""
+    from minicaps import conv
+    rng = np.random.default_rng(5)
+    x, w, b = rng.standard_normal((2, 3, 9, 8)), rng.standard_normal((3, 3, 3, 4)), \
+        rng.standard_normal(4)
+    other = np.asfortranarray(w) if order == "fortran" else \
+        np.swapaxes(np.swapaxes(w, 1, 2).copy(), 1, 2)
+    assert np.array_equal(other, w) and not other.flags.c_contiguous
+    results = []
+    for weights in (w, other):
+        out, cache = conv.conv2d_forward(x, weights, b, stride=2, pad=1)
+        results.append((out, *conv.conv2d_backward(np.ones_like(out), cache)))
+    for mine, expected in zip(results[1], results[0]):
+        np.testing.assert_array_equal(mine, expected)
+
+
 @given(channels=st.integers(1, 600), channel_bytes=st.integers(1, 2 ** 26))
 def test_channel_groups_cover_the_channels_within_the_ceiling_or_the_group_count(
         channels, channel_bytes):
@@ -251,6 +270,17 @@ def test_optimizer_state_round_trips():
     opt2.step({k: g.copy() for k, g in grads.items()})
     for name in net.params:
         np.testing.assert_array_equal(net.params[name], clone.params[name])
+
+
+def test_optimizer_state_of_another_shape_is_refused():
+    """A moment with its parameter's size in another shape (say a conv weight's in the
+    layout before) would be read element by element by the flat update: refused."""
+    from minicaps import MinicapsError
+    p = {"w": np.zeros((2, 3, 3, 4), np.float32)}
+    state = Adam(p).state_dict()
+    state["m.w"] = np.moveaxis(state["m.w"], -1, 0)
+    with pytest.raises(MinicapsError, match="m.w"):
+        Adam(p).load_state_dict(state)
 
 
 def test_adam_matches_its_definition():
