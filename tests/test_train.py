@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from minicaps import checkpoint, cli, train
+from minicaps import CapsNetConfig, checkpoint, cli, train
 from minicaps.augment import augment, blur, flip, jitter, rotate, shift, swap_backgrounds, zoom
 from minicaps.data import Dataset, load_dataset
 from minicaps.errors import MinicapsError
@@ -391,8 +391,8 @@ def _as_written_before(path, old, version, conv_weights):
     with np.load(path, allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files if version > 1 or k != "model_kind"}
     for key in arrays:
-        if key.rpartition("/")[2].partition(".")[2] in conv_weights or \
-                key.partition("/")[2] in conv_weights:
+        name = key.partition("/")[2]  # "conv1.w", or an optimizer's "m.conv1.w"
+        if name in conv_weights or name.partition(".")[2] in conv_weights:
             arrays[key] = np.moveaxis(arrays[key], -1, 0)
     arrays["format"] = np.array(f"minicaps-checkpoint-{version}")
     np.savez(old, **arrays)
@@ -401,7 +401,8 @@ def _as_written_before(path, old, version, conv_weights):
 def test_a_checkpoint_without_a_model_kind_is_a_capsnet(tmp_path):
     """Checkpoints written before the CNN existed hold no model_kind."""
     _run(tmp_path, 1)
-    _as_written_before(tmp_path / "last.npz", tmp_path / "old.npz", 1, ("conv1.w", "primary.w"))
+    _as_written_before(tmp_path / "last.npz", tmp_path / "old.npz", 1,
+                       CapsNetConfig.conv_weight_names())
     assert checkpoint.load(tmp_path / "old.npz").model_config.conv_channels == 8
 
 
