@@ -1,9 +1,11 @@
 """Fused CuPy kernels: the same arithmetic as the portable NumPy/CuPy code, in fewer launches.
 
 On the GPU a step of the paper's network is dominated by launching work, not by doing it:
-im2col copies a kernel's worth of strided slices one by one (81 slices for a 9x9 kernel,
-each a Python-side view and a launch), col2im adds as many back, and Adam runs ten
-element-wise passes per parameter. Each kernel here does one of those in a single launch.
+col2im adds a kernel's worth of strided slices back one by one (81 for a 9x9 kernel,
+each a Python-side view and a launch), and Adam runs ten element-wise passes per
+parameter. Each kernel here does one of those in a single launch; im2col has one too,
+written when the portable im2col also copied slice by slice (now one copy of a strided
+view: a launch as well, but through CuPy's general strided copy).
 
 im2col, col2im and Adam compute exactly what the portable code computes, operation for
 operation and in the same order (Adam compiled with --fmad=false, so that no multiply-add

@@ -50,7 +50,7 @@ def column_problems(draw, device="gpu"):
 @needs_gpu
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problem=column_problems(), index=st.sampled_from(["int32", "int64"]), data=st.data())
-def test_fused_columns_and_their_adjoint_equal_the_slice_copies(problem, index, data):
+def test_fused_columns_and_their_adjoint_equal_the_portable_code(problem, index, data):
     """On a group of channels, as minicaps.conv passes them: views of xt and dxt that
     start past their arrays' first element; the other channels of dxt stay as they were."""
     import cupy

@@ -4,7 +4,7 @@ Their bodies are C++ (minicaps/kernels.py), and all of what can go wrong in them
 arithmetic. Here each body is compiled by the host's C++ compiler inside a loop that does
 what CuPy's ElementwiseKernel does (the thread index i, a reference to the output element
 i, the raw input as a pointer), with the same preamble, and run on NumPy arrays against
-the portable slice copies: so CI, which has no GPU, still checks the kernels' indexing.
+the portable code: so CI, which has no GPU, still checks the kernels' indexing.
 tests/test_kernels.py runs the kernels themselves where a GPU is. Skipped where no C++
 compiler is found."""
 import ctypes
@@ -63,7 +63,7 @@ def run(function, raw_input, output):
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problem=column_problems(device="cpu"), index=st.sampled_from(["int32", "int64"]))
-def test_the_im2col_and_col2im_bodies_equal_the_slice_copies(problem, index):
+def test_the_im2col_and_col2im_bodies_equal_the_portable_code(problem, index):
     xt, kh, kw, stride = problem
     _, H, W, _ = xt.shape
     oh, ow = output_size(H, kh, stride, 0), output_size(W, kw, stride, 0)
