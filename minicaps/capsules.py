@@ -63,7 +63,8 @@ def primary_capsules_forward(x, w, b, *, types, stride=2):
     I = T*gh*gw. Output channel t*D + d is dimension d of capsule type t; capsule
     i = t*gh*gw + row*gw + col.
     """
-    out, conv_cache = conv2d_forward_batch_last(x, w, b, stride=stride)  # (T*D, gh, gw, B)
+    out, conv_cache = conv2d_forward_batch_last(x, w, b, stride=stride,  # (T*D, gh, gw, B)
+                                                spectral=True)
     _, gh, gw, B = out.shape
     D = w.shape[-1] // types
     s = out.reshape(types, D, gh, gw, B).transpose(4, 0, 2, 3, 1)  # (B, T, gh, gw, D)

@@ -34,6 +34,7 @@ On the GPU the columns and their adjoint are built by fused kernels (minicaps/ke
 one launch each per group.
 """
 from . import kernels
+from . import spectral as spectral_conv
 from .backend import get_array_module
 from .parallel import in_parts, transposed
 
@@ -141,14 +142,42 @@ def _group_weights(w, group):
     return w[group].reshape(-1, w.shape[-1])
 
 
-def conv2d_forward_batch_last(xt, w, b, *, stride=1, pad=0):
+def conv2d_forward_batch_last(xt, w, b, *, stride=1, pad=0, spectral=False):
     """The convolution on batch-last arrays: xt (C, H, W, B) -> out (O, oh, ow, B).
 
     The capsule network keeps its feature maps batch-last from conv1 to the primary
-    capsules, which saves four transposing copies of conv1's output per training step."""
-    C, kh, kw, O = w.shape
+    capsules, which saves four transposing copies of conv1's output per training step.
+    With `spectral`, the convolution goes through the DFT (minicaps.spectral) where that
+    pays (spectral.pays: large kernels over many channels, from a few images on)."""
     if pad:
         xt = get_array_module(xt).pad(xt, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    if spectral and uses_spectral(xt.shape, w.shape, stride, get_array_module(xt)):
+        out, cache = spectral_conv.forward(xt, w, b, stride)
+        return out, (spectral_conv.backward, cache, pad)
+    out, cache = _im2col_forward(xt, w, b, stride)
+    return out, (_im2col_backward, cache, pad)
+
+
+def uses_spectral(xt_shape, w_shape, stride, xp):
+    """Whether conv2d_forward_batch_last(spectral=True) takes the spectral path for an
+    input of xt_shape (C, H, W, B), already padded (the planner asks too)."""
+    _, kh, kw, _ = w_shape
+    return kh == kw and spectral_conv.pays(
+        spectral_conv.geometry_of(xt_shape, w_shape, stride), xt_shape[-1], xp)
+
+
+def conv2d_backward_batch_last(dout, cache, *, need_dx=True):
+    """dxt (C, H, W, B) or None, dw, db from dout (O, oh, ow, B), by the path forward took."""
+    backward, cache, pad = cache
+    dxt, dw, db = backward(dout, cache, need_dx=need_dx)
+    if dxt is not None and pad:
+        dxt = dxt[:, pad:-pad, pad:-pad]
+    return dxt, dw, db
+
+
+def _im2col_forward(xt, w, b, stride):
+    """conv2d_forward_batch_last through im2col columns, xt already padded."""
+    C, kh, kw, O = w.shape
     _, H, W, B = xt.shape
     oh, ow = output_size(H, kh, stride, 0), output_size(W, kw, stride, 0)
     out = None
@@ -163,12 +192,12 @@ def conv2d_forward_batch_last(xt, w, b, *, stride=1, pad=0):
             out += part
     out = out.reshape(O, oh, ow, B)
     out += b.reshape(O, 1, 1, 1)
-    return out, (xt, w, stride, pad)
+    return out, (xt, w, stride)
 
 
-def conv2d_backward_batch_last(dout, cache, *, need_dx=True):
-    """dxt (C, H, W, B) or None, dw, db from dout (O, oh, ow, B)."""
-    xt, w, stride, pad = cache
+def _im2col_backward(dout, cache, *, need_dx=True):
+    """The gradients of _im2col_forward: dxt (padded) or None, dw, db."""
+    xt, w, stride = cache
     xp = get_array_module(dout)
     C, kh, kw, O = w.shape
     _, oh, ow, _ = dout.shape
@@ -185,8 +214,6 @@ def conv2d_backward_batch_last(dout, cache, *, need_dx=True):
             dcols = _group_weights(w, group) @ dout_2d  # (g*kh*kw, oh*ow*B)
             _add_columns(dxt[group], dcols.reshape(cols_shape), stride)
             del dcols  # before the next group's columns are built
-    if need_dx and pad:
-        dxt = dxt[:, pad:-pad, pad:-pad]
     return dxt, dw, dout_2d.sum(axis=1)
 
 

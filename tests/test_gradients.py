@@ -5,7 +5,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from minicaps import capsules, conv, layers, losses, pooling, routing
+from minicaps import capsules, conv, layers, losses, pooling, routing, spectral
 from minicaps.gradcheck import H, check_model, check_op, directional_check
 
 from conftest import batch, small_net
@@ -29,6 +29,18 @@ def draw_conv(data):
     H_, W_ = dims(data, max(1, k - 2 * pad), 7, "H"), dims(data, max(1, k - 2 * pad), 7, "W")
     inputs = [normal(data, (B, C, H_, W_)), normal(data, (C, k, k, O)), normal(data, (O,))]
     return inputs, {"stride": stride, "pad": pad}
+
+
+def draw_spectral_conv(data):
+    """A batch-last input (C, H, W, B), already padded, as minicaps.spectral takes it."""
+    (x, w, b), kwargs = draw_conv(data)
+    pad = kwargs["pad"]
+    xt = np.pad(x.transpose(1, 2, 3, 0), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    return [np.ascontiguousarray(xt), w, b], {"stride": kwargs["stride"]}  # perturbed in place
+
+
+def spectral_forward(xt, w, b, *, stride):
+    return spectral.forward(xt, w, b, stride)
 
 
 def draw_linear(data):
@@ -128,6 +140,7 @@ def margin_backward(dout, cache):
 # name: (draw, forward, backward, which inputs are differentiable)
 OPS = {
     "conv2d": (draw_conv, conv.conv2d_forward, conv.conv2d_backward, None),
+    "spectral conv": (draw_spectral_conv, spectral_forward, spectral.backward, None),
     "linear": (draw_linear, layers.linear_forward, layers.linear_backward, None),
     "relu": (draw_relu, layers.relu_forward, layers.relu_backward, None),
     "sigmoid": (draw_sigmoid, layers.sigmoid_forward, layers.sigmoid_backward, None),

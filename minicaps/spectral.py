@@ -1,0 +1,289 @@
+"""Strided convolution through the discrete Fourier transform, in real matrix products.
+
+The primary capsules' convolution (9x9 kernels, stride 2, 256 channels in and out, 6x6
+outputs) is most of a training step's arithmetic. Done directly (minicaps.conv's im2col),
+each output costs k*k = 81 multiply-adds per channel pair. Through the DFT it costs far
+fewer, because the kernel's 81 taps collapse into one product per frequency:
+
+1. Polyphase: a stride-s convolution is the sum of s*s stride-1 convolutions, one per
+   phase (p, q): input pixels (p + s*y, q + s*x) against kernel taps (p + s*a, q + s*b).
+   Each phase's kernel has at most `taps` = ceil(k / s) taps a side (5 for the paper).
+2. A stride-1 correlation of an Ny x Nx phase with a taps x taps kernel, Ny = oh + taps - 1,
+   is the circular one of the same size (no output reads past the edge), so per frequency
+   it is a product: out^ = in^ * conj(kernel^). A real input has Nx // 2 + 1 distinct
+   frequencies along x, so F = Ny * (Nx // 2 + 1) frequencies in all (60 for the paper).
+3. Summed over phases and input channels, each frequency is one matrix product: (output
+   channels) x (phases * input channels) against (phases * input channels) x (batch).
+   The paper's network: 60 frequencies of 4 x 256 complex terms in place of 36 positions of
+   81 x 256 real ones, a third of the multiply-adds (complex ones count four).
+
+Everything is real arithmetic: a complex array is its real and imaginary parts as two
+blocks, each DFT a real matrix of cosines and sines (built once per shape), and every step
+a real matrix product, so NumPy and CuPy run the same code through their GEMMs, with no
+complex BLAS and no FFT library.
+
+The price is the kernel's spectrum: F complex numbers per (phase, input, output channel)
+where the kernel has taps*taps real ones, 4.8x as many for the paper (126 MB in float32).
+It is computed from the weights each step (and again in backward, instead of keeping it),
+in chunks of input channels of at most CHUNK_BYTES, and so is the weights' gradient
+spectrum. These passes move a fixed amount of memory whatever the batch, so the spectral
+path pays from a few images on (`pays`), and the direct one stays for small batches.
+
+Layouts: the input's spectrum X is (F, M, 2B) with M = s*s*C (phase, channel) and its
+last axis the real parts of the batch then the imaginary ones; the kernel's, K, is
+(F, 2, M, O), real block then imaginary. Then per frequency, with X^T (2B, M):
+X^T @ K[:, 0] = [Xr^T Kr; Xi^T Kr] and X^T @ K[:, 1] = [Xr^T Ki; Xi^T Ki], from which
+Z^T = conj-product's real and imaginary parts are two subtractions.
+"""
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from .backend import get_array_module
+from .parallel import transposed
+
+CHUNK_BYTES = 32 * 2 ** 20  # of the kernel's spectrum at a time
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Sizes of a spectral convolution of a (C, H, W, B) input with (C, k, k, O) weights."""
+    C: int
+    O: int
+    k: int
+    stride: int
+    oh: int
+    ow: int
+
+    @property
+    def taps(self):
+        """Kernel taps a side in each phase."""
+        return -(-self.k // self.stride)
+
+    @property
+    def ny(self):
+        return self.oh + self.taps - 1
+
+    @property
+    def nx(self):
+        return self.ow + self.taps - 1
+
+    @property
+    def frequencies(self):
+        return self.ny * (self.nx // 2 + 1)
+
+    @property
+    def terms(self):
+        """M: (phase, input channel) pairs summed in each frequency's product."""
+        return self.stride ** 2 * self.C
+
+    def chunk(self, itemsize):
+        """Input terms whose kernel spectrum fits in CHUNK_BYTES (at least one)."""
+        return max(1, CHUNK_BYTES // (2 * self.frequencies * self.O * itemsize))
+
+    def product_flops(self, batch):
+        """Multiply-adds x 2 of the per-frequency products of forward and backward: three
+        passes (output, input gradient, kernel gradient), each two real products of
+        (2B x M) by (M x O)."""
+        return 3 * 2 * 2 * (2 * batch) * self.terms * self.O * self.frequencies
+
+    def transform_flops(self):
+        """The kernel's spectrum, twice (forward, and again in backward), and its
+        gradient's way back: real products of (2F x taps^2) by (taps^2 x M*O)."""
+        return 3 * 2 * (2 * self.frequencies) * self.taps ** 2 * self.terms * self.O
+
+    def spectrum_bytes(self, itemsize):
+        """The kernel's whole spectrum (what the chunks add up to)."""
+        return 2 * self.frequencies * self.terms * self.O * itemsize
+
+
+def geometry_of(xt_shape, w_shape, stride):
+    """The Geometry of convolving xt (C, H, W, B), already padded, with w (C, k, k, O)."""
+    C, H, W, _ = xt_shape
+    _, k, _, O = w_shape
+    return Geometry(C, O, k, stride, (H - k) // stride + 1, (W - k) // stride + 1)
+
+
+# Input channels below this leave each frequency's product too shallow to run at the GEMM
+# rate (conv1 has one), and the direct path's columns are small there anyway.
+MIN_CHANNELS = 64
+# The kernel's transforms move its whole spectrum through memory for few FLOPs: counted at
+# this many times their FLOPs against the products' (see `pays`).
+TRANSFORM_COST = 4
+
+
+def pays(geometry, batch, xp):
+    """Whether the spectral path is the faster one: on the CPU (the GPU is not measured
+    yet), for a kernel over many input channels, when its products and the kernel's
+    transforms, these at TRANSFORM_COST times their FLOPs, come to less than the direct
+    path's products."""
+    if xp is not np or geometry.C < MIN_CHANNELS or geometry.k < 3:
+        return False
+    g = geometry
+    direct = 3 * 2 * batch * g.C * g.O * g.k ** 2 * g.oh * g.ow
+    return g.product_flops(batch) + TRANSFORM_COST * g.transform_flops() < direct
+
+
+@lru_cache(maxsize=16)
+def _dft_matrices(geometry, dtype_name):
+    """Real DFT matrices of a geometry, on the host: A (2F, ny*nx) takes a phase to its
+    spectrum (real, imaginary rows per frequency); D (2F, taps^2) takes a phase's kernel
+    taps to its conjugate spectrum; G (oh*ow, 2F) takes a spectrum back to the outputs
+    (the inverse DFT, each frequency whose mirror image along x is not stored counted
+    twice)."""
+    g = geometry
+    fx_count = g.nx // 2 + 1
+    fy = np.arange(g.ny)[:, None, None, None]
+    fx = np.arange(fx_count)[None, :, None, None]
+    y = np.arange(g.ny)[None, None, :, None]
+    x = np.arange(g.nx)[None, None, None, :]
+    angle = (2 * np.pi * (fy * y / g.ny + fx * x / g.nx)).reshape(g.frequencies, g.ny, g.nx)
+    A = np.stack([np.cos(angle), -np.sin(angle)], axis=1).reshape(2 * g.frequencies, -1)
+    taps = angle[:, :g.taps, :g.taps]
+    D = np.stack([np.cos(taps), np.sin(taps)], axis=1).reshape(2 * g.frequencies, -1)
+    twice = np.full(fx_count, 2.0)
+    twice[0] = 1
+    if g.nx % 2 == 0:
+        twice[-1] = 1  # the Nyquist frequency is its own mirror image
+    weight = (np.tile(twice, g.ny) / (g.ny * g.nx))[:, None, None]
+    outputs = angle[:, :g.oh, :g.ow]
+    G = np.stack([weight * np.cos(outputs), -weight * np.sin(outputs)], axis=1)
+    dtype = np.dtype(dtype_name)
+    return A.astype(dtype), D.astype(dtype), G.reshape(2 * g.frequencies, -1).T.astype(dtype)
+
+
+def _matrices(geometry, xp, dtype):
+    return tuple(xp.asarray(m) for m in _dft_matrices(geometry, np.dtype(dtype).name))
+
+
+def _phases(xt, g):
+    """xt (C, H, W, B) as its phases (ny*nx, M*B): entry [(y, x), ((p, q), c, b)] is
+    xt[c, p + s*y, q + s*x, b], zero past the input's edge."""
+    xp, s = get_array_module(xt), g.stride
+    C, _, _, B = xt.shape
+    P = xp.zeros((g.ny, g.nx, s * s, C, B), dtype=xt.dtype)
+    for p in range(s):
+        for q in range(s):
+            phase = xt[:, p::s, q::s][:, :g.ny, :g.nx]
+            P[:phase.shape[1], :phase.shape[2], p * s + q] = phase.transpose(1, 2, 0, 3)
+    return P.reshape(g.ny * g.nx, -1)
+
+
+def _add_phases(dxt, dP, g):
+    """The adjoint of _phases: dP (ny*nx, M*B) written back into dxt (C, H, W, B) (each
+    pixel is in one phase at most, so writing is adding to zero)."""
+    s = g.stride
+    dP = dP.reshape(g.ny, g.nx, s * s, g.C, -1)
+    for p in range(s):
+        for q in range(s):
+            view = dxt[:, p::s, q::s][:, :g.ny, :g.nx]
+            view[...] = dP[:view.shape[1], :view.shape[2], p * s + q].transpose(2, 0, 1, 3)
+
+
+def _phase_parts(terms, g):
+    """(p, q, channels, part) for each phase that the input terms `terms` (a slice of
+    range(M), M = (phase, channel) pairs) reach into: that phase's channels, and where
+    they sit among the terms."""
+    for phase in range(terms.start // g.C, -(-terms.stop // g.C)):
+        first = max(terms.start, phase * g.C)
+        last = min(terms.stop, (phase + 1) * g.C)
+        yield (phase // g.stride, phase % g.stride, slice(first - phase * g.C, last - phase * g.C),
+               slice(first - terms.start, last - terms.start))
+
+
+def _phase_taps(w, terms, g):
+    """The taps (taps^2, m*O) of the input terms `terms` of w (C, k, k, O), zero where a
+    phase's kernel is smaller than taps x taps."""
+    xp, s = get_array_module(w), g.stride
+    Wt = xp.zeros((g.taps, g.taps, terms.stop - terms.start, g.O), dtype=w.dtype)
+    for p, q, channels, part in _phase_parts(terms, g):
+        phase = w[channels, p::s, q::s]
+        Wt[:phase.shape[1], :phase.shape[2], part] = phase.transpose(1, 2, 0, 3)
+    return Wt.reshape(g.taps ** 2, -1)
+
+
+def _add_phase_taps(dw, dWt, terms, g):
+    """The adjoint of _phase_taps: dWt (taps^2, m*O) into dw (C, k, k, O)."""
+    s = g.stride
+    dWt = dWt.reshape(g.taps, g.taps, terms.stop - terms.start, g.O)
+    for p, q, channels, part in _phase_parts(terms, g):
+        view = dw[channels, p::s, q::s]
+        view[...] = dWt[:view.shape[1], :view.shape[2], part].transpose(2, 0, 1, 3)
+
+
+def _chunks(g, itemsize):
+    """Slices of the M input terms, a kernel spectrum of at most CHUNK_BYTES each."""
+    size = g.chunk(itemsize)
+    return [slice(m, min(m + size, g.terms)) for m in range(0, g.terms, size)]
+
+
+def _kernel_spectrum(D, w, terms, g):
+    """The conjugate spectrum (F, 2, m, O) of the input terms `terms` of the kernel w."""
+    return (D @ _phase_taps(w, terms, g)).reshape(g.frequencies, 2, -1, g.O)
+
+
+def forward(xt, w, b, stride):
+    """out (O, oh, ow, B) of xt (C, H, W, B) (already padded) and w (C, k, k, O), through
+    the DFT; the cache keeps the input's spectrum."""
+    xp = get_array_module(xt)
+    g = geometry_of(xt.shape, w.shape, stride)
+    B, F, M, O = xt.shape[-1], g.frequencies, g.terms, g.O
+    A, D, G = _matrices(g, xp, xt.dtype)
+    X = A @ _phases(xt, g)  # (2F, M*B)
+    X = transposed(X.reshape(F, 2, M, B), (0, 2, 1, 3)).reshape(F, M, 2 * B)
+    XT = X.transpose(0, 2, 1)  # (F, 2B, M): per frequency [Xr^T; Xi^T]
+    by_real = by_imag = None  # (F, 2B, O): X^T K's real part, X^T K's imaginary part
+    for terms in _chunks(g, xt.itemsize):
+        K = _kernel_spectrum(D, w, terms, g)
+        real, imag = XT[:, :, terms] @ K[:, 0], XT[:, :, terms] @ K[:, 1]
+        del K
+        if by_real is None:
+            by_real, by_imag = real, imag
+        else:
+            by_real += real
+            by_imag += imag
+    Z = xp.empty((F, 2, B, O), dtype=xt.dtype)  # the output's spectrum, transposed
+    xp.subtract(by_real[:, :B], by_imag[:, B:], out=Z[:, 0])
+    xp.add(by_real[:, B:], by_imag[:, :B], out=Z[:, 1])
+    out = (G @ Z.reshape(2 * F, B * O)).reshape(g.oh, g.ow, B, O)
+    out = transposed(out, (3, 0, 1, 2))
+    out += b.reshape(O, 1, 1, 1)
+    return out, (X, w, g, xt.shape[1:3])
+
+
+def backward(dout, cache, *, need_dx=True):
+    """dxt (C, H, W, B) or None, dw, db from dout (O, oh, ow, B)."""
+    X, w, g, (H, W) = cache
+    xp = get_array_module(dout)
+    B, F, M, O = dout.shape[-1], g.frequencies, g.terms, g.O
+    A, D, G = _matrices(g, xp, dout.dtype)
+    dZ = (G.T @ transposed(dout, (1, 2, 3, 0)).reshape(-1, B * O)).reshape(F, 2, B, O)
+    # E^T = [[dZr, dZi], [dZi, -dZr]] (transposed blocks, as Z): the gradient of the
+    # per-frequency products, real and imaginary parts of both factors in one matrix.
+    E = xp.empty((F, 2 * B, 2 * O), dtype=dout.dtype)
+    E[:, :B, :O] = dZ[:, 0]
+    E[:, :B, O:] = dZ[:, 1]
+    E[:, B:, :O] = dZ[:, 1]
+    xp.negative(dZ[:, 0], out=E[:, B:, O:])
+    del dZ
+    dX = xp.empty((F, M, 2 * B), dtype=dout.dtype) if need_dx else None
+    dw = xp.empty(w.shape, dtype=w.dtype)
+    for terms in _chunks(g, dout.itemsize):
+        if need_dx:
+            K = _kernel_spectrum(D, w, terms, g)
+            xp.matmul(K[:, 0], E[:, :, :O].transpose(0, 2, 1), out=dX[:, terms])
+            dX[:, terms] += K[:, 1] @ E[:, :, O:].transpose(0, 2, 1)
+            del K
+        dK = xp.empty((F, 2, terms.stop - terms.start, O), dtype=dout.dtype)
+        xp.matmul(X[:, terms], E[:, :, :O], out=dK[:, 0])
+        xp.matmul(X[:, terms], E[:, :, O:], out=dK[:, 1])
+        _add_phase_taps(dw, D.T @ dK.reshape(2 * F, -1), terms, g)
+        del dK
+    db = dout.reshape(O, -1).sum(axis=1)
+    if not need_dx:
+        return None, dw, db
+    dX = transposed(dX.reshape(F, M, 2, B), (0, 2, 1, 3)).reshape(2 * F, M * B)
+    dxt = xp.zeros((g.C, H, W, B), dtype=dout.dtype)
+    _add_phases(dxt, A.T @ dX, g)
+    return dxt, dw, db

@@ -1,0 +1,95 @@
+"""The spectral convolution (minicaps.spectral) against the direct one (im2col), and when
+the network takes it. Its gradients against finite differences: tests/test_gradients.py."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minicaps import CapsNetConfig, spectral
+from minicaps.capsules import primary_capsules_forward
+from minicaps.conv import _im2col_backward, _im2col_forward, uses_spectral
+
+
+def draw_problem(data):
+    """A batch-last input (C, H, W, B), weights, bias and the output's gradient, float64."""
+    draw = lambda lo, hi, label: data.draw(st.integers(lo, hi), label=label)  # noqa: E731
+    C, O, B = draw(1, 5, "C"), draw(1, 4, "O"), draw(1, 3, "B")
+    k, stride = draw(1, 7, "k"), draw(1, 3, "stride")
+    H, W = draw(k, 16, "H"), draw(k, 16, "W")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    xt, w, b = (rng.standard_normal((C, H, W, B)), rng.standard_normal((C, k, k, O)),
+                rng.standard_normal(O))
+    oh, ow = (H - k) // stride + 1, (W - k) // stride + 1
+    return xt, w, b, stride, rng.standard_normal((O, oh, ow, B))
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), chunk_terms=st.integers(1, 7))
+def test_spectral_convolution_equals_the_direct_one(data, chunk_terms):
+    """Output and all three gradients, with the kernel's spectrum in chunks of a few input
+    terms (so that chunks split phases and channels unevenly) and need_dx off."""
+    xt, w, b, stride, dout = draw_problem(data)
+    g = spectral.geometry_of(xt.shape, w.shape, stride)
+    expected_out, cache = _im2col_forward(xt, w, b, stride)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(spectral, "CHUNK_BYTES", chunk_terms * 2 * g.frequencies * g.O * 8)
+        out, spectral_cache = spectral.forward(xt, w, b, stride)
+        gradients = spectral.backward(dout, spectral_cache)
+        dxt, dw, db = spectral.backward(dout, spectral_cache, need_dx=False)
+    np.testing.assert_allclose(out, expected_out, rtol=1e-9, atol=1e-9)
+    for got, expected in zip(gradients, _im2col_backward(dout, cache)):
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
+    assert dxt is None
+    np.testing.assert_allclose(dw, _im2col_backward(dout, cache)[1], rtol=1e-9, atol=1e-9)
+
+
+def test_float32_spectral_convolution_is_as_accurate_as_float32_im2col():
+    """On the paper's primary capsules (batch 2): both float32 paths against float64."""
+    rng = np.random.default_rng(0)
+    xt, w = rng.random((256, 20, 20, 2)), (rng.random((256, 9, 9, 256)) - 0.5) / 50
+    b, dout = np.zeros(256), rng.standard_normal((256, 6, 6, 2))
+    exact_out, exact_cache = _im2col_forward(xt, w, b, 2)
+    exact = (exact_out, *_im2col_backward(dout, exact_cache))
+    single = [a.astype(np.float32) for a in (xt, w, b, dout)]
+    out32, cache32 = spectral.forward(*single[:3], 2)
+    direct_out32, direct_cache32 = _im2col_forward(*single[:3], 2)
+    errors = {}
+    for name, results in [("spectral", (out32, *spectral.backward(single[3], cache32))),
+                          ("im2col", (direct_out32, *_im2col_backward(single[3],
+                                                                      direct_cache32)))]:
+        assert all(r.dtype == np.float32 for r in results)
+        errors[name] = [np.abs(r - e).max() / np.abs(e).max() for r, e in zip(results, exact)]
+    for spectral_error, direct_error in zip(errors["spectral"], errors["im2col"]):
+        assert spectral_error < max(10 * direct_error, 1e-6), errors
+
+
+def test_the_primary_capsules_take_the_spectral_path_where_it_pays():
+    """The paper's primary capsules: direct at batch 1, spectral at 32; never on conv1's
+    one input channel; never on the GPU (not measured there yet)."""
+    config = CapsNetConfig()
+    (h, w), k = config.conv1_size, config.kernel_size
+    primary = (config.conv_channels, k, k, config.primary_types * config.primary_dim)
+    assert not uses_spectral((config.conv_channels, h, w, 1), primary, 2, np)
+    assert uses_spectral((config.conv_channels, h, w, 32), primary, 2, np)
+    assert not uses_spectral((1, 28, 28, 32), (1, k, k, config.conv_channels), 1, np)
+    assert not uses_spectral((config.conv_channels, h, w, 32), primary, 2, object())
+    rng = np.random.default_rng(1)
+    x = rng.random((config.conv_channels, h, w, 32), dtype=np.float32)
+    weights = rng.standard_normal(primary).astype(np.float32) / 100
+    _, (conv_cache, _, _) = primary_capsules_forward(
+        x, weights, np.zeros(primary[-1], np.float32), types=config.primary_types)
+    assert conv_cache[0] is spectral.backward
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_phase_parts_cover_every_term_once(stride):
+    g = spectral.Geometry(C=5, O=2, k=4, stride=stride, oh=3, ow=3)
+    for size in (1, 2, 3, 7, g.terms):
+        seen = []
+        for start in range(0, g.terms, size):
+            terms = slice(start, min(start + size, g.terms))
+            for p, q, channels, part in spectral._phase_parts(terms, g):
+                phase = p * stride + q
+                assert part.stop - part.start == channels.stop - channels.start > 0
+                seen += [phase * g.C + c for c in range(channels.start, channels.stop)]
+        assert seen == list(range(g.terms))
