@@ -15,7 +15,7 @@ from .backend import xp_for
 from .model import CapsNet
 from .optim import Adam
 from .conv import _columns, largest_group
-from .plan import main_convolution, plan
+from .plan import main_convolution, plan, spectral_geometry
 
 
 def synchronize(xp):
@@ -169,23 +169,44 @@ def step_rates(config, batch_size, device="cpu", repeats=5):
 def _convolution_rates(config, batch_size, device, repeats):
     """step_rates' first two, from arrays freed when it returns."""
     xp = xp_for(device)
-    conv = main_convolution(config)
-    oh, ow = conv.out_size
-    oh = min(oh, max(1, CALIBRATION_WIDTH // ow))  # the top rows of a very large output
-    batch = min(batch_size, max(1, CALIBRATION_WIDTH // (oh * ow)))
-    in_h = (oh - 1) * conv.stride + conv.kernel
+    copy_gbs = _columns_rate(config, batch_size, xp, repeats)
+    spectral = spectral_geometry(config, batch_size, device)
+    if spectral is not None:
+        return _spectral_rate(spectral, batch_size, xp, config.dtype, repeats), copy_gbs
+    conv, oh, ow, batch, g = _calibration_group(config, batch_size)
     k2, dtype = conv.kernel ** 2, np.dtype(config.dtype)
-    g = largest_group(conv.in_channels, k2 * oh * ow * batch * dtype.itemsize)
     rng = np.random.default_rng(0)
-    xt, cols, w, dout = (xp.asarray(rng.random(shape, dtype=dtype)) for shape in [
-        (g, in_h, conv.in_w, batch), (g * k2, oh * ow * batch),
-        (g * k2, conv.out_channels), (conv.out_channels, oh * ow * batch)])
+    cols, w, dout = (xp.asarray(rng.random(shape, dtype=dtype)) for shape in [
+        (g * k2, oh * ow * batch), (g * k2, conv.out_channels),
+        (conv.out_channels, oh * ow * batch)])
 
     def products():  # as minicaps.conv multiplies: output, weight gradient, column gradient
         w.T @ cols, cols @ dout.T, w @ dout
 
     products()
     gemm_s = _seconds(xp, products, repeats, summary=min)
+    return 3 * 2 * w.size * cols.shape[1] / gemm_s / 1e9, copy_gbs
+
+
+def _calibration_group(config, batch_size):
+    """(main convolution, oh, ow, batch, channels) of the channel group step_rates times:
+    a large output cropped to its top rows, a large batch to fewer images."""
+    conv = main_convolution(config)
+    oh, ow = conv.out_size
+    oh = min(oh, max(1, CALIBRATION_WIDTH // ow))  # the top rows of a very large output
+    batch = min(batch_size, max(1, CALIBRATION_WIDTH // (oh * ow)))
+    g = largest_group(conv.in_channels,
+                      conv.kernel ** 2 * oh * ow * batch * np.dtype(config.dtype).itemsize)
+    return conv, oh, ow, batch, g
+
+
+def _columns_rate(config, batch_size, xp, repeats):
+    """GB/s of building one channel group's im2col columns from a cold cache (the median
+    of `repeats`): the rate charged for all copies and passes over activations."""
+    conv, oh, ow, batch, g = _calibration_group(config, batch_size)
+    in_h = (oh - 1) * conv.stride + conv.kernel
+    xt = xp.asarray(np.random.default_rng(0).random((g, in_h, conv.in_w, batch),
+                                                    dtype=np.dtype(config.dtype)))
     evict = np.ones(_EVICT_BYTES // 4, dtype=np.float32) if xp is np else None
 
     def evict_caches():
@@ -193,11 +214,37 @@ def _convolution_rates(config, batch_size, device, repeats):
             evict.sum()
 
     def build():
-        _columns(xt, conv.kernel, conv.kernel, oh, ow, conv.stride)
+        return _columns(xt, conv.kernel, conv.kernel, oh, ow, conv.stride)
 
-    build()
-    copy_s = _seconds(xp, build, repeats, before=evict_caches)
-    return 3 * 2 * w.size * cols.shape[1] / gemm_s / 1e9, cols.nbytes / copy_s / 1e9
+    nbytes = build().nbytes
+    return nbytes / _seconds(xp, build, repeats, before=evict_caches) / 1e9
+
+
+def _spectral_rate(g, batch_size, xp, dtype, repeats):
+    """GFLOP/s of the spectral convolution's matrix products (minicaps.spectral) on one
+    chunk of input terms at this batch: per frequency the output's two products, the input
+    gradient's two and the kernel gradient's two, and the kernel's three transforms, the
+    mix Plan.gemm_flops_train counts (the fastest of `repeats`, as the direct products)."""
+    dtype = np.dtype(dtype)
+    F, O, B, m = g.frequencies, g.O, batch_size, min(g.terms, g.chunk(dtype.itemsize, batch_size))
+    rng = np.random.default_rng(0)
+    X, K, E, D, taps = (xp.asarray(rng.random(shape, dtype=dtype)) for shape in [
+        (F, m, 2 * B), (F, 2, m, O), (F, 2 * B, 2 * O), (2 * F, g.taps ** 2),
+        (g.taps ** 2, m * O)])
+
+    def products():  # as minicaps.spectral multiplies (the image's transforms left out)
+        XT = X.transpose(0, 2, 1)
+        XT @ K[:, 0], XT @ K[:, 1]
+        K[:, 0] @ E[:, :, :O].transpose(0, 2, 1), K[:, 1] @ E[:, :, O:].transpose(0, 2, 1)
+        X @ E[:, :, :O], X @ E[:, :, O:]
+        for _ in range(2):
+            D @ taps
+        D.T @ K.reshape(2 * F, -1)
+
+    products()
+    seconds = _seconds(xp, products, repeats, summary=min)
+    flops = (g.product_flops(B) + g.kernel_transform_flops()) * m / g.terms
+    return flops / seconds / 1e9
 
 
 def update_gbs(device="cpu", dtype="float32", repeats=5):

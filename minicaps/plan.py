@@ -15,11 +15,12 @@ from types import SimpleNamespace
 import numpy as np
 
 from .cnn import POOLED_LAYERS
-from .conv import largest_group, output_size
+from .conv import largest_group, output_size, uses_spectral
 from .errors import MinicapsError
 from .network import input_channels
 from .networks import kind_of
 from .routing import examples_at_once
+from .spectral import geometry_of
 
 GIB = 2 ** 30
 
@@ -31,8 +32,11 @@ class Plan:
     step_bytes: int         # peak of one training step: activations and gradients
     flops_forward: float    # per image
     flops_train: float      # per image: forward, backward, update
-    gemm_flops_train: float  # per image: the part done by large matrix products
-    traffic_bytes: float    # per image: memory moved by copies and element-wise passes
+    # Per image at this batch size (the spectral convolution's kernel transforms are a
+    # fixed cost per step, shared by the batch): the part done by large matrix products,
+    # and the memory moved by copies and element-wise passes.
+    gemm_flops_train: float
+    traffic_bytes: float
     batch_size: int
 
     @property
@@ -131,6 +135,42 @@ def _group_elements(config, batch_size, conv):
                           np.dtype(config.dtype).itemsize)
 
 
+def spectral_geometry(config, batch_size, device="cpu"):
+    """The minicaps.spectral.Geometry of the primary capsules' convolution where a step of
+    this batch takes the spectral path (minicaps.conv.uses_spectral), else None."""
+    if kind_of(config) == "cnn":
+        return None
+    conv = main_convolution(config)
+    xt_shape = (conv.in_channels, conv.in_h, conv.in_w, batch_size)
+    w_shape = (conv.in_channels, conv.kernel, conv.kernel, conv.out_channels)
+    if not uses_spectral(xt_shape, w_shape, conv.stride, np if device == "cpu" else None):
+        return None
+    return geometry_of(xt_shape, w_shape, conv.stride)
+
+
+def _spectral_elements(config, batch_size, device):
+    """Elements of the primary capsules' spectral convolution (minicaps.spectral), or None
+    where they go through im2col: the input's spectrum, kept for backward; the most that
+    forward and backward hold at once besides (backward's dxt included, its dw not: that
+    is counted with the gradients)."""
+    g = spectral_geometry(config, batch_size, device)
+    if g is None:
+        return None
+    B, F, M, O = batch_size, g.frequencies, g.terms, g.O
+    chunk = min(M, g.chunk(np.dtype(config.dtype).itemsize, B))
+    phases, spectrum = g.ny * g.nx * M * B, 2 * F * M * B  # the input's, and its spectrum's
+    kernel, taps = 2 * F * chunk * O, g.taps ** 2 * chunk * O  # a chunk's spectrum, taps
+    products = 2 * F * B * O  # each of a frequency's products (B x O real and imaginary)
+    dxt = config.conv_channels * int(np.prod(config.conv1_size)) * B
+    forward = max(phases + spectrum, 2 * spectrum, spectrum + kernel + taps + 4 * products,
+                  spectrum + 3 * products)
+    gradient = 2 * products  # E: the output spectrum's gradient, both arrangements
+    backward = gradient + max(spectrum + kernel + max(taps, 2 * F * chunk * B),
+                              spectrum + kernel + taps, 2 * spectrum,
+                              spectrum + phases + dxt)
+    return {"kept": spectrum, "forward": forward, "backward": backward}
+
+
 def step_bytes(config, batch_size, device="cpu"):
     """Peak bytes of one training step on `device`: at each stage, what the stages before
     it keep for backward and is still held, that stage's transient, and the gradients made
@@ -150,11 +190,14 @@ def step_bytes(config, batch_size, device="cpu"):
     # also the primary capsules' input); the primary capsules keep their squash's input
     # and the predictions their input u; routing keeps u_hat and the couplings.
     conv_kept = 2 * n["x"] + n["conv1_out"]
-    cached = conv_kept + 2 * n["u"] + n["u_hat"] + n["couplings"] + n["decoder"]
+    spectral = _spectral_elements(config, batch_size, device)
+    # The primary capsules keep their input's spectrum where they go through the DFT.
+    cached = (conv_kept + 2 * n["u"] + n["u_hat"] + n["couplings"] + n["decoder"]
+              + (spectral["kept"] if spectral else 0))
     after_routing = cached - n["u_hat"] - n["couplings"]
     # Forward: one group's columns at a time, the output and a group's part of it.
     forward = max(2 * n["x"] + cols1 + 2 * n["conv1_out"],
-                  conv_kept + cols2 + 2 * n["primary_out"])
+                  conv_kept + (spectral["forward"] if spectral else cols2 + 2 * n["primary_out"]))
     routing_backward = (cached + 2 * paths + n["u_hat"]  # paths, stacked; du_hat
                         + grads("decoder"))
     shared = config.share_transforms and config.n_primary > config.primary_types
@@ -166,8 +209,9 @@ def step_bytes(config, batch_size, device="cpu"):
     # A convolution's backward holds dx and, at a time, one group's columns or their
     # gradient (each group's weight gradient is written straight into dw); conv1's needs
     # no dx (its input is the image).
-    primary_backward = (after_routing - n["u"] + n["conv1_out"] + cols2
-                        + grads("decoder") + grads("caps") + grads("primary"))
+    primary_backward = (after_routing - n["u"] + grads("decoder") + grads("caps")
+                        + grads("primary")
+                        + (spectral["backward"] if spectral else n["conv1_out"] + cols2))
     conv1_backward = conv_kept + n["conv1_out"] + cols1 + config.n_params()
     return itemsize * max(forward, routing_backward, predictions_backward, primary_backward,
                           conv1_backward)
@@ -198,23 +242,33 @@ def flops_per_image(config):
     return float(forward), float(forward + backward)
 
 
-def traffic_per_image(config):
-    """Bytes per image moved by the memory-bound work of a training step.
+def traffic_per_image(config, batch_size=1, device="cpu"):
+    """Bytes per image moved by the memory-bound work of a training step of this batch.
 
     im2col writes the columns twice (forward, and again in backward), and the primary
-    convolution's backward writes their gradient and reads it back in col2im. Routing and
-    the predictions pass over u_hat 4R + 2 times (2R + 3 with routing_grad "last"): five
-    of them go to memory (the predictions write u_hat, routing reads it forward and again
-    backward, writes its gradient, the predictions read that), the rest are routing's
-    iterations over a tile of examples held in cache (minicaps.routing.TILE_BYTES), counted
-    at half a pass each: routing in tiles took half the time it took passing over the
-    whole batch (a CPU figure; the GPU routes the batch at once)."""
+    convolution's backward writes their gradient and reads it back in col2im; through the
+    DFT instead (spectral_geometry), the input's phases and spectrum, the spectrum's
+    gradient and their transposes are about eight passes over the spectrum and two over
+    the phases per image, and the kernel's spectrum is written three times a step (twice,
+    and its gradient), shared by the batch. Routing and the predictions pass over u_hat
+    4R + 2 times (2R + 3 with routing_grad "last"): five of them go to memory (the
+    predictions write u_hat, routing reads it forward and again backward, writes its
+    gradient, the predictions read that), the rest are routing's iterations over a tile of
+    examples held in cache (minicaps.routing.TILE_BYTES), counted at half a pass each:
+    routing in tiles took half the time it took passing over the whole batch (a CPU
+    figure; the GPU routes the batch at once)."""
     n = _sizes(config, 1)
     itemsize = np.dtype(config.dtype).itemsize
     R = config.routing_iters
     in_cache = 4 * R - 3 if config.routing_grad == "full" else 2 * R - 2
     passes = 5 + in_cache / 2
-    elements = (2 * n["conv1_cols"] + 4 * n["primary_cols"] + passes * n["u_hat"]
+    g = spectral_geometry(config, batch_size, device)
+    if g is None:
+        primary = 4 * n["primary_cols"]
+    else:
+        primary = (8 * 2 * g.frequencies * g.terms + 2 * g.ny * g.nx * g.terms
+                   + 3 * g.spectrum_bytes(1) / batch_size)
+    elements = (2 * n["conv1_cols"] + primary + passes * n["u_hat"]
                 + 6 * n["conv1_out"])  # ReLU, bias, transposes of conv1's output
     return float(elements * itemsize)
 
@@ -275,11 +329,16 @@ def plan(config, batch_size, device="cpu"):
     itemsize = np.dtype(config.dtype).itemsize
     forward, train = flops_per_image(config)
     f = _flop_parts(config)
-    gemm = 3 * (f["conv1"] + f["primary"] + f["decoder"]) - f["conv1"]
+    g = spectral_geometry(config, batch_size, device)
+    primary = (3 * f["primary"] if g is None else
+               (g.product_flops(batch_size) + g.kernel_transform_flops()
+                + g.image_transform_flops(batch_size)) / batch_size)
+    gemm = 3 * (f["conv1"] + f["decoder"]) - f["conv1"] + primary
     return Plan(n_params=n, param_bytes=3 * n * itemsize,
                 step_bytes=step_bytes(config, batch_size, device),
                 flops_forward=forward, flops_train=train, gemm_flops_train=float(gemm),
-                traffic_bytes=traffic_per_image(config), batch_size=batch_size)
+                traffic_bytes=traffic_per_image(config, batch_size, device),
+                batch_size=batch_size)
 
 
 def available_bytes(device):

@@ -78,9 +78,12 @@ class Geometry:
         """M: (phase, input channel) pairs summed in each frequency's product."""
         return self.stride ** 2 * self.C
 
-    def chunk(self, itemsize):
-        """Input terms whose kernel spectrum fits in CHUNK_BYTES (at least one)."""
-        return max(1, CHUNK_BYTES // (2 * self.frequencies * self.O * itemsize))
+    def chunk(self, itemsize, batch):
+        """Input terms per chunk of the kernel's spectrum: as many as fit in CHUNK_BYTES or
+        in the input spectrum's size, whichever is larger (deeper products run faster, and
+        a large batch has the memory: the input's spectrum is as large), at least one."""
+        per_term = 2 * self.frequencies * self.O * itemsize
+        return max(1, CHUNK_BYTES // per_term, self.terms * batch // self.O)
 
     def product_flops(self, batch):
         """Multiply-adds x 2 of the per-frequency products of forward and backward: three
@@ -88,10 +91,18 @@ class Geometry:
         (2B x M) by (M x O)."""
         return 3 * 2 * 2 * (2 * batch) * self.terms * self.O * self.frequencies
 
-    def transform_flops(self):
-        """The kernel's spectrum, twice (forward, and again in backward), and its
-        gradient's way back: real products of (2F x taps^2) by (taps^2 x M*O)."""
+    def kernel_transform_flops(self):
+        """Multiply-adds x 2 of the kernel's spectrum, twice (forward, and again in
+        backward), and its gradient's way back: real products of (2F x taps^2) by
+        (taps^2 x M*O), a fixed cost per step."""
         return 3 * 2 * (2 * self.frequencies) * self.taps ** 2 * self.terms * self.O
+
+    def image_transform_flops(self, batch):
+        """Multiply-adds x 2 of the input's phases to their spectrum and back, (2F x ny*nx)
+        by (ny*nx x M*B), and of the output's spectrum to the outputs and back,
+        (oh*ow x 2F) by (2F x B*O)."""
+        F2 = 2 * self.frequencies
+        return 2 * 2 * F2 * batch * (self.ny * self.nx * self.terms + self.oh * self.ow * self.O)
 
     def spectrum_bytes(self, itemsize):
         """The kernel's whole spectrum (what the chunks add up to)."""
@@ -109,20 +120,23 @@ def geometry_of(xt_shape, w_shape, stride):
 # rate (conv1 has one), and the direct path's columns are small there anyway.
 MIN_CHANNELS = 64
 # The kernel's transforms move its whole spectrum through memory for few FLOPs: counted at
-# this many times their FLOPs against the products' (see `pays`).
-TRANSFORM_COST = 4
+# this many times their FLOPs against the products' (see `pays`; with it the paper's primary
+# capsules switch at batch 20, where the two paths measured within 10 % of each other).
+TRANSFORM_COST = 3
 
 
 def pays(geometry, batch, xp):
     """Whether the spectral path is the faster one: on the CPU (the GPU is not measured
-    yet), for a kernel over many input channels, when its products and the kernel's
-    transforms, these at TRANSFORM_COST times their FLOPs, come to less than the direct
-    path's products."""
+    yet), for a kernel over many input channels, when its products and transforms, the
+    kernel's at TRANSFORM_COST times their FLOPs, come to less than the direct path's
+    products (for the paper's primary capsules, from batch 20 on)."""
     if xp is not np or geometry.C < MIN_CHANNELS or geometry.k < 3:
         return False
     g = geometry
     direct = 3 * 2 * batch * g.C * g.O * g.k ** 2 * g.oh * g.ow
-    return g.product_flops(batch) + TRANSFORM_COST * g.transform_flops() < direct
+    spectral = (g.product_flops(batch) + g.image_transform_flops(batch)
+                + TRANSFORM_COST * g.kernel_transform_flops())
+    return spectral < direct
 
 
 @lru_cache(maxsize=16)
@@ -212,9 +226,9 @@ def _add_phase_taps(dw, dWt, terms, g):
         view[...] = dWt[:view.shape[1], :view.shape[2], part].transpose(2, 0, 1, 3)
 
 
-def _chunks(g, itemsize):
-    """Slices of the M input terms, a kernel spectrum of at most CHUNK_BYTES each."""
-    size = g.chunk(itemsize)
+def _chunks(g, itemsize, batch):
+    """Slices of the M input terms, Geometry.chunk of them each."""
+    size = g.chunk(itemsize, batch)
     return [slice(m, min(m + size, g.terms)) for m in range(0, g.terms, size)]
 
 
@@ -234,7 +248,7 @@ def forward(xt, w, b, stride):
     X = transposed(X.reshape(F, 2, M, B), (0, 2, 1, 3)).reshape(F, M, 2 * B)
     XT = X.transpose(0, 2, 1)  # (F, 2B, M): per frequency [Xr^T; Xi^T]
     by_real = by_imag = None  # (F, 2B, O): X^T K's real part, X^T K's imaginary part
-    for terms in _chunks(g, xt.itemsize):
+    for terms in _chunks(g, xt.itemsize, B):
         K = _kernel_spectrum(D, w, terms, g)
         real, imag = XT[:, :, terms] @ K[:, 0], XT[:, :, terms] @ K[:, 1]
         del K
@@ -269,7 +283,7 @@ def backward(dout, cache, *, need_dx=True):
     del dZ
     dX = xp.empty((F, M, 2 * B), dtype=dout.dtype) if need_dx else None
     dw = xp.empty(w.shape, dtype=w.dtype)
-    for terms in _chunks(g, dout.itemsize):
+    for terms in _chunks(g, dout.itemsize, B):
         if need_dx:
             K = _kernel_spectrum(D, w, terms, g)
             xp.matmul(K[:, 0], E[:, :, :O].transpose(0, 2, 1), out=dX[:, terms])
