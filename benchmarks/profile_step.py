@@ -19,7 +19,9 @@ synchronisation per launch, which a normal step does not pay: compare shares, no
 step and without the profiler (medians of --steps runs): building the columns, the three
 matrix products (output, weight gradient, column gradient) and adding the column gradient
 back (col2im), each with its achieved GFLOP/s. It answers what a stage profile cannot:
-whether that convolution's time is its products or its copies.
+whether that convolution's time is its products or its copies. These are the parts of the
+im2col path; from batch 20 on the CPU the step takes the spectral path instead
+(minicaps/spectral.py; the header says which), whose stages the step profile shows.
 """
 import argparse
 import cProfile
@@ -35,6 +37,7 @@ import numpy as np
 from minicaps.allocator import reuse_freed_memory
 from minicaps.backend import xp_for
 from minicaps.bench import synchronize
+from minicaps.plan import spectral_geometry
 from minicaps.conv import _add_columns, _columns, _group_weights, _groups
 from minicaps.presets import RS_DEFAULTS
 
@@ -140,9 +143,11 @@ def conv_parts(config, batch_size, runs, device="cpu"):
 def print_conv_parts(config, batch_size, runs, device):
     parts, flops, n_groups = conv_parts(config, batch_size, runs, device)
     total = sum(parts.values())
-    print(f"the primary capsules' convolution on the {device}, batch {batch_size}, {n_groups} "
-          f"groups of input channels: {total * 1e3:.1f} ms forward and backward (medians of "
-          f"{runs})\n")
+    path = ("the spectral path, not these parts" if spectral_geometry(config, batch_size, device)
+            else "this path")
+    print(f"the primary capsules' convolution through im2col on the {device}, batch "
+          f"{batch_size}, {n_groups} groups of input channels: {total * 1e3:.1f} ms forward "
+          f"and backward (medians of {runs}; a training step at this batch takes {path})\n")
     print("| part | ms | share | GFLOP/s |\n|---|---:|---:|---:|")
     for part, seconds in parts.items():
         rate = f"{flops / seconds / 1e9:.0f}" if "product" in part else ""

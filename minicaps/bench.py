@@ -150,13 +150,16 @@ def step_rates(config, batch_size, device="cpu", repeats=5):
     machine, for Plan.step_seconds: the first two measured on one channel group of its main
     convolution (minicaps.plan.main_convolution) at this batch, the group's three matrix
     products (output, weight gradient, column gradient) and the building of its columns;
-    the last is update_gbs.
+    the last is update_gbs. Where the step takes the spectral path (plan.spectral_geometry),
+    the GEMM rate is its products' instead, on one chunk of its input terms
+    (_spectral_rate), and the copy rate is still the columns' (the memory's speed for
+    strided passes, which the spectral path's transposes and gathers are too).
 
     The first two depend on the shapes: at batch 1 a product 36 columns wide runs at a
     fraction of the rate of one 1152 wide, and im2col copying runs of one number at a
     fraction of runs of 32. A product wider than CALIBRATION_WIDTH is timed on fewer
-    images, or on fewer of a large image's output rows, down to one image and one row. On the CPU the columns
-    are built from a cold cache, as in a step, where the stages between one use of an
+    images, or on fewer of a large image's output rows, down to one image and one row.
+    On the CPU the columns are built from a cold cache, as in a step, where the stages between one use of an
     array and the next push it out. The products' rate is from the fastest of `repeats`
     runs: on a shared machine another process's burst slows one run in a few by up to 2x,
     and would then set the rate for the whole prediction, where a step's median leaves such
