@@ -225,11 +225,14 @@ def _columns_rate(config, batch_size, xp, repeats):
 
 def _spectral_rate(g, batch_size, xp, dtype, repeats):
     """GFLOP/s of the spectral convolution's matrix products (minicaps.spectral) on one
-    chunk of input terms at this batch: per frequency the output's two products, the input
-    gradient's two and the kernel gradient's two, and the kernel's three transforms, the
-    mix Plan.gemm_flops_train counts (the fastest of `repeats`, as the direct products)."""
+    chunk of input terms at this batch (at most CALIBRATION_WIDTH output positions' worth
+    of images, as the direct products): per frequency the output's two products, the
+    input gradient's two and the kernel gradient's two, and the kernel's three transforms
+    (the fastest of `repeats`); Plan.gemm_flops_train charges the image's transforms at
+    the same rate."""
     dtype = np.dtype(dtype)
-    F, O, B, m = g.frequencies, g.O, batch_size, min(g.terms, g.chunk(dtype.itemsize, batch_size))
+    B = min(batch_size, max(1, CALIBRATION_WIDTH // (g.oh * g.ow)))
+    F, O, m = g.frequencies, g.O, min(g.terms, g.chunk(dtype.itemsize, B))
     rng = np.random.default_rng(0)
     X, K, E, D, taps = (xp.asarray(rng.random(shape, dtype=dtype)) for shape in [
         (F, m, 2 * B), (F, 2, m, O), (F, 2 * B, 2 * O), (2 * F, g.taps ** 2),

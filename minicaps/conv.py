@@ -32,7 +32,14 @@ group's (and, in backward, before their own gradient) are made.
 
 On the GPU the columns and their adjoint are built by fused kernels (minicaps/kernels.py),
 one launch each per group.
+
+The primary capsules ask for the spectral path (`spectral=True`): through the DFT
+(minicaps/spectral.py), which for their 9x9 kernels over 256 channels needs a third of the
+multiply-adds and none of the columns, and which the CPU takes where it pays (from batch
+20 for the paper's network); this module's im2col stays the path for everything else.
 """
+import numpy as np
+
 from . import kernels
 from . import spectral as spectral_conv
 from .backend import get_array_module
@@ -151,19 +158,22 @@ def conv2d_forward_batch_last(xt, w, b, *, stride=1, pad=0, spectral=False):
     pays (spectral.pays: large kernels over many channels, from a few images on)."""
     if pad:
         xt = get_array_module(xt).pad(xt, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    if spectral and uses_spectral(xt.shape, w.shape, stride, get_array_module(xt)):
+    if spectral and uses_spectral(xt.shape, w.shape, stride,
+                                  on_cpu=get_array_module(xt) is np):
         out, cache = spectral_conv.forward(xt, w, b, stride)
         return out, (spectral_conv.backward, cache, pad)
     out, cache = _im2col_forward(xt, w, b, stride)
     return out, (_im2col_backward, cache, pad)
 
 
-def uses_spectral(xt_shape, w_shape, stride, xp):
+def uses_spectral(xt_shape, w_shape, stride, *, on_cpu):
     """Whether conv2d_forward_batch_last(spectral=True) takes the spectral path for an
-    input of xt_shape (C, H, W, B), already padded (the planner asks too)."""
+    input of xt_shape (C, H, W, B), already padded, on the CPU or the GPU (the planner
+    asks too)."""
+    _, H, W, B = xt_shape
     _, kh, kw, _ = w_shape
-    return kh == kw and spectral_conv.pays(
-        spectral_conv.geometry_of(xt_shape, w_shape, stride), xt_shape[-1], xp)
+    return kh == kw <= min(H, W) and spectral_conv.pays(
+        spectral_conv.geometry_of(xt_shape, w_shape, stride), B, on_cpu)
 
 
 def conv2d_backward_batch_last(dout, cache, *, need_dx=True):

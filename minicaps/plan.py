@@ -143,7 +143,7 @@ def spectral_geometry(config, batch_size, device="cpu"):
     conv = main_convolution(config)
     xt_shape = (conv.in_channels, conv.in_h, conv.in_w, batch_size)
     w_shape = (conv.in_channels, conv.kernel, conv.kernel, conv.out_channels)
-    if not uses_spectral(xt_shape, w_shape, conv.stride, np if device == "cpu" else None):
+    if not uses_spectral(xt_shape, w_shape, conv.stride, on_cpu=device == "cpu"):
         return None
     return geometry_of(xt_shape, w_shape, conv.stride)
 
@@ -165,9 +165,8 @@ def _spectral_elements(config, batch_size, device):
     forward = max(phases + spectrum, 2 * spectrum, spectrum + kernel + taps + 4 * products,
                   spectrum + 3 * products)
     gradient = 2 * products  # E: the output spectrum's gradient, both arrangements
-    backward = gradient + max(spectrum + kernel + max(taps, 2 * F * chunk * B),
-                              spectrum + kernel + taps, 2 * spectrum,
-                              spectrum + phases + dxt)
+    backward = max(gradient + spectrum + kernel + max(taps, 2 * F * chunk * B),
+                   2 * spectrum, spectrum + phases + dxt)  # E freed after the chunks
     return {"kept": spectrum, "forward": forward, "backward": backward}
 
 
@@ -267,7 +266,7 @@ def traffic_per_image(config, batch_size=1, device="cpu"):
         primary = 4 * n["primary_cols"]
     else:
         primary = (8 * 2 * g.frequencies * g.terms + 2 * g.ny * g.nx * g.terms
-                   + 3 * g.spectrum_bytes(1) / batch_size)
+                   + 3 * g.spectrum_elements() / batch_size)
     elements = (2 * n["conv1_cols"] + primary + passes * n["u_hat"]
                 + 6 * n["conv1_out"])  # ReLU, bias, transposes of conv1's output
     return float(elements * itemsize)

@@ -25,25 +25,31 @@ complex BLAS and no FFT library.
 The price is the kernel's spectrum: F complex numbers per (phase, input, output channel)
 where the kernel has taps*taps real ones, 4.8x as many for the paper (126 MB in float32).
 It is computed from the weights each step (and again in backward, instead of keeping it),
-in chunks of input channels of at most CHUNK_BYTES, and so is the weights' gradient
-spectrum. These passes move a fixed amount of memory whatever the batch, so the spectral
-path pays from a few images on (`pays`), and the direct one stays for small batches.
+in chunks of input terms (Geometry.chunk: CHUNK_BYTES, or the input spectrum's size at a
+large batch), and so is the weights' gradient spectrum. These passes move a fixed amount
+of memory whatever the batch, so the spectral path pays only from some batch size on
+(`pays`: 20 for the paper's network), and the direct one stays for small batches. The DFTs
+are dense matrices (no FFT), which suits the small grids of capsule networks; `pays`
+leaves larger ones (more than MAX_FREQUENCIES) to the direct path.
 
 Layouts: the input's spectrum X is (F, M, 2B) with M = s*s*C (phase, channel) and its
 last axis the real parts of the batch then the imaginary ones; the kernel's, K, is
 (F, 2, M, O), real block then imaginary. Then per frequency, with X^T (2B, M):
 X^T @ K[:, 0] = [Xr^T Kr; Xi^T Kr] and X^T @ K[:, 1] = [Xr^T Ki; Xi^T Ki], from which
-Z^T = conj-product's real and imaginary parts are two subtractions.
+the real and imaginary parts of the output's spectrum (transposed) are a subtraction and
+an addition.
 """
+import importlib
 from dataclasses import dataclass
 from functools import lru_cache
+from types import SimpleNamespace
 
 import numpy as np
 
 from .backend import get_array_module
 from .parallel import transposed
 
-CHUNK_BYTES = 32 * 2 ** 20  # of the kernel's spectrum at a time
+CHUNK_BYTES = 32 * 2 ** 20  # of the kernel's spectrum at a time, at least (Geometry.chunk)
 
 
 @dataclass(frozen=True)
@@ -104,33 +110,43 @@ class Geometry:
         F2 = 2 * self.frequencies
         return 2 * 2 * F2 * batch * (self.ny * self.nx * self.terms + self.oh * self.ow * self.O)
 
-    def spectrum_bytes(self, itemsize):
-        """The kernel's whole spectrum (what the chunks add up to)."""
-        return 2 * self.frequencies * self.terms * self.O * itemsize
+    def spectrum_elements(self):
+        """Of the kernel's whole spectrum (what the chunks add up to)."""
+        return 2 * self.frequencies * self.terms * self.O
 
 
 def geometry_of(xt_shape, w_shape, stride):
-    """The Geometry of convolving xt (C, H, W, B), already padded, with w (C, k, k, O)."""
+    """The Geometry of convolving xt (C, H, W, B), already padded, with w (C, k, k, O).
+    Square kernels only, no larger than the input."""
     C, H, W, _ = xt_shape
-    _, k, _, O = w_shape
+    _, k, kw, O = w_shape
+    if k != kw or k > min(H, W):
+        raise ValueError(f"the spectral convolution takes a square kernel no larger than "
+                         f"its input: {k}x{kw} on {H}x{W}")
     return Geometry(C, O, k, stride, (H - k) // stride + 1, (W - k) // stride + 1)
 
 
 # Input channels below this leave each frequency's product too shallow to run at the GEMM
 # rate (conv1 has one), and the direct path's columns are small there anyway.
 MIN_CHANNELS = 64
+# The dense DFT matrices grow with the square of the grid: measured up to 312 frequencies
+# (56x56 inputs to the paper's network, 1.5x the direct path's speed); larger grids would
+# want an FFT, and stay direct.
+MAX_FREQUENCIES = 512
 # The kernel's transforms move its whole spectrum through memory for few FLOPs: counted at
 # this many times their FLOPs against the products' (see `pays`; with it the paper's primary
 # capsules switch at batch 20, where the two paths measured within 10 % of each other).
 TRANSFORM_COST = 3
 
 
-def pays(geometry, batch, xp):
+def pays(geometry, batch, on_cpu):
     """Whether the spectral path is the faster one: on the CPU (the GPU is not measured
-    yet), for a kernel over many input channels, when its products and transforms, the
-    kernel's at TRANSFORM_COST times their FLOPs, come to less than the direct path's
-    products (for the paper's primary capsules, from batch 20 on)."""
-    if xp is not np or geometry.C < MIN_CHANNELS or geometry.k < 3:
+    yet), for a kernel over many input channels on a grid of at most MAX_FREQUENCIES, when
+    its products and transforms, the kernel's at TRANSFORM_COST times their FLOPs, come to
+    less than the direct path's products (for the paper's primary capsules, from batch 20
+    on; for the logo network's, from 13)."""
+    if (not on_cpu or geometry.C < MIN_CHANNELS or geometry.k < 3
+            or geometry.frequencies > MAX_FREQUENCIES):
         return False
     g = geometry
     direct = 3 * 2 * batch * g.C * g.O * g.k ** 2 * g.oh * g.ow
@@ -139,14 +155,27 @@ def pays(geometry, batch, xp):
     return spectral < direct
 
 
+def _matrices(g, xp, dtype):
+    """The real DFT matrices of geometry g, as arrays of xp and dtype (made once each):
+    A (2F, ny*nx) takes a phase to its spectrum (real, imaginary rows per frequency);
+    D (2F, taps^2) takes a phase's kernel taps to its conjugate spectrum; G (oh*ow, 2F)
+    takes a spectrum back to the outputs (the inverse DFT, each frequency whose mirror
+    image along x is not stored counted twice)."""
+    sizes = SimpleNamespace(ny=g.ny, nx=g.nx, oh=g.oh, ow=g.ow, taps=g.taps,
+                            frequencies=g.frequencies)
+    key = tuple(vars(sizes).values())
+    return _device_matrices(key, xp.__name__, np.dtype(dtype).name)
+
+
 @lru_cache(maxsize=16)
-def _dft_matrices(geometry, dtype_name):
-    """Real DFT matrices of a geometry, on the host: A (2F, ny*nx) takes a phase to its
-    spectrum (real, imaginary rows per frequency); D (2F, taps^2) takes a phase's kernel
-    taps to its conjugate spectrum; G (oh*ow, 2F) takes a spectrum back to the outputs
-    (the inverse DFT, each frequency whose mirror image along x is not stored counted
-    twice)."""
-    g = geometry
+def _device_matrices(key, module_name, dtype_name):
+    xp = importlib.import_module(module_name)
+    return tuple(xp.asarray(m.astype(dtype_name)) for m in _host_matrices(*key))
+
+
+def _host_matrices(ny, nx, oh, ow, taps, frequencies):
+    """_matrices' three, in float64 on the host."""
+    g = SimpleNamespace(ny=ny, nx=nx, oh=oh, ow=ow, taps=taps, frequencies=frequencies)
     fx_count = g.nx // 2 + 1
     fy = np.arange(g.ny)[:, None, None, None]
     fx = np.arange(fx_count)[None, :, None, None]
@@ -163,12 +192,7 @@ def _dft_matrices(geometry, dtype_name):
     weight = (np.tile(twice, g.ny) / (g.ny * g.nx))[:, None, None]
     outputs = angle[:, :g.oh, :g.ow]
     G = np.stack([weight * np.cos(outputs), -weight * np.sin(outputs)], axis=1)
-    dtype = np.dtype(dtype_name)
-    return A.astype(dtype), D.astype(dtype), G.reshape(2 * g.frequencies, -1).T.astype(dtype)
-
-
-def _matrices(geometry, xp, dtype):
-    return tuple(xp.asarray(m) for m in _dft_matrices(geometry, np.dtype(dtype).name))
+    return A, D, np.ascontiguousarray(G.reshape(2 * g.frequencies, -1).T)
 
 
 def _phases(xt, g):
@@ -257,6 +281,7 @@ def forward(xt, w, b, stride):
         else:
             by_real += real
             by_imag += imag
+        del real, imag  # before the next chunk's are made
     Z = xp.empty((F, 2, B, O), dtype=xt.dtype)  # the output's spectrum, transposed
     xp.subtract(by_real[:, :B], by_imag[:, B:], out=Z[:, 0])
     xp.add(by_real[:, B:], by_imag[:, :B], out=Z[:, 1])
@@ -294,6 +319,7 @@ def backward(dout, cache, *, need_dx=True):
         xp.matmul(X[:, terms], E[:, :, O:], out=dK[:, 1])
         _add_phase_taps(dw, D.T @ dK.reshape(2 * F, -1), terms, g)
         del dK
+    del E
     db = dout.reshape(O, -1).sum(axis=1)
     if not need_dx:
         return None, dw, db

@@ -70,11 +70,14 @@ def test_the_main_convolution_is_the_primary_capsules_or_the_cnns_largest_layer(
     assert main_convolution(cnn) == Convolution(64, 32, 5, 18, 18, 1)
 
 
-@pytest.mark.parametrize("in_shape, B", [((1, 28, 28), 2), ((3, 405, 720), 64)])
+@pytest.mark.parametrize("in_shape, B", [((1, 28, 28), 2), ((3, 405, 720), 64),
+                                         ((1, 28, 28), 1024)])
 def test_calibrating_the_step_time_measures_a_bounded_part_of_the_network(in_shape, B):
     """step_rates times one channel group of the main convolution, cropped to at most
     CALIBRATION_WIDTH output positions: for the logo challenge's full frames (a 195 x 352
-    capsule grid) that is tens of MB, where one group of the real columns is 0.7 GB."""
+    capsule grid) that is tens of MB, where one group of the real columns is 0.7 GB. At
+    batch 1024 the paper's network takes the spectral path, whose products are timed on
+    at most as many images."""
     from minicaps.bench import step_rates
     rates = []
     peak = peak_step_bytes(np, lambda: rates.extend(

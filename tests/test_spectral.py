@@ -29,10 +29,9 @@ def test_spectral_convolution_equals_the_direct_one(data, chunk_terms):
     """Output and all three gradients, with the kernel's spectrum in chunks of a few input
     terms (so that chunks split phases and channels unevenly) and need_dx off."""
     xt, w, b, stride, dout = draw_problem(data)
-    g = spectral.geometry_of(xt.shape, w.shape, stride)
     expected_out, cache = _im2col_forward(xt, w, b, stride)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(spectral, "CHUNK_BYTES", chunk_terms * 2 * g.frequencies * g.O * 8)
+        patch.setattr(spectral.Geometry, "chunk", lambda self, itemsize, batch: chunk_terms)
         out, spectral_cache = spectral.forward(xt, w, b, stride)
         gradients = spectral.backward(dout, spectral_cache)
         dxt, dw, db = spectral.backward(dout, spectral_cache, need_dx=False)
@@ -69,10 +68,10 @@ def test_the_primary_capsules_take_the_spectral_path_where_it_pays():
     config = CapsNetConfig()
     (h, w), k = config.conv1_size, config.kernel_size
     primary = (config.conv_channels, k, k, config.primary_types * config.primary_dim)
-    assert not uses_spectral((config.conv_channels, h, w, 1), primary, 2, np)
-    assert uses_spectral((config.conv_channels, h, w, 32), primary, 2, np)
-    assert not uses_spectral((1, 28, 28, 32), (1, k, k, config.conv_channels), 1, np)
-    assert not uses_spectral((config.conv_channels, h, w, 32), primary, 2, object())
+    assert not uses_spectral((config.conv_channels, h, w, 1), primary, 2, on_cpu=True)
+    assert uses_spectral((config.conv_channels, h, w, 32), primary, 2, on_cpu=True)
+    assert not uses_spectral((1, 28, 28, 32), (1, k, k, config.conv_channels), 1, on_cpu=True)
+    assert not uses_spectral((config.conv_channels, h, w, 32), primary, 2, on_cpu=False)
     rng = np.random.default_rng(1)
     x = rng.random((config.conv_channels, h, w, 32), dtype=np.float32)
     weights = rng.standard_normal(primary).astype(np.float32) / 100
@@ -93,3 +92,35 @@ def test_phase_parts_cover_every_term_once(stride):
                 assert part.stop - part.start == channels.stop - channels.start > 0
                 seen += [phase * g.C + c for c in range(channels.start, channels.stop)]
         assert seen == list(range(g.terms))
+
+
+def test_a_capsule_network_trains_the_same_through_either_path(monkeypatch):
+    """The whole model's loss and gradients at a batch where the primary capsules go
+    through the DFT, against the same step with the spectral path refused."""
+    from minicaps import CapsNet
+    net = CapsNet(in_shape=(1, 28, 28), n_classes=3, conv_channels=64, kernel_size=9,
+                  primary_types=8, primary_dim=8, class_dim=4, dtype="float64", seed=2)
+    rng = np.random.default_rng(3)
+    x, y = rng.random((32, 1, 28, 28)), rng.integers(0, 3, 32)
+    calls = []
+    monkeypatch.setattr(spectral, "backward", lambda *a, **k: calls.append(1) or
+                        original_backward(*a, **k))
+    loss, grads = net.loss_and_grads(x, y)
+    assert calls, "the spectral path was not taken"
+    monkeypatch.setattr(spectral, "pays", lambda *args: False)
+    direct_loss, direct_grads = net.loss_and_grads(x, y)
+    assert float(loss) == pytest.approx(float(direct_loss), rel=1e-12)
+    for name in grads:
+        np.testing.assert_allclose(grads[name], direct_grads[name], rtol=1e-9, atol=1e-12)
+
+
+original_backward = spectral.backward
+
+
+def test_non_square_or_oversized_kernels_are_refused():
+    with pytest.raises(ValueError, match="square kernel"):
+        spectral.geometry_of((3, 9, 9, 1), (3, 5, 3, 2), 1)
+    with pytest.raises(ValueError, match="no larger than"):
+        spectral.geometry_of((3, 4, 9, 1), (3, 5, 5, 2), 1)
+    assert not uses_spectral((256, 4, 9, 32), (256, 5, 5, 256), 2, on_cpu=True)
+    assert not uses_spectral((256, 9, 9, 32), (256, 5, 3, 256), 2, on_cpu=True)
