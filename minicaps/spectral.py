@@ -28,7 +28,7 @@ It is computed from the weights each step (and again in backward, instead of kee
 in chunks of input terms (Geometry.chunk: CHUNK_BYTES, or the input spectrum's size at a
 large batch), and so is the weights' gradient spectrum. These passes move a fixed amount
 of memory whatever the batch, so the spectral path pays only from some batch size on
-(`pays`: 20 for the paper's network), and the direct one stays for small batches. The DFTs
+(`pays`: 24 for the paper's network), and the direct one stays for small batches. The DFTs
 are dense matrices (no FFT), which suits the small grids of capsule networks; `pays`
 leaves larger ones (more than MAX_FREQUENCIES) to the direct path.
 
@@ -134,17 +134,18 @@ MIN_CHANNELS = 64
 # want an FFT, and stay direct.
 MAX_FREQUENCIES = 512
 # The kernel's transforms move its whole spectrum through memory for few FLOPs: counted at
-# this many times their FLOPs against the products' (see `pays`; with it the paper's primary
-# capsules switch at batch 20, where the two paths measured within 10 % of each other).
-TRANSFORM_COST = 3
+# this many times their FLOPs against the products' (see `pays`). With it the paper's
+# primary capsules switch at batch 24 and the logo network's at 16, where the two paths
+# measured even (24 and 13: benchmarks/conv_paths.py).
+TRANSFORM_COST = 3.5
 
 
 def pays(geometry, batch, on_cpu):
     """Whether the spectral path is the faster one: on the CPU (the GPU is not measured
     yet), for a kernel over many input channels on a grid of at most MAX_FREQUENCIES, when
     its products and transforms, the kernel's at TRANSFORM_COST times their FLOPs, come to
-    less than the direct path's products (for the paper's primary capsules, from batch 20
-    on; for the logo network's, from 13)."""
+    less than the direct path's products (for the paper's primary capsules, from batch 24
+    on; for the logo network's, from 16)."""
     if (not on_cpu or geometry.C < MIN_CHANNELS or geometry.k < 3
             or geometry.frequencies > MAX_FREQUENCIES):
         return False

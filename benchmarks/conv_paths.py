@@ -1,0 +1,87 @@
+"""The primary capsules' convolution through im2col and through the DFT, side by side.
+
+Times forward and backward of the same convolution (random input, weights and output
+gradient, float32) through minicaps.conv's im2col path and minicaps.spectral's, alternated
+round by round, at each batch size; prints the medians, their ratio, which path a training
+step takes at that batch (minicaps.conv.uses_spectral) and the largest relative difference
+between the two paths' results.
+
+    python benchmarks/conv_paths.py --network paper --batch-sizes 8,16,20,24,32,128,256
+    python benchmarks/conv_paths.py --network logos --batch-sizes 8,13,16,32
+"""
+import argparse
+import time
+
+# minicaps before NumPy, so that OpenBLAS's idle threads sleep (minicaps/idle_threads.py)
+from minicaps import CapsNetConfig, spectral
+import numpy as np
+
+from minicaps.allocator import reuse_freed_memory
+from minicaps.conv import _im2col_backward, _im2col_forward, uses_spectral
+from minicaps.plan import main_convolution
+
+NETWORKS = {
+    "paper": CapsNetConfig(),
+    # The logo network's primary capsules (the R&S defaults' as benchmarks/sweep.py runs
+    # them: 3x48x96 corners, 128 channels, conv1 with stride 2).
+    "logos": CapsNetConfig(in_shape=(3, 48, 96), n_classes=16, conv_channels=128,
+                           kernel_size=9, conv_stride=2, primary_types=16,
+                           reconstruction=False),
+}
+
+
+def both_paths(xt, w, b, dout, stride):
+    """{path: function running forward and backward} for one convolution."""
+    def im2col():
+        return _im2col_backward(dout, _im2col_forward(xt, w, b, stride)[1])
+
+    def dft():
+        return spectral.backward(dout, spectral.forward(xt, w, b, stride)[1])
+
+    return {"im2col": im2col, "dft": dft}
+
+
+def compare(config, batch_size, rounds):
+    conv = main_convolution(config)
+    rng = np.random.default_rng(0)
+    C, k, O = conv.in_channels, conv.kernel, conv.out_channels
+    xt = rng.random((C, conv.in_h, conv.in_w, batch_size), dtype=np.float32)
+    w = ((rng.random((C, k, k, O)) - 0.5) / 50).astype(np.float32)
+    b = np.zeros(O, dtype=np.float32)
+    oh, ow = conv.out_size
+    dout = rng.standard_normal((O, oh, ow, batch_size)).astype(np.float32)
+    paths = both_paths(xt, w, b, dout, conv.stride)
+    results = {name: run() for name, run in paths.items()}  # warm-up, and the results
+    difference = max(float(np.abs(a - e).max() / np.abs(e).max())
+                     for a, e in zip(results["dft"], results["im2col"]))
+    seconds = {name: [] for name in paths}
+    for n in range(rounds):
+        for name in (list(paths) if n % 2 == 0 else list(paths)[::-1]):
+            start = time.perf_counter()
+            paths[name]()
+            seconds[name].append(time.perf_counter() - start)
+    taken = "dft" if uses_spectral(xt.shape, w.shape, conv.stride, on_cpu=True) else "im2col"
+    return {name: float(np.median(s)) for name, s in seconds.items()}, taken, difference
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--network", choices=sorted(NETWORKS), default="paper")
+    parser.add_argument("--batch-sizes", default="8,16,20,24,32,128")
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    reuse_freed_memory()
+    config = NETWORKS[args.network]
+    print(f"the {args.network} network's primary capsules, forward and backward, medians of "
+          f"{args.rounds} alternated rounds\n")
+    print("| batch | im2col ms | DFT ms | im2col / DFT | a training step takes | "
+          "largest relative difference |\n|---|---:|---:|---:|---|---:|")
+    for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+        medians, taken, difference = compare(config, batch_size, args.rounds)
+        print(f"| {batch_size} | {medians['im2col'] * 1e3:.1f} | {medians['dft'] * 1e3:.1f} | "
+              f"{medians['im2col'] / medians['dft']:.2f} | {taken} | {difference:.1e} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
