@@ -42,7 +42,6 @@ an addition.
 import importlib
 from dataclasses import dataclass
 from functools import lru_cache
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -161,39 +160,37 @@ def _matrices(g, xp, dtype):
     A (2F, ny*nx) takes a phase to its spectrum (real, imaginary rows per frequency);
     D (2F, taps^2) takes a phase's kernel taps to its conjugate spectrum; G (oh*ow, 2F)
     takes a spectrum back to the outputs (the inverse DFT, each frequency whose mirror
-    image along x is not stored counted twice)."""
-    sizes = SimpleNamespace(ny=g.ny, nx=g.nx, oh=g.oh, ow=g.ow, taps=g.taps,
-                            frequencies=g.frequencies)
-    key = tuple(vars(sizes).values())
-    return _device_matrices(key, xp.__name__, np.dtype(dtype).name)
+    image along x is not stored counted twice). They depend on the spatial sizes only."""
+    sizes = (g.ny, g.nx, g.oh, g.ow, g.taps)
+    return _device_matrices(sizes, xp.__name__, np.dtype(dtype).name)
 
 
 @lru_cache(maxsize=16)
-def _device_matrices(key, module_name, dtype_name):
+def _device_matrices(sizes, module_name, dtype_name):
     xp = importlib.import_module(module_name)
-    return tuple(xp.asarray(m.astype(dtype_name)) for m in _host_matrices(*key))
+    return tuple(xp.asarray(m.astype(dtype_name)) for m in _host_matrices(*sizes))
 
 
-def _host_matrices(ny, nx, oh, ow, taps, frequencies):
+def _host_matrices(ny, nx, oh, ow, taps):
     """_matrices' three, in float64 on the host."""
-    g = SimpleNamespace(ny=ny, nx=nx, oh=oh, ow=ow, taps=taps, frequencies=frequencies)
-    fx_count = g.nx // 2 + 1
-    fy = np.arange(g.ny)[:, None, None, None]
+    fx_count = nx // 2 + 1
+    frequencies = ny * fx_count
+    fy = np.arange(ny)[:, None, None, None]
     fx = np.arange(fx_count)[None, :, None, None]
-    y = np.arange(g.ny)[None, None, :, None]
-    x = np.arange(g.nx)[None, None, None, :]
-    angle = (2 * np.pi * (fy * y / g.ny + fx * x / g.nx)).reshape(g.frequencies, g.ny, g.nx)
-    A = np.stack([np.cos(angle), -np.sin(angle)], axis=1).reshape(2 * g.frequencies, -1)
-    taps = angle[:, :g.taps, :g.taps]
-    D = np.stack([np.cos(taps), np.sin(taps)], axis=1).reshape(2 * g.frequencies, -1)
+    y = np.arange(ny)[None, None, :, None]
+    x = np.arange(nx)[None, None, None, :]
+    angle = (2 * np.pi * (fy * y / ny + fx * x / nx)).reshape(frequencies, ny, nx)
+    A = np.stack([np.cos(angle), -np.sin(angle)], axis=1).reshape(2 * frequencies, -1)
+    kernel = angle[:, :taps, :taps]
+    D = np.stack([np.cos(kernel), np.sin(kernel)], axis=1).reshape(2 * frequencies, -1)
     twice = np.full(fx_count, 2.0)
     twice[0] = 1
-    if g.nx % 2 == 0:
+    if nx % 2 == 0:
         twice[-1] = 1  # the Nyquist frequency is its own mirror image
-    weight = (np.tile(twice, g.ny) / (g.ny * g.nx))[:, None, None]
-    outputs = angle[:, :g.oh, :g.ow]
+    weight = (np.tile(twice, ny) / (ny * nx))[:, None, None]
+    outputs = angle[:, :oh, :ow]
     G = np.stack([weight * np.cos(outputs), -weight * np.sin(outputs)], axis=1)
-    return A, D, np.ascontiguousarray(G.reshape(2 * g.frequencies, -1).T)
+    return A, D, np.ascontiguousarray(G.reshape(2 * frequencies, -1).T)
 
 
 def _phases(xt, g):
