@@ -97,8 +97,9 @@ def benchmark(config, *, batch_size=32, steps=10, warmup=2, device="cpu", seed=0
     Returns a dict: images_per_s, step_s_median, infer_images_per_s, infer_s_median,
     peak_mem_bytes (what one training step allocates: activations, gradients, the update's
     temporaries; weights and Adam's moments not included), predicted_mem_bytes (the
-    planner's figure for the same), gflops
-    (achieved, from the planner's FLOP count), and the configuration's sizes.
+    planner's figure for the same), gflops (the network's FLOPs as the direct path does
+    them, per second: above the machine's GEMM peak where the primary capsules go through
+    the DFT, which does fewer), and the configuration's sizes.
     """
     xp = xp_for(device)
     net = CapsNet.from_config(config, seed=seed, device=device)
