@@ -20,7 +20,7 @@ step and without the profiler (medians of --steps runs): building the columns, t
 matrix products (output, weight gradient, column gradient) and adding the column gradient
 back (col2im), each with its achieved GFLOP/s. It answers what a stage profile cannot:
 whether that convolution's time is its products or its copies. These are the parts of the
-im2col path; from some batch size on (24 for the paper's network, 16 for the logo
+im2col path; from some batch size on (24 for the paper's network, 18 for the logo
 network's) the CPU takes the spectral path instead (minicaps/spectral.py; the header says
 which), whose stages the step profile shows.
 """

@@ -10,12 +10,13 @@ fewer, because the kernel's 81 taps collapse into one product per frequency:
    Each phase's kernel has at most `taps` = ceil(k / s) taps a side (5 for the paper).
 2. A stride-1 correlation of an Ny x Nx phase with a taps x taps kernel, Ny = oh + taps - 1,
    is the circular one of the same size (no output reads past the edge), so per frequency
-   it is a product: out^ = in^ * conj(kernel^). A real input has Nx // 2 + 1 distinct
-   frequencies along x, so F = Ny * (Nx // 2 + 1) frequencies in all (60 for the paper).
+   it is a product: out^ = in^ * conj(kernel^). The spectrum of a real signal is its own
+   mirror image conjugated, so F, about half of the Ny * Nx frequencies, carry it all (52
+   of 100 for the paper; _frequencies).
 3. Summed over phases and input channels, each frequency is one matrix product: (output
    channels) x (phases * input channels) against (phases * input channels) x (batch).
-   The paper's network: 60 frequencies of 4 x 256 complex terms in place of 36 positions of
-   81 x 256 real ones, a third of the multiply-adds (complex ones count four).
+   The paper's network: 52 frequencies of 4 x 256 complex terms in place of 36 positions of
+   81 x 256 real ones, 29 % of the multiply-adds (complex ones count four).
 
 Everything is real arithmetic: a complex array is its real and imaginary parts as two
 blocks, each DFT a real matrix of cosines and sines (built once per shape), and every step
@@ -23,7 +24,8 @@ a real matrix product, so NumPy and CuPy run the same code through their GEMMs, 
 complex BLAS and no FFT library.
 
 The price is the kernel's spectrum: F complex numbers per (phase, input, output channel)
-where the kernel has taps*taps real ones, 4.8x as many for the paper (126 MB in float32).
+where the kernel has at most taps*taps real ones, 5.1x the weights for the paper (109 MB in
+float32).
 It is computed from the weights each step (and again in backward, instead of keeping it),
 in chunks of input terms (Geometry.chunk: CHUNK_BYTES, or the input spectrum's size at a
 large batch), and so is the weights' gradient spectrum. These passes move a fixed amount
@@ -76,7 +78,8 @@ class Geometry:
 
     @property
     def frequencies(self):
-        return self.ny * (self.nx // 2 + 1)
+        """F: the distinct frequencies of a real ny x nx signal (_frequencies)."""
+        return len(_frequencies(self.ny, self.nx)[0])
 
     @property
     def terms(self):
@@ -134,9 +137,9 @@ MIN_CHANNELS = 64
 MAX_FREQUENCIES = 512
 # The kernel's transforms move its whole spectrum through memory for few FLOPs: counted at
 # this many times their FLOPs against the products' (see `pays`). With it the paper's
-# primary capsules switch at batch 24 and the logo network's at 16, where the two paths
-# measured even (24 and 13: benchmarks/conv_paths.py).
-TRANSFORM_COST = 3.5
+# primary capsules switch at batch 24 and the logo network's at 18, where the two paths
+# measured even (about 25 and 13: benchmarks/conv_paths.py).
+TRANSFORM_COST = 4.5
 
 
 def pays(geometry, batch, on_cpu):
@@ -144,7 +147,7 @@ def pays(geometry, batch, on_cpu):
     yet), for a kernel over many input channels on a grid of at most MAX_FREQUENCIES, when
     its products and transforms, the kernel's at TRANSFORM_COST times their FLOPs, come to
     less than the direct path's products (for the paper's primary capsules, from batch 24
-    on; for the logo network's, from 16)."""
+    on; for the logo network's, from 18)."""
     if (not on_cpu or geometry.C < MIN_CHANNELS or geometry.k < 3
             or geometry.frequencies > MAX_FREQUENCIES):
         return False
@@ -171,23 +174,35 @@ def _device_matrices(sizes, module_name, dtype_name):
     return tuple(xp.asarray(m.astype(dtype_name)) for m in _host_matrices(*sizes))
 
 
+@lru_cache(maxsize=16)
+def _frequencies(ny, nx):
+    """(fy, fx, weight) arrays of the frequencies that carry a real ny x nx signal: of each
+    pair of mirror images (fy, fx) and (-fy, -fx) (mod ny, nx), whose values are each
+    other's conjugates, one, weighing 2 in the inverse DFT; the frequencies that are their
+    own mirror images (fy and fx each 0 or a Nyquist frequency), weighing 1. Columns fx from
+    0 to nx // 2; in the columns that are their own mirror images along x (0, and nx / 2
+    for even nx), rows fy from 0 to ny // 2 only: 52 of the 60 of a 10 x 10 signal."""
+    fy, fx, weight = [], [], []
+    for column in range(nx // 2 + 1):
+        mirrored_column = column == (-column) % nx
+        for row in range(ny // 2 + 1 if mirrored_column else ny):
+            fy.append(row)
+            fx.append(column)
+            weight.append(1.0 if mirrored_column and row == (-row) % ny else 2.0)
+    return np.array(fy), np.array(fx), np.array(weight)
+
+
 def _host_matrices(ny, nx, oh, ow, taps):
     """_matrices' three, in float64 on the host."""
-    fx_count = nx // 2 + 1
-    frequencies = ny * fx_count
-    fy = np.arange(ny)[:, None, None, None]
-    fx = np.arange(fx_count)[None, :, None, None]
-    y = np.arange(ny)[None, None, :, None]
-    x = np.arange(nx)[None, None, None, :]
-    angle = (2 * np.pi * (fy * y / ny + fx * x / nx)).reshape(frequencies, ny, nx)
+    fy, fx, weight = _frequencies(ny, nx)
+    y = np.arange(ny)[None, :, None]
+    x = np.arange(nx)[None, None, :]
+    angle = 2 * np.pi * (fy[:, None, None] * y / ny + fx[:, None, None] * x / nx)
+    frequencies = len(fy)
     A = np.stack([np.cos(angle), -np.sin(angle)], axis=1).reshape(2 * frequencies, -1)
     kernel = angle[:, :taps, :taps]
     D = np.stack([np.cos(kernel), np.sin(kernel)], axis=1).reshape(2 * frequencies, -1)
-    twice = np.full(fx_count, 2.0)
-    twice[0] = 1
-    if nx % 2 == 0:
-        twice[-1] = 1  # the Nyquist frequency is its own mirror image
-    weight = (np.tile(twice, ny) / (ny * nx))[:, None, None]
+    weight = (weight / (ny * nx))[:, None, None]
     outputs = angle[:, :oh, :ow]
     G = np.stack([weight * np.cos(outputs), -weight * np.sin(outputs)], axis=1)
     return A, D, np.ascontiguousarray(G.reshape(2 * frequencies, -1).T)

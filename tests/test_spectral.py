@@ -124,3 +124,19 @@ def test_non_square_or_oversized_kernels_are_refused():
         spectral.geometry_of((3, 4, 9, 1), (3, 5, 5, 2), 1)
     assert not uses_spectral((256, 4, 9, 32), (256, 5, 5, 256), 2, on_cpu=True)
     assert not uses_spectral((256, 9, 9, 32), (256, 5, 3, 256), 2, on_cpu=True)
+
+
+@pytest.mark.parametrize("ny, nx", [(1, 1), (1, 2), (2, 1), (3, 4), (4, 3), (10, 10), (9, 11)])
+def test_the_kept_frequencies_stand_for_every_frequency_once(ny, nx):
+    """Every frequency of the full ny x nx spectrum is a kept one or the mirror image
+    (-fy, -fx) of exactly one, and the weights count each kept one with its mirror."""
+    fy, fx, weight = spectral._frequencies(ny, nx)
+    kept = list(zip(fy.tolist(), fx.tolist()))
+    assert len(set(kept)) == len(kept)
+    covered = {}
+    for (row, column), w in zip(kept, weight):
+        images = {(row, column), ((-row) % ny, (-column) % nx)}
+        assert w == len(images)
+        for image in images:
+            covered[image] = covered.get(image, 0) + 1
+    assert covered == {(r, c): 1 for r in range(ny) for c in range(nx)}
