@@ -143,6 +143,7 @@ def benchmark(config, *, batch_size=32, steps=10, warmup=2, device="cpu", seed=0
 # width, so that calibrating a large batch costs no more than a middling one.
 CALIBRATION_WIDTH = 4608
 _EVICT_BYTES = 64 * 2 ** 20  # more than the CPU's last-level cache
+SPECTRAL_CALIBRATION_BYTES = 64 * 2 ** 20  # of input spectrum in _spectral_rate
 UPDATE_SAMPLE = 2 ** 22  # parameters: their Adam state (64 MB) outgrows the cache too
 
 
@@ -225,21 +226,26 @@ def _columns_rate(config, batch_size, xp, repeats):
 
 
 def _spectral_rate(g, batch_size, xp, dtype, repeats):
-    """GFLOP/s of the spectral convolution's matrix products (minicaps.spectral) on one
-    chunk of input terms at this batch (at most CALIBRATION_WIDTH output positions' worth
-    of images, as the direct products): per frequency the output's two products, the
-    input gradient's two and the kernel gradient's two, and the kernel's three transforms
-    (the fastest of `repeats`); Plan.gemm_flops_train charges the image's transforms at
-    the same rate."""
+    """GFLOP/s of the spectral convolution's matrix products (minicaps.spectral), timed on
+    one chunk of its input terms at this batch (halved until the chunk's input spectrum
+    fits in SPECTRAL_CALIBRATION_BYTES): per frequency the output's two products, the input
+    gradient's two and the kernel gradient's two; the kernel's three transforms; and the
+    input's transform and its way back for the chunk's terms (the fastest of `repeats`).
+    That is the mix of Plan.gemm_flops_train, chunk for chunk: the products run at a rate
+    set by their depth and width, the input's transforms (deep: ny*nx terms) at another,
+    and their shares change with the grid (at 56x56 inputs the transforms are 40 % of it)."""
     dtype = np.dtype(dtype)
-    B = min(batch_size, max(1, CALIBRATION_WIDTH // (g.oh * g.ow)))
-    F, O, m = g.frequencies, g.O, min(g.terms, g.chunk(dtype.itemsize, B))
+    F, O, B = g.frequencies, g.O, batch_size
+    m = min(g.terms, g.chunk(dtype.itemsize, B))
+    while B > 1 and F * m * 2 * B * dtype.itemsize > SPECTRAL_CALIBRATION_BYTES:
+        B //= 2
+        m = min(g.terms, g.chunk(dtype.itemsize, B))
     rng = np.random.default_rng(0)
-    X, K, E, D, taps = (xp.asarray(rng.random(shape, dtype=dtype)) for shape in [
+    X, K, E, D, taps, A, phases = (xp.asarray(rng.random(shape, dtype=dtype)) for shape in [
         (F, m, 2 * B), (F, 2, m, O), (F, 2 * B, 2 * O), (2 * F, g.taps ** 2),
-        (g.taps ** 2, m * O)])
+        (g.taps ** 2, m * O), (2 * F, g.ny * g.nx), (g.ny * g.nx, m * B)])
 
-    def products():  # as minicaps.spectral multiplies (the image's transforms left out)
+    def products():  # as minicaps.spectral multiplies
         XT = X.transpose(0, 2, 1)
         XT @ K[:, 0], XT @ K[:, 1]
         K[:, 0] @ E[:, :, :O].transpose(0, 2, 1), K[:, 1] @ E[:, :, O:].transpose(0, 2, 1)
@@ -247,10 +253,12 @@ def _spectral_rate(g, batch_size, xp, dtype, repeats):
         for _ in range(2):
             D @ taps
         D.T @ K.reshape(2 * F, -1)
+        A.T @ (A @ phases)
 
     products()
     seconds = _seconds(xp, products, repeats, summary=min)
-    flops = (g.product_flops(B) + g.kernel_transform_flops()) * m / g.terms
+    flops = (g.product_flops(B) + g.kernel_transform_flops()
+             + g.image_transform_flops(B)) * m / g.terms
     return flops / seconds / 1e9
 
 

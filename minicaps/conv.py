@@ -34,7 +34,7 @@ On the GPU the columns and their adjoint are built by fused kernels (minicaps/ke
 one launch each per group.
 
 The primary capsules ask for the spectral path (`spectral=True`): through the DFT
-(minicaps/spectral.py), which for their 9x9 kernels over 256 channels needs a third of the
+(minicaps/spectral.py), which for their 9x9 kernels over 256 channels needs under a third of the
 multiply-adds and none of the columns, and which the CPU takes where it pays (from batch
 24 for the paper's network); this module's im2col stays the path for everything else.
 """
