@@ -143,7 +143,7 @@ def benchmark(config, *, batch_size=32, steps=10, warmup=2, device="cpu", seed=0
 # width, so that calibrating a large batch costs no more than a middling one.
 CALIBRATION_WIDTH = 4608
 _EVICT_BYTES = 64 * 2 ** 20  # more than the CPU's last-level cache
-SPECTRAL_CALIBRATION_BYTES = 64 * 2 ** 20  # of input spectrum in _spectral_rate
+SPECTRAL_CALIBRATION_BYTES = 16 * 2 ** 20  # of input spectrum in _spectral_rate
 UPDATE_SAMPLE = 2 ** 22  # parameters: their Adam state (64 MB) outgrows the cache too
 
 
@@ -153,8 +153,8 @@ def step_rates(config, batch_size, device="cpu", repeats=5):
     convolution (minicaps.plan.main_convolution) at this batch, the group's three matrix
     products (output, weight gradient, column gradient) and the building of its columns;
     the last is update_gbs. Where the step takes the spectral path (plan.spectral_geometry),
-    the GEMM rate is its products' instead, on one chunk of its input terms
-    (_spectral_rate), and the copy rate is still the columns' (the memory's speed for
+    the GEMM rate is its products' and transforms' instead, on one chunk of its input
+    terms (_spectral_rate), and the copy rate is still the columns' (the memory's speed for
     strided passes, which the spectral path's transposes and gathers are too).
 
     The first two depend on the shapes: at batch 1 a product 36 columns wide runs at a
@@ -231,9 +231,11 @@ def _spectral_rate(g, batch_size, xp, dtype, repeats):
     fits in SPECTRAL_CALIBRATION_BYTES): per frequency the output's two products, the input
     gradient's two and the kernel gradient's two; the kernel's three transforms; and the
     input's transform and its way back for the chunk's terms (the fastest of `repeats`).
-    That is the mix of Plan.gemm_flops_train, chunk for chunk: the products run at a rate
-    set by their depth and width, the input's transforms (deep: ny*nx terms) at another,
-    and their shares change with the grid (at 56x56 inputs the transforms are 40 % of it)."""
+    That is the spectral part of Plan.gemm_flops_train, chunk for chunk (the output's small
+    transforms left out): the products run at a rate set by their depth and width, the
+    input's transforms (deep: ny*nx terms) at another, and their shares change with the grid
+    (at 56x56 inputs the transforms are 40 % of it). At a batch large enough to halve, the
+    chunk is the halved batch's, shallower than the step's."""
     dtype = np.dtype(dtype)
     F, O, B = g.frequencies, g.O, batch_size
     m = min(g.terms, g.chunk(dtype.itemsize, B))
@@ -245,20 +247,20 @@ def _spectral_rate(g, batch_size, xp, dtype, repeats):
         (F, m, 2 * B), (F, 2, m, O), (F, 2 * B, 2 * O), (2 * F, g.taps ** 2),
         (g.taps ** 2, m * O), (2 * F, g.ny * g.nx), (g.ny * g.nx, m * B)])
 
-    def products():  # as minicaps.spectral multiplies
+    def products():  # as minicaps.spectral multiplies, each result dropped at once
         XT = X.transpose(0, 2, 1)
-        XT @ K[:, 0], XT @ K[:, 1]
-        K[:, 0] @ E[:, :, :O].transpose(0, 2, 1), K[:, 1] @ E[:, :, O:].transpose(0, 2, 1)
-        X @ E[:, :, :O], X @ E[:, :, O:]
-        for _ in range(2):
-            D @ taps
+        for part in (0, 1):
+            XT @ K[:, part]
+            K[:, part] @ E[:, :, part * O:(part + 1) * O].transpose(0, 2, 1)
+            X @ E[:, :, part * O:(part + 1) * O]
+            xp.matmul(D, taps, out=K.reshape(2 * F, -1))  # into K: no second chunk's worth
         D.T @ K.reshape(2 * F, -1)
         A.T @ (A @ phases)
 
     products()
     seconds = _seconds(xp, products, repeats, summary=min)
     flops = (g.product_flops(B) + g.kernel_transform_flops()
-             + g.image_transform_flops(B)) * m / g.terms
+             + g.input_transform_flops(B)) * m / g.terms
     return flops / seconds / 1e9
 
 

@@ -109,8 +109,13 @@ class Geometry:
         """Multiply-adds x 2 of the input's phases to their spectrum and back, (2F x ny*nx)
         by (ny*nx x M*B), and of the output's spectrum to the outputs and back,
         (oh*ow x 2F) by (2F x B*O)."""
-        F2 = 2 * self.frequencies
-        return 2 * 2 * F2 * batch * (self.ny * self.nx * self.terms + self.oh * self.ow * self.O)
+        return self.input_transform_flops(batch) + self.output_transform_flops(batch)
+
+    def input_transform_flops(self, batch):
+        return 2 * 2 * (2 * self.frequencies) * batch * self.ny * self.nx * self.terms
+
+    def output_transform_flops(self, batch):
+        return 2 * 2 * (2 * self.frequencies) * batch * self.oh * self.ow * self.O
 
     def spectrum_elements(self):
         """Of the kernel's whole spectrum (what the chunks add up to)."""
@@ -131,14 +136,14 @@ def geometry_of(xt_shape, w_shape, stride):
 # Input channels below this leave each frequency's product too shallow to run at the GEMM
 # rate (conv1 has one), and the direct path's columns are small there anyway.
 MIN_CHANNELS = 64
-# The dense DFT matrices grow with the square of the grid: measured up to 312 frequencies
+# The dense DFT matrices grow with the square of the grid: measured up to 290 frequencies
 # (56x56 inputs to the paper's network, 1.5x the direct path's speed); larger grids would
 # want an FFT, and stay direct.
 MAX_FREQUENCIES = 512
 # The kernel's transforms move its whole spectrum through memory for few FLOPs: counted at
 # this many times their FLOPs against the products' (see `pays`). With it the paper's
 # primary capsules switch at batch 24 and the logo network's at 18, where the two paths
-# measured even (about 25 and 13: benchmarks/conv_paths.py).
+# measured even (about 25, and 13-18: benchmarks/conv_paths.py).
 TRANSFORM_COST = 4.5
 
 
@@ -162,8 +167,9 @@ def _matrices(g, xp, dtype):
     """The real DFT matrices of geometry g, as arrays of xp and dtype (made once each):
     A (2F, ny*nx) takes a phase to its spectrum (real, imaginary rows per frequency);
     D (2F, taps^2) takes a phase's kernel taps to its conjugate spectrum; G (oh*ow, 2F)
-    takes a spectrum back to the outputs (the inverse DFT, each frequency whose mirror
-    image along x is not stored counted twice). They depend on the spatial sizes only."""
+    takes a spectrum back to the outputs (the inverse DFT, each kept frequency weighing 2
+    where it stands for its mirror image (-fy, -fx) too: _frequencies). They depend on the
+    spatial sizes only."""
     sizes = (g.ny, g.nx, g.oh, g.ow, g.taps)
     return _device_matrices(sizes, xp.__name__, np.dtype(dtype).name)
 
@@ -181,7 +187,7 @@ def _frequencies(ny, nx):
     other's conjugates, one, weighing 2 in the inverse DFT; the frequencies that are their
     own mirror images (fy and fx each 0 or a Nyquist frequency), weighing 1. Columns fx from
     0 to nx // 2; in the columns that are their own mirror images along x (0, and nx / 2
-    for even nx), rows fy from 0 to ny // 2 only: 52 of the 60 of a 10 x 10 signal."""
+    for even nx), rows fy from 0 to ny // 2 only: 52 of the 100 of a 10 x 10 signal."""
     fy, fx, weight = [], [], []
     for column in range(nx // 2 + 1):
         mirrored_column = column == (-column) % nx

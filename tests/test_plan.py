@@ -77,7 +77,7 @@ def test_calibrating_the_step_time_measures_a_bounded_part_of_the_network(in_sha
     CALIBRATION_WIDTH output positions: for the logo challenge's full frames (a 195 x 352
     capsule grid) that is tens of MB, where one group of the real columns is 0.7 GB. At
     batch 1024 the paper's network takes the spectral path, whose products are timed on
-    at most as many images."""
+    a batch halved until one chunk's input spectrum is at most 16 MB."""
     from minicaps.bench import step_rates
     rates = []
     peak = peak_step_bytes(np, lambda: rates.extend(
