@@ -13,21 +13,15 @@ import argparse
 import time
 
 # minicaps before NumPy, so that OpenBLAS's idle threads sleep (minicaps/idle_threads.py)
-from minicaps import CapsNetConfig, spectral
+from minicaps import spectral
 import numpy as np
 
 from minicaps.allocator import reuse_freed_memory
 from minicaps.conv import _im2col_backward, _im2col_forward, uses_spectral
 from minicaps.plan import main_convolution
+from sweep import LOGOS, PAPER  # benchmarks/sweep.py: the networks of the README's table
 
-NETWORKS = {
-    "paper": CapsNetConfig(),
-    # The logo network's primary capsules (the R&S defaults' as benchmarks/sweep.py runs
-    # them: 3x48x96 corners, 128 channels, conv1 with stride 2).
-    "logos": CapsNetConfig(in_shape=(3, 48, 96), n_classes=16, conv_channels=128,
-                           kernel_size=9, conv_stride=2, primary_types=16,
-                           reconstruction=False),
-}
+NETWORKS = {"paper": PAPER, "logos": LOGOS}
 
 
 def both_paths(xt, w, b, dout, stride):

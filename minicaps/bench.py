@@ -161,8 +161,8 @@ def step_rates(config, batch_size, device="cpu", repeats=5):
     fraction of the rate of one 1152 wide, and im2col copying runs of one number at a
     fraction of runs of 32. A product wider than CALIBRATION_WIDTH is timed on fewer
     images, or on fewer of a large image's output rows, down to one image and one row.
-    On the CPU the columns are built from a cold cache, as in a step, where the stages between one use of an
-    array and the next push it out. The products' rate is from the fastest of `repeats`
+    On the CPU the columns are built from a cold cache, as in a step, where the stages
+    between one use of an array and the next push it out. The products' rate is from the fastest of `repeats`
     runs: on a shared machine another process's burst slows one run in a few by up to 2x,
     and would then set the rate for the whole prediction, where a step's median leaves such
     runs out. Copies vary from run to run by themselves (the cache's and memory's state):

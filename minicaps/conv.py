@@ -155,7 +155,7 @@ def conv2d_forward_batch_last(xt, w, b, *, stride=1, pad=0, spectral=False):
     The capsule network keeps its feature maps batch-last from conv1 to the primary
     capsules, which saves four transposing copies of conv1's output per training step.
     With `spectral`, the convolution goes through the DFT (minicaps.spectral) where that
-    pays (spectral.pays: large kernels over many channels, from a few images on)."""
+    pays (spectral.pays: large kernels over many channels, from some batch size on)."""
     if pad:
         xt = get_array_module(xt).pad(xt, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     if spectral and uses_spectral(xt.shape, w.shape, stride,

@@ -148,14 +148,11 @@ def spectral_geometry(config, batch_size, device="cpu"):
     return geometry_of(xt_shape, w_shape, conv.stride)
 
 
-def _spectral_elements(config, batch_size, device):
-    """Elements of the primary capsules' spectral convolution (minicaps.spectral), or None
-    where they go through im2col: the input's spectrum, kept for backward; the most that
-    forward and backward hold at once besides (backward's dxt included, its dw not: that
-    is counted with the gradients)."""
-    g = spectral_geometry(config, batch_size, device)
-    if g is None:
-        return None
+def _spectral_elements(config, batch_size, g):
+    """Elements of the primary capsules' convolution through the DFT, of Geometry g
+    (spectral_geometry): the input's spectrum, kept for backward; the most that forward and
+    backward hold at once besides (backward's dxt included, its dw not: that is counted
+    with the gradients)."""
     B, F, M, O = batch_size, g.frequencies, g.terms, g.O
     chunk = min(M, g.chunk(np.dtype(config.dtype).itemsize, B))
     phases, spectrum = g.ny * g.nx * M * B, 2 * F * M * B  # the input's, and its spectrum's
@@ -170,10 +167,11 @@ def _spectral_elements(config, batch_size, device):
     return {"kept": spectrum, "forward": forward, "backward": backward}
 
 
-def step_bytes(config, batch_size, device="cpu"):
-    """Peak bytes of one training step on `device`: at each stage, what the stages before
-    it keep for backward and is still held, that stage's transient, and the gradients made
-    so far."""
+def step_bytes(config, batch_size, device="cpu", spectral=None):
+    """Peak bytes of one training step on `device`, its primary capsules through the DFT
+    where `spectral` is their Geometry (spectral_geometry): at each stage, what the stages
+    before it keep for backward and is still held, that stage's transient, and the
+    gradients made so far."""
     n = _sizes(config, batch_size)
     itemsize = np.dtype(config.dtype).itemsize
     # Routing's gradient paths exist for the examples routed at once, not the whole batch.
@@ -189,7 +187,7 @@ def step_bytes(config, batch_size, device="cpu"):
     # also the primary capsules' input); the primary capsules keep their squash's input
     # and the predictions their input u; routing keeps u_hat and the couplings.
     conv_kept = 2 * n["x"] + n["conv1_out"]
-    spectral = _spectral_elements(config, batch_size, device)
+    spectral = _spectral_elements(config, batch_size, spectral) if spectral else None
     # The primary capsules keep their input's spectrum where they go through the DFT.
     cached = (conv_kept + 2 * n["u"] + n["u_hat"] + n["couplings"] + n["decoder"]
               + (spectral["kept"] if spectral else 0))
@@ -241,13 +239,14 @@ def flops_per_image(config):
     return float(forward), float(forward + backward)
 
 
-def traffic_per_image(config, batch_size=1, device="cpu"):
-    """Bytes per image moved by the memory-bound work of a training step of this batch.
+def traffic_per_image(config, batch_size=1, spectral=None):
+    """Bytes per image moved by the memory-bound work of a training step of this batch,
+    its primary capsules through the DFT where `spectral` is their Geometry.
 
     im2col writes the columns twice (forward, and again in backward), and the primary
     convolution's backward writes their gradient and reads it back in col2im; through the
-    DFT instead (spectral_geometry), the input's phases and spectrum, the spectrum's
-    gradient and their transposes are about eight passes over the spectrum and two over
+    DFT instead, the input's phases and spectrum, the spectrum's gradient and their
+    transposes are about eight passes over the spectrum and two over
     the phases per image, and the kernel's spectrum is written three times a step (twice,
     and its gradient), shared by the batch. Routing and the predictions pass over u_hat
     4R + 2 times (2R + 3 with routing_grad "last"): five of them go to memory (the
@@ -261,10 +260,10 @@ def traffic_per_image(config, batch_size=1, device="cpu"):
     R = config.routing_iters
     in_cache = 4 * R - 3 if config.routing_grad == "full" else 2 * R - 2
     passes = 5 + in_cache / 2
-    g = spectral_geometry(config, batch_size, device)
-    if g is None:
+    if spectral is None:
         primary = 4 * n["primary_cols"]
     else:
+        g = spectral
         primary = (8 * 2 * g.frequencies * g.terms + 2 * g.ny * g.nx * g.terms
                    + 3 * g.spectrum_elements() / batch_size)
     elements = (2 * n["conv1_cols"] + primary + passes * n["u_hat"]
@@ -334,9 +333,9 @@ def plan(config, batch_size, device="cpu"):
                 + g.image_transform_flops(batch_size)) / batch_size)
     gemm = 3 * (f["conv1"] + f["decoder"]) - f["conv1"] + primary
     return Plan(n_params=n, param_bytes=3 * n * itemsize,
-                step_bytes=step_bytes(config, batch_size, device),
+                step_bytes=step_bytes(config, batch_size, device, g),
                 flops_forward=forward, flops_train=train, gemm_flops_train=float(gemm),
-                traffic_bytes=traffic_per_image(config, batch_size, device),
+                traffic_bytes=traffic_per_image(config, batch_size, g),
                 batch_size=batch_size)
 
 

@@ -102,7 +102,7 @@ def test_a_capsule_network_trains_the_same_through_either_path(monkeypatch):
                   primary_types=8, primary_dim=8, class_dim=4, dtype="float64", seed=2)
     rng = np.random.default_rng(3)
     x, y = rng.random((32, 1, 28, 28)), rng.integers(0, 3, 32)
-    calls = []
+    calls, original_backward = [], spectral.backward
     monkeypatch.setattr(spectral, "backward", lambda *a, **k: calls.append(1) or
                         original_backward(*a, **k))
     loss, grads = net.loss_and_grads(x, y)
@@ -113,8 +113,6 @@ def test_a_capsule_network_trains_the_same_through_either_path(monkeypatch):
     for name in grads:
         np.testing.assert_allclose(grads[name], direct_grads[name], rtol=1e-9, atol=1e-12)
 
-
-original_backward = spectral.backward
 
 
 def test_non_square_or_oversized_kernels_are_refused():
