@@ -16,8 +16,8 @@ compares the peak bytes allocated during a training step (CuPy's pool against
 torch.cuda.max_memory_allocated), in the same process.
 
 Both run in one process, so both get the allocator setting that `minicaps bench` and
-`minicaps train` use (minicaps/allocator.py); --default-allocator leaves glibc's default.
-NumPy's OpenBLAS lets its idle threads sleep (minicaps/idle_threads.py): spinning, as
+`minicaps train` use (minicaps/fast/allocator.py); --default-allocator leaves glibc's default.
+NumPy's OpenBLAS lets its idle threads sleep (minicaps/fast/idle_threads.py): spinning, as
 they did before, they took a core from PyTorch's steps as well as from minicaps' copies.
 
 PyTorch is a dev-only reference here; minicaps never imports it.
@@ -30,15 +30,15 @@ import sys
 import time
 from pathlib import Path
 
-# minicaps before NumPy, so that OpenBLAS's idle threads sleep (minicaps/idle_threads.py)
+# minicaps before NumPy, so that OpenBLAS's idle threads sleep (minicaps/fast/idle_threads.py)
 from minicaps import Adam, CapsNet, CapsNetConfig
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from minicaps.allocator import reuse_freed_memory  # noqa: E402
+from minicaps.fast.allocator import reuse_freed_memory  # noqa: E402
 from minicaps.backend import to_host, xp_for  # noqa: E402
-from minicaps.bench import peak_step_bytes, synchronize  # noqa: E402
+from minicaps.tools.bench import peak_step_bytes, synchronize  # noqa: E402
 
 
 def minicaps_step(net, optimizer, x, y):
@@ -125,7 +125,7 @@ PEAK_RSS = r"""
 import sys, json, numpy as np
 sys.path.insert(0, {bench!r})
 from minicaps import CapsNet, CapsNetConfig, Adam
-from minicaps.allocator import reuse_freed_memory
+from minicaps.fast.allocator import reuse_freed_memory
 if {reuse}:
     reuse_freed_memory()
 config = CapsNetConfig(**json.loads({config!r}))
@@ -180,7 +180,7 @@ def main():
                         help="GPU: let both multiply float32 matrices on the tensor cores "
                              "in TF32 (10-bit mantissas); without it neither does")
     parser.add_argument("--default-allocator", action="store_true",
-                        help="leave glibc's allocator settings alone (see minicaps/allocator.py)")
+                        help="leave glibc's allocator settings alone (see minicaps/fast/allocator.py)")
     args = parser.parse_args()
     import torch
     reused = not args.default_allocator and reuse_freed_memory()

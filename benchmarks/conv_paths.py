@@ -1,9 +1,9 @@
 """The primary capsules' convolution through im2col and through the DFT, side by side.
 
 Times forward and backward of the same convolution (random input, weights and output
-gradient, float32) through minicaps.conv's im2col path and minicaps.spectral's, alternated
+gradient, float32) through minicaps.ops.conv's im2col path and minicaps.fast.spectral's, alternated
 round by round, at each batch size; prints the medians, their ratio, which path a training
-step takes at that batch (minicaps.conv.uses_spectral) and the largest relative difference
+step takes at that batch (minicaps.ops.conv.uses_spectral) and the largest relative difference
 between the two paths' results.
 
     python benchmarks/conv_paths.py --network paper --batch-sizes 8,16,20,24,32,128,256
@@ -12,13 +12,13 @@ between the two paths' results.
 import argparse
 import time
 
-# minicaps before NumPy, so that OpenBLAS's idle threads sleep (minicaps/idle_threads.py)
-from minicaps import spectral
+# minicaps before NumPy, so that OpenBLAS's idle threads sleep (minicaps/fast/idle_threads.py)
+from minicaps.fast import spectral
 import numpy as np
 
-from minicaps.allocator import reuse_freed_memory
-from minicaps.conv import _im2col_backward, _im2col_forward, uses_spectral
-from minicaps.plan import main_convolution
+from minicaps.fast.allocator import reuse_freed_memory
+from minicaps.ops.conv import _im2col_backward, _im2col_forward, uses_spectral
+from minicaps.tools.plan import main_convolution
 from sweep import LOGOS, PAPER  # benchmarks/sweep.py: the networks of the README's table
 
 NETWORKS = {"paper": PAPER, "logos": LOGOS}

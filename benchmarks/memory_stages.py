@@ -1,10 +1,10 @@
 """Where a training step's memory peaks: bytes live at each stage's start and at its peak.
 
-Wraps the stages of the paper's network (the functions minicaps.model calls) and records,
+Wraps the stages of the paper's network (the functions minicaps.nets.capsnet calls) and records,
 per image, the bytes allocated when a stage starts (what earlier stages keep) and the most
 allocated while it runs; the step's peak is the largest of those. On the CPU the bytes
 are NumPy's, through tracemalloc; on the GPU (--gpu) CuPy's pool, through an allocator
-that notes its high-water mark. The planner (minicaps/plan.py) models the same stages.
+that notes its high-water mark. The planner (minicaps/tools/plan.py) models the same stages.
 
     python benchmarks/memory_stages.py --batch-size 32
     python benchmarks/memory_stages.py --gpu --batch-size 32
@@ -13,11 +13,11 @@ import argparse
 
 import numpy as np
 
-import minicaps.model as model
+import minicaps.nets.capsnet as model
 from minicaps import CapsNet, CapsNetConfig
 from minicaps.backend import xp_for
-from minicaps.bench import MemoryMeter, synchronize
-from minicaps.plan import plan
+from minicaps.tools.bench import MemoryMeter, synchronize
+from minicaps.tools.plan import plan
 
 STAGES = ["conv2d_forward_batch_last", "primary_capsules_forward", "predictions_forward",
           "routing_forward", "routing_backward", "predictions_backward",

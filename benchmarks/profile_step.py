@@ -21,7 +21,7 @@ matrix products (output, weight gradient, column gradient) and adding the column
 back (col2im), each with its achieved GFLOP/s. It answers what a stage profile cannot:
 whether that convolution's time is its products or its copies. These are the parts of the
 im2col path; from some batch size on (24 for the paper's network, 18 for the logo
-network's) the CPU takes the spectral path instead (minicaps/spectral.py; the header says
+network's) the CPU takes the spectral path instead (minicaps/fast/spectral.py; the header says
 which), whose stages the step profile shows.
 """
 import argparse
@@ -31,16 +31,16 @@ import pstats
 import time
 from contextlib import contextmanager
 
-# minicaps before NumPy, so that OpenBLAS's idle threads sleep (minicaps/idle_threads.py)
+# minicaps before NumPy, so that OpenBLAS's idle threads sleep (minicaps/fast/idle_threads.py)
 from minicaps import Adam, CapsNet, CapsNetConfig
 import numpy as np
 
-from minicaps.allocator import reuse_freed_memory
+from minicaps.fast.allocator import reuse_freed_memory
 from minicaps.backend import xp_for
-from minicaps.bench import synchronize
-from minicaps.plan import spectral_geometry
-from minicaps.conv import _add_columns, _columns, _group_weights, _groups
-from minicaps.presets import RS_DEFAULTS
+from minicaps.tools.bench import synchronize
+from minicaps.tools.plan import spectral_geometry
+from minicaps.ops.conv import _add_columns, _columns, _group_weights, _groups
+from minicaps.training.presets import RS_DEFAULTS
 
 NETWORKS = {
     "paper": CapsNetConfig(),
@@ -91,7 +91,7 @@ COLUMNS, OUTPUT, WEIGHT_GRADIENT, COLUMN_GRADIENT, COL2IM = CONV_PARTS = (
 
 def conv_parts(config, batch_size, runs, device="cpu"):
     """{part: median seconds} of the primary capsules' convolution, forward and backward,
-    done group by group as minicaps.conv does it (the same helpers), and its FLOPs per part."""
+    done group by group as minicaps.ops.conv does it (the same helpers), and its FLOPs per part."""
     rng = np.random.default_rng(0)
     xp = xp_for(device)
     C, k, s = config.conv_channels, config.kernel_size, config.primary_stride

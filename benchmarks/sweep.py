@@ -11,12 +11,12 @@ import argparse
 import dataclasses
 
 from minicaps import CapsNetConfig
-from minicaps.allocator import reuse_freed_memory
-from minicaps.bench import benchmark, step_rates
-from minicaps.plan import plan
+from minicaps.fast.allocator import reuse_freed_memory
+from minicaps.tools.bench import benchmark, step_rates
+from minicaps.tools.plan import plan
 
 PAPER = CapsNetConfig()
-# The R&S defaults' network (minicaps/presets.py) before its local contrast channels, as
+# The R&S defaults' network (minicaps/training/presets.py) before its local contrast channels, as
 # the README's table measured it: three corners at 3x48x96, 16 classes.
 LOGOS = CapsNetConfig(in_shape=(3, 48, 96), n_classes=16, conv_channels=128, kernel_size=9,
                       conv_stride=2, primary_types=16, reconstruction=False)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from minicaps.losses import LAMBDA, M_MINUS, M_PLUS, RECONSTRUCTION_WEIGHT
+from minicaps.ops.losses import LAMBDA, M_MINUS, M_PLUS, RECONSTRUCTION_WEIGHT
 
 
 def squash(s):

@@ -18,10 +18,11 @@ import argparse
 import json
 import time
 
-from minicaps import checkpoint, transforms
-from minicaps.evaluate import evaluate, stored_threshold
-from minicaps.networks import build, kind_of
-from minicaps.train import checkpoint_data
+from minicaps.training import checkpoint
+from minicaps.tools import transforms
+from minicaps.training.evaluate import evaluate, stored_threshold
+from minicaps.nets.kinds import build, kind_of
+from minicaps.training.loop import checkpoint_data
 
 TRANSFORMS = ("rotate:15", "rotate:30", "rotate:45", "rotate:90", "rotate:180", "flip",
               "shift:3", "shift:6", "scale:0.8", "scale:1.2", "affine:0")

@@ -14,14 +14,14 @@ import argparse
 import json
 from pathlib import Path
 
-# minicaps before NumPy, so that OpenBLAS's idle threads sleep (minicaps/idle_threads.py)
+# minicaps before NumPy, so that OpenBLAS's idle threads sleep (minicaps/fast/idle_threads.py)
 from minicaps import Adam, CapsNet, ExponentialDecay
 import numpy as np
 
-from minicaps.augment import shift
+from minicaps.training.augment import shift
 from minicaps.data import load_dataset
-from minicaps.evaluate import class_lengths
-from minicaps.show import line_charts
+from minicaps.training.evaluate import class_lengths
+from minicaps.tools.show import line_charts
 
 
 def accuracy(net, x, y):

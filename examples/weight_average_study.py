@@ -17,10 +17,10 @@ import argparse
 import json
 from pathlib import Path
 
-from minicaps import train
+from minicaps.training import loop as train
 from minicaps.data import detect_layout
 from minicaps.optim import WeightAverage, weights_in
-from minicaps.presets import layout_defaults
+from minicaps.training.presets import layout_defaults
 
 
 def main():

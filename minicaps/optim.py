@@ -7,10 +7,10 @@ running average of the weights (`average_steps`), the network to score: see Weig
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
-from . import kernels
+from .fast import kernels
 from .backend import device_of, get_array_module, to_device
 from .errors import MinicapsError
-from .parallel import in_parts
+from .fast.parallel import in_parts
 
 AVERAGE = "average"  # the state_dict prefix of the weight average: "average.<param name>"
 

@@ -37,7 +37,7 @@ def batch(net, B=2, seed=0):
     """A random batch for `net`: the first, from `seed` on, whose conv1 pre-activations all
     keep 1e-3 clear of the ReLU kink. conv1 has few weights per unit, so any step along them
     moves every pre-activation of a channel; the checker would have to discard it."""
-    from minicaps.conv import conv2d_forward
+    from minicaps.ops.conv import conv2d_forward
     for s in range(seed, seed + 100):
         rng = np.random.default_rng(s)
         x = rng.random((B, *net.config.in_shape))

@@ -7,12 +7,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from minicaps import checkpoint, train
+from minicaps.training import checkpoint, loop as train
 from minicaps.backend import gpu_available
-from minicaps.cli import main
+from minicaps.cli.main import main
 from minicaps.data import load_dataset
-from minicaps.model import CapsNet
-from minicaps.presets import RS_DEFAULTS
+from minicaps.nets.capsnet import CapsNet
+from minicaps.training.presets import RS_DEFAULTS
 
 TINY = ["--conv-channels", "8", "--primary-types", "4", "--primary-dim", "4",
         "--class-dim", "8", "--batch-size", "32", "--epochs", "1"]

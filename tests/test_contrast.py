@@ -1,4 +1,4 @@
-"""Local contrast channels (minicaps/contrast.py, --contrast-window): the filter against its
+"""Local contrast channels (minicaps/ops/contrast.py, --contrast-window): the filter against its
 definition, and networks that take it exactly as if it had been computed by hand."""
 import dataclasses
 
@@ -7,12 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minicaps import CapsNetConfig, checkpoint
-from minicaps.cnn import CNNConfig
-from minicaps.contrast import CONTRAST_FLOOR, box_mean, local_contrast
+from minicaps import CapsNetConfig
+from minicaps.training import checkpoint
+from minicaps.nets.cnn import CNNConfig
+from minicaps.ops.contrast import CONTRAST_FLOOR, box_mean, local_contrast
 from minicaps.errors import MinicapsError
-from minicaps.networks import build, config_from_dict
-from minicaps.plan import plan
+from minicaps.nets.kinds import build, config_from_dict
+from minicaps.tools.plan import plan
 
 from test_cli import TINY, assert_user_error, invoke
 

@@ -53,7 +53,7 @@ def test_model_runs_the_same_on_the_gpu(kwargs):
 
 
 def test_local_contrast_is_the_same_on_the_gpu():
-    from minicaps.contrast import local_contrast
+    from minicaps.ops.contrast import local_contrast
     x = np.random.default_rng(0).random((2, 3, 17, 30)).astype(np.float32)
     np.testing.assert_allclose(to_host(local_contrast(to_gpu(x), 7)), local_contrast(x, 7),
                                rtol=1e-5, atol=1e-6)

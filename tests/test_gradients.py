@@ -5,7 +5,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from minicaps import capsules, conv, layers, losses, pooling, routing, spectral
+from minicaps.ops import capsules, conv, layers, losses, pooling, routing
+from minicaps.fast import spectral
 from minicaps.gradcheck import H, check_model, check_op, directional_check
 
 from conftest import batch, small_net
@@ -32,7 +33,7 @@ def draw_conv(data):
 
 
 def draw_spectral_conv(data):
-    """A batch-last input (C, H, W, B), already padded, as minicaps.spectral takes it."""
+    """A batch-last input (C, H, W, B), already padded, as minicaps.fast.spectral takes it."""
     (x, w, b), kwargs = draw_conv(data)
     pad = kwargs["pad"]
     xt = np.pad(x.transpose(1, 2, 3, 0), ((0, 0), (pad, pad), (pad, pad), (0, 0)))
@@ -237,7 +238,7 @@ def test_model_gradients(case):
 
 @pytest.mark.parametrize("in_shape", [(1, 12, 12), (3, 9, 13)])
 def test_pooling_cnn_gradients(in_shape):
-    from minicaps.cnn import PoolingCNN
+    from minicaps.nets.cnn import PoolingCNN
     net = PoolingCNN(in_shape=in_shape, n_classes=3, channels=(3, 4, 2), kernel_size=3,
                      hidden=(6, 5), dtype="float64", seed=2)
     rng = np.random.default_rng(0)
@@ -251,7 +252,7 @@ def test_pooling_cnn_gradients(in_shape):
 
 def test_checker_detects_a_wrong_gradient(monkeypatch):
     """The model check must be able to fail: break one backward step and watch it."""
-    import minicaps.model as model
+    import minicaps.nets.capsnet as model
     net = small_net()
     x, y = batch(net)
     real = model.primary_capsules_backward

@@ -1,4 +1,4 @@
-"""The fused CuPy kernels (minicaps/kernels.py) give what the portable code gives on the GPU:
+"""The fused CuPy kernels (minicaps/fast/kernels.py) give what the portable code gives on the GPU:
 bit for bit where they do the same operations in the same order (im2col, col2im, Adam), to
 rounding where they sum in another order (squash, softmax). Skipped where CuPy finds no CUDA
 device, except the switch itself."""
@@ -9,11 +9,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from minicaps import Adam, kernels
+from minicaps import Adam
+from minicaps.fast import kernels
 from minicaps.backend import gpu_available, to_device, to_host
-from minicaps.capsules import squash_backward, squash_forward
-from minicaps.conv import _add_columns, _columns, output_size
-from minicaps.routing import softmax, softmax_backward
+from minicaps.ops.capsules import squash_backward, squash_forward
+from minicaps.ops.conv import _add_columns, _columns, output_size
+from minicaps.ops.routing import softmax, softmax_backward
 
 from conftest import batch, small_net
 
@@ -51,7 +52,7 @@ def column_problems(draw, device="gpu"):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problem=column_problems(), index=st.sampled_from(["int32", "int64"]), data=st.data())
 def test_fused_columns_and_their_adjoint_equal_the_portable_code(problem, index, data):
-    """On a group of channels, as minicaps.conv passes them: views of xt and dxt that
+    """On a group of channels, as minicaps.ops.conv passes them: views of xt and dxt that
     start past their arrays' first element; the other channels of dxt stay as they were."""
     import cupy
     xt, kh, kw, stride = problem
@@ -146,7 +147,7 @@ def test_fused_softmax_over_axis_1_and_its_backward_match_the_portable_code(shap
 @needs_gpu
 @pytest.mark.parametrize("kwargs", [{}, {"in_shape": (3, 11, 13), "routing_grad": "last"}])
 def test_a_training_step_with_fused_kernels_matches_the_portable_one(kwargs, monkeypatch):
-    from minicaps import conv
+    from minicaps.ops import conv
     monkeypatch.setattr(conv, "COLUMN_BYTES", 1)  # a group per channel, up to MAX_GROUPS
     net = small_net(**kwargs)
     x, y = batch(net, B=3)

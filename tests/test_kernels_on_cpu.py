@@ -1,6 +1,6 @@
 """The fused im2col and col2im kernels' arithmetic, checked without a GPU.
 
-Their bodies are C++ (minicaps/kernels.py), and all of what can go wrong in them is index
+Their bodies are C++ (minicaps/fast/kernels.py), and all of what can go wrong in them is index
 arithmetic. Here each body is compiled by the host's C++ compiler inside a loop that does
 what CuPy's ElementwiseKernel does (the thread index i, a reference to the output element
 i, the raw input as a pointer), with the same preamble, and run on NumPy arrays against
@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from minicaps import kernels
-from minicaps.conv import _add_columns, _columns, output_size
+from minicaps.fast import kernels
+from minicaps.ops.conv import _add_columns, _columns, output_size
 
 from test_kernels import column_problems
 

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from minicaps import Adam, CapsNet, CapsNetConfig, MinicapsError
-from minicaps.bench import peak_step_bytes
-from minicaps.cnn import PoolingCNN
-from minicaps.plan import (Convolution, check_fits, flops_per_image, largest_batch,
+from minicaps.tools.bench import peak_step_bytes
+from minicaps.nets.cnn import PoolingCNN
+from minicaps.tools.plan import (Convolution, check_fits, flops_per_image, largest_batch,
                            main_convolution, plan)
 
 
@@ -78,7 +78,7 @@ def test_calibrating_the_step_time_measures_a_bounded_part_of_the_network(in_sha
     capsule grid) that is tens of MB, where one group of the real columns is 0.7 GB. At
     batch 1024 the paper's network takes the spectral path, whose products are timed on
     a batch halved until one chunk's input spectrum is at most 16 MB."""
-    from minicaps.bench import step_rates
+    from minicaps.tools.bench import step_rates
     rates = []
     peak = peak_step_bytes(np, lambda: rates.extend(
         step_rates(CapsNetConfig(in_shape=in_shape, n_classes=59), B)))

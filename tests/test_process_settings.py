@@ -1,5 +1,5 @@
 """Settings that change the whole process: the command line's allocator setting
-(minicaps/allocator.py) and how OpenBLAS's idle threads wait (minicaps/idle_threads.py).
+(minicaps/fast/allocator.py) and how OpenBLAS's idle threads wait (minicaps/fast/idle_threads.py).
 Each takes where it should and changes no number a training step computes."""
 import os
 import platform
@@ -9,7 +9,7 @@ import sys
 STEP = """
 import numpy as np
 from minicaps import CapsNet
-from minicaps.allocator import reuse_freed_memory
+from minicaps.fast.allocator import reuse_freed_memory
 took = {reuse} and reuse_freed_memory()
 net = CapsNet(in_shape=(1, 20, 20), conv_channels=16, primary_types=4, seed=3)
 rng = np.random.default_rng(0)
@@ -45,7 +45,7 @@ def test_reused_memory_changes_no_result():
 def test_reuse_is_harmless_without_glibc(monkeypatch):
     import ctypes
 
-    from minicaps import allocator
+    from minicaps.fast import allocator
 
     def no_libc(name):
         raise OSError("no C library here")

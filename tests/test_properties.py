@@ -7,9 +7,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from minicaps import Adam, CapsNet, SGD, ExponentialDecay
-from minicaps.capsules import predictions_forward, squash_backward, squash_forward
-from minicaps.conv import col2im, conv2d_forward, im2col
-from minicaps.routing import routing_forward
+from minicaps.ops.capsules import predictions_forward, squash_backward, squash_forward
+from minicaps.ops.conv import col2im, conv2d_forward, im2col
+from minicaps.ops.routing import routing_forward
 
 # Zero or well clear of underflow: |v| ~ |s|^2, and |v|^2 of a 1e-90 entry is 0 in float64.
 finite = st.floats(-10, 10, allow_nan=False, width=64).filter(lambda f: f == 0 or abs(f) > 1e-60)
@@ -95,7 +95,7 @@ def test_conv_in_groups_of_channels_equals_the_whole_input(monkeypatch, channels
                                                            stride, pad):
     """Forward and backward with the input channels in groups (each group's columns, weight
     matrix and their gradients) give what one group of all the channels gives."""
-    from minicaps import conv
+    from minicaps.ops import conv
     rng = np.random.default_rng(channels_per_group)
     x, w, b = rng.standard_normal((2, 3, 9, 8)), rng.standard_normal((3, 3, 3, 4)), \
         rng.standard_normal(4)
@@ -117,7 +117,7 @@ def test_conv_in_groups_of_channels_equals_the_whole_input(monkeypatch, channels
 def test_conv_results_do_not_depend_on_how_the_weights_lie_in_memory(order):
     """Backward writes each group's weight gradient into rows of dw in place: dw must be
     laid out for that whatever the memory order of w (a copy would take the writes)."""
-    from minicaps import conv
+    from minicaps.ops import conv
     rng = np.random.default_rng(5)
     x, w, b = rng.standard_normal((2, 3, 9, 8)), rng.standard_normal((3, 3, 3, 4)), \
         rng.standard_normal(4)
@@ -135,7 +135,7 @@ def test_conv_results_do_not_depend_on_how_the_weights_lie_in_memory(order):
 @given(channels=st.integers(1, 600), channel_bytes=st.integers(1, 2 ** 26))
 def test_channel_groups_cover_the_channels_within_the_ceiling_or_the_group_count(
         channels, channel_bytes):
-    from minicaps.conv import COLUMN_BYTES, MAX_GROUPS, channel_groups
+    from minicaps.ops.conv import COLUMN_BYTES, MAX_GROUPS, channel_groups
     groups = channel_groups(channels, channel_bytes)
     sizes = [g.stop - g.start for g in groups]
     assert [g.start for g in groups] == [0] + [g.stop for g in groups[:-1]]
@@ -147,7 +147,7 @@ def test_channel_groups_cover_the_channels_within_the_ceiling_or_the_group_count
 
 
 def test_maxpool_equals_a_naive_loop():
-    from minicaps.pooling import maxpool_forward
+    from minicaps.ops.pooling import maxpool_forward
     x = np.random.default_rng(0).standard_normal((2, 3, 7, 9))
     out, _ = maxpool_forward(x, size=3)
     assert out.shape == (2, 3, 2, 3)
@@ -322,7 +322,7 @@ def test_weight_average_matches_its_definition_and_leaves_training_alone(make_op
 
 
 def test_gradient_path_norms_account_for_every_path():
-    from minicaps.routing import gradient_path_norms, routing_backward
+    from minicaps.ops.routing import gradient_path_norms, routing_backward
     rng = np.random.default_rng(5)
     u_hat, dv = rng.standard_normal((2, 3, 6, 4)), rng.standard_normal((2, 3, 4))
     _, cache = routing_forward(u_hat, iters=3)
@@ -355,10 +355,10 @@ def test_standardised_input_equals_standardising_by_hand():
 @settings(max_examples=40, deadline=None)
 @given(data=st.data())
 def test_transposed_copies_equal_numpys(data):
-    """minicaps.parallel.transposed, tiled and threaded, against NumPy's own transposing
+    """minicaps.fast.parallel.transposed, tiled and threaded, against NumPy's own transposing
     copy, for tiles of one row to all of them and arrays split over threads or not."""
     from unittest import mock
-    from minicaps import parallel
+    from minicaps.fast import parallel
     shape = data.draw(st.lists(st.integers(1, 6), min_size=1, max_size=4), label="shape")
     axes = tuple(data.draw(st.permutations(range(len(shape))), label="axes"))
     array = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
@@ -373,8 +373,8 @@ def test_transposed_copies_equal_numpys(data):
 def test_predictions_in_tiles_of_capsules_equal_their_definition(tile_bytes):
     """u_hat[b, j, i] = W_ij u_i and its gradients, computed tile by tile in threads."""
     from unittest import mock
-    from minicaps import parallel
-    from minicaps.capsules import predictions_backward
+    from minicaps.fast import parallel
+    from minicaps.ops.capsules import predictions_backward
     rng = np.random.default_rng(0)
     u, w = rng.standard_normal((3, 7, 4)), rng.standard_normal((7, 5, 6, 4))
     du_hat = rng.standard_normal((3, 5, 7, 6))
@@ -393,7 +393,8 @@ def test_routing_in_tiles_of_examples_equals_the_whole_batch(grad, iters, tile_b
     """Routing forward (v and every cached array) and backward, tile by tile in threads,
     against the batch routed at once."""
     from unittest import mock
-    from minicaps import parallel, routing
+    from minicaps.fast import parallel
+    from minicaps.ops import routing
     rng = np.random.default_rng(iters)
     u_hat, dv = rng.standard_normal((7, 3, 5, 4)), rng.standard_normal((7, 3, 4))
     v, cache = routing_forward(u_hat, iters=iters, grad=grad)

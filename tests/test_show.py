@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from minicaps import Adam, CapsNet
-from minicaps.cli import main
-from minicaps.show import (STEPS, coupling_map, perturbation_grid, reconstruction_grid,
+from minicaps.cli.main import main
+from minicaps.tools.show import (STEPS, coupling_map, perturbation_grid, reconstruction_grid,
                            training_curves)
 
 

@@ -1,13 +1,14 @@
-"""The spectral convolution (minicaps.spectral) against the direct one (im2col), and when
+"""The spectral convolution (minicaps.fast.spectral) against the direct one (im2col), and when
 the network takes it. Its gradients against finite differences: tests/test_gradients.py."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minicaps import CapsNetConfig, spectral
-from minicaps.capsules import primary_capsules_forward
-from minicaps.conv import _im2col_backward, _im2col_forward, uses_spectral
+from minicaps import CapsNetConfig
+from minicaps.fast import spectral
+from minicaps.ops.capsules import primary_capsules_forward
+from minicaps.ops.conv import _im2col_backward, _im2col_forward, uses_spectral
 
 
 def draw_problem(data):

@@ -3,7 +3,7 @@ import json
 
 from click.testing import CliRunner
 
-from minicaps.cli import main
+from minicaps.cli.main import main
 
 TINY = ["--in-shape", "1,12,12", "--n-classes", "3", "--conv-channels", "4",
         "--kernel-size", "3", "--primary-types", "2", "--primary-dim", "4", "--class-dim", "5"]
@@ -45,7 +45,7 @@ def test_gradcheck_passes_on_a_correct_network():
 
 
 def test_gradcheck_fails_on_a_broken_backward(monkeypatch):
-    import minicaps.model as model
+    import minicaps.nets.capsnet as model
     real = model.routing_backward
     monkeypatch.setattr(model, "routing_backward", lambda dv, cache: 1.05 * real(dv, cache))
     result = run("gradcheck", *TINY, "--entries", "3")

@@ -6,13 +6,15 @@ import os
 import numpy as np
 import pytest
 
-from minicaps import CapsNetConfig, checkpoint, cli, train
-from minicaps.augment import augment, blur, flip, jitter, rotate, shift, swap_backgrounds, zoom
+from minicaps import CapsNetConfig
+from minicaps.cli import main as cli
+from minicaps.training import checkpoint, loop as train
+from minicaps.training.augment import augment, blur, flip, jitter, rotate, shift, swap_backgrounds, zoom
 from minicaps.data import Dataset, load_dataset
 from minicaps.errors import MinicapsError
-from minicaps.evaluate import (PRESENT, choose_threshold, evaluate, frame_accuracy,
+from minicaps.training.evaluate import (PRESENT, choose_threshold, evaluate, frame_accuracy,
                                frame_decision, with_nologo)
-from minicaps.model import CapsNet
+from minicaps.nets.capsnet import CapsNet
 
 TINY = dict(conv_channels=8, primary_types=4, primary_dim=4, class_dim=8, kernel_size=5,
             batch_size=16)

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from minicaps import MinicapsError, transforms
-from minicaps.cli import main
+from minicaps import MinicapsError
+from minicaps.tools import transforms
+from minicaps.cli.main import main
 
 
 def digit():
@@ -63,7 +64,7 @@ def test_affine_is_seeded_per_image_and_keeps_the_content_inside():
 
 
 def test_warp_by_the_identity_changes_nothing():
-    from minicaps.augment import warp
+    from minicaps.training.augment import warp
     x = np.random.default_rng(0).integers(0, 255, (3, 2, 7, 9)).astype(np.uint8)
     identity = np.tile(np.eye(2), (3, 1, 1))
     np.testing.assert_array_equal(warp(x, identity), x)

@@ -4,7 +4,7 @@ Windows of size x size with the same stride (non-overlapping, as in the classic 
 input whose height or width is not a multiple of the window loses its last rows/columns,
 as with PyTorch's default (floor) mode.
 """
-from .backend import get_array_module
+from ..backend import get_array_module
 
 
 def maxpool_forward(x, *, size=2):

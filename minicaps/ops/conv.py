@@ -40,10 +40,10 @@ multiply-adds and none of the columns, and which the CPU takes where it pays (fr
 """
 import numpy as np
 
-from . import kernels
-from . import spectral as spectral_conv
-from .backend import get_array_module
-from .parallel import in_parts, transposed
+from ..fast import kernels
+from ..fast import spectral as spectral_conv
+from ..backend import get_array_module
+from ..fast.parallel import in_parts, transposed
 
 COLUMN_BYTES = 16 * 2 ** 20  # a group's columns, the same on both devices
 # Each group costs some fixed work (Python, and on the GPU a few launches of ~10 us): past

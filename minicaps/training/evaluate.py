@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .backend import get_array_module, to_host
-from .data import RSCrop, frame_examples
-from .data.common import IMAGE_ERRORS, RESAMPLE, to_chw
-from .errors import MinicapsError
+from ..backend import get_array_module, to_host
+from ..data import RSCrop, frame_examples
+from ..data.common import IMAGE_ERRORS, RESAMPLE, to_chw
+from ..errors import MinicapsError
 
 NOLOGO = "nologo"
 # A network without a nologo capsule (train --no-nologo-capsule) says "nologo" for a corner

@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import to_host
-from .errors import MinicapsError
-from .networks import config_from_dict, kind_of
-from .optim import AVERAGE
+from ..backend import to_host
+from ..errors import MinicapsError
+from ..nets.kinds import config_from_dict, kind_of
+from ..optim import AVERAGE
 
 # 2 added model_kind (the CNN baseline); 3 put convolution weights' out axis last
 FORMAT = "minicaps-checkpoint-3"

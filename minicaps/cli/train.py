@@ -7,15 +7,15 @@ from pathlib import Path
 
 import click
 
-from . import train
-from .backend import require_gpu
-from .cli_options import CONTRAST_HELP, UserError, parse_widths
-from .data import detect_layout
-from .errors import MinicapsError
-from .evaluate import PRESENT
-from .presets import RS_DEFAULTS as RS
-from .presets import layout_defaults
-from .train_config import ARCH_FIELDS
+from ..training import loop as train
+from ..backend import require_gpu
+from .options import CONTRAST_HELP, UserError, parse_widths
+from ..data import detect_layout
+from ..errors import MinicapsError
+from ..training.evaluate import PRESENT
+from ..training.presets import RS_DEFAULTS as RS
+from ..training.presets import layout_defaults
+from ..training.config import ARCH_FIELDS
 
 RS_CORNERS = ("tl", "tr", "bl", "br")
 

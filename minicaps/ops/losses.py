@@ -1,5 +1,5 @@
 """Margin loss (Eq. 4) and reconstruction loss. Both are means over the batch."""
-from .backend import get_array_module
+from ..backend import get_array_module
 
 M_PLUS, M_MINUS, LAMBDA = 0.9, 0.1, 0.5
 RECONSTRUCTION_WEIGHT = 0.0005  # the paper scales the sum of squared errors down by this

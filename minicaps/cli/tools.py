@@ -6,13 +6,13 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .bench import benchmark, step_rates
-from .cli_options import network_config, network_options
-from .gradcheck import check_model, directional_check, scale_to_operating_point
-from .errors import MinicapsError
-from .model import CapsNet
-from .networks import kind_of
-from .plan import available_bytes, plan
+from ..tools.bench import benchmark, step_rates
+from .options import network_config, network_options
+from ..gradcheck import check_model, directional_check, scale_to_operating_point
+from ..errors import MinicapsError
+from ..nets.capsnet import CapsNet
+from ..nets.kinds import kind_of
+from ..tools.plan import available_bytes, plan
 
 GIB, MIB = 2 ** 30, 2 ** 20
 
@@ -123,7 +123,7 @@ def gradcheck_command(batch_size, entries, tolerance, seed, **options):
 
 def _checkpoint_and_examples(path, data):
     """The network of a checkpoint and the test images of its data (or of `data`)."""
-    from . import checkpoint, train
+    from ..training import checkpoint, loop as train
     ckpt = checkpoint.load(path)
     if kind_of(ckpt.model_config) != "capsnet":
         raise MinicapsError(f"{path} holds a CNN: these pictures are of capsules")
@@ -162,7 +162,7 @@ def show_group():
               help="PNG to write.")
 def show_reconstructions(checkpoint_path, data, n, out):
     """Test images beside their reconstructions from the predicted class's capsule."""
-    from .show import reconstruction_grid
+    from ..tools.show import reconstruction_grid
     net, x = _checkpoint_and_examples(checkpoint_path, data)
     _save(reconstruction_grid(net, x[:n]), out)
 
@@ -176,7 +176,7 @@ def show_reconstructions(checkpoint_path, data, n, out):
 def show_perturbations(checkpoint_path, data, index, out):
     """Each dimension of the predicted capsule moved by -0.25..0.25 in steps of 0.05
     (a row per dimension), as in the paper's Figure 4."""
-    from .show import perturbation_grid
+    from ..tools.show import perturbation_grid
     net, x = _checkpoint_and_examples(checkpoint_path, data)
     _save(perturbation_grid(net, x[min(index, len(x) - 1)]), out)
 
@@ -190,7 +190,7 @@ def show_perturbations(checkpoint_path, data, index, out):
               help="PNG to write.")
 def show_couplings(checkpoint_path, data, index, iteration, out):
     """Coupling coefficients of one test image: a row per class, a tile per primary type."""
-    from .show import coupling_map
+    from ..tools.show import coupling_map
     net, x = _checkpoint_and_examples(checkpoint_path, data)
     _save(coupling_map(net, x[min(index, len(x) - 1)], iteration), out)
 
@@ -201,7 +201,7 @@ def show_couplings(checkpoint_path, data, index, iteration, out):
               help="PNG to write.")
 def show_curves(run_dir, out):
     """Training loss and accuracies per epoch from a run folder's metrics.jsonl."""
-    from .show import training_curves
+    from ..tools.show import training_curves
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise MinicapsError(f"{run_dir}: no metrics.jsonl (not a minicaps run folder)")

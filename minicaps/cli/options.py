@@ -2,7 +2,7 @@
 that build a CapsNet from the command line."""
 import click
 
-from .model import CapsNetConfig
+from ..nets.capsnet import CapsNetConfig
 
 DEFAULTS = CapsNetConfig()
 CONTRAST_HELP = ("Also feed the network each channel's local contrast over windows of this "

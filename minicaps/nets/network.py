@@ -7,9 +7,9 @@ A subclass provides `_forward_loss(x, y) -> (loss, parts, caches)`, `_backward(c
 """
 import numpy as np
 
-from .backend import device_of, get_array_module, to_device, to_host
-from .contrast import check_window, local_contrast
-from .errors import MinicapsError
+from ..backend import device_of, get_array_module, to_device, to_host
+from ..ops.contrast import check_window, local_contrast
+from ..errors import MinicapsError
 
 
 def fan_in_uniform(rng, shapes, name):

@@ -18,7 +18,7 @@ MINICAPS_FUSED=0 in the environment turns the kernels off (for comparing the two
 import os
 from contextlib import contextmanager
 
-from .backend import get_array_module
+from ..backend import get_array_module
 
 _enabled = os.environ.get("MINICAPS_FUSED", "1") != "0"
 _compiled = {}

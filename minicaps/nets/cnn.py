@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .conv import conv2d_backward, conv2d_forward
-from .errors import MinicapsError
-from .layers import linear_backward, linear_forward, relu_backward, relu_forward
-from .losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
+from ..ops.conv import conv2d_backward, conv2d_forward
+from ..errors import MinicapsError
+from ..ops.layers import linear_backward, linear_forward, relu_backward, relu_forward
+from ..ops.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from .network import Network, check_input_options, fan_in_uniform, input_channels
-from .pooling import maxpool_backward, maxpool_forward
-from .routing import softmax
+from ..ops.pooling import maxpool_backward, maxpool_forward
+from ..ops.routing import softmax
 
 POOLED_LAYERS = 2  # max pooling after the first two convolutions
 

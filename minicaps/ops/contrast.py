@@ -14,8 +14,8 @@ Works on NumPy and CuPy arrays alike; no gradient is ever needed (it only prepar
 """
 import numpy as np
 
-from .backend import get_array_module
-from .errors import MinicapsError
+from ..backend import get_array_module
+from ..errors import MinicapsError
 
 # The smallest spread divided by (see local_contrast), in [0, 1] pixel units (about 8 grey
 # levels): flat regions (a clear sky, compression noise of a grey level or two) stay flat

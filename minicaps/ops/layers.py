@@ -1,5 +1,5 @@
 """Fully connected layer and the two activations the decoder needs."""
-from .backend import get_array_module
+from ..backend import get_array_module
 
 
 def linear_forward(x, w, b):

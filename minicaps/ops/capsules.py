@@ -3,10 +3,10 @@
 Axis letters, used the same way everywhere: B batch, I input (primary) capsules, J output
 (class) capsules, D input capsule dimension, E output capsule dimension, T primary types.
 """
-from . import kernels
-from .backend import get_array_module
+from ..fast import kernels
+from ..backend import get_array_module
 from .conv import conv2d_backward_batch_last, conv2d_forward_batch_last
-from .parallel import in_tiles
+from ..fast.parallel import in_tiles
 
 
 def squash_forward(s):

@@ -6,7 +6,7 @@ import json
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .backend import to_host
+from ..backend import to_host
 
 # A perceptually ordered dark-blue -> green -> yellow ramp (like matplotlib's viridis).
 RAMP = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]])

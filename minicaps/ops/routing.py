@@ -15,10 +15,10 @@ Two backward passes, both exact for what they define:
 """
 import numpy as np
 
-from . import kernels
-from .backend import get_array_module
+from ..fast import kernels
+from ..backend import get_array_module
 from .capsules import squash_backward, squash_forward
-from .parallel import THREADS, in_tiles, tile_length
+from ..fast.parallel import THREADS, in_tiles, tile_length
 
 ROUTING_GRADS = ("full", "last")
 # Routing is separate for every example, so the CPU routes a batch in tiles of examples,

@@ -8,8 +8,8 @@ rebuild whichever network was trained.
 import dataclasses
 
 from .cnn import CNNConfig, PoolingCNN
-from .errors import MinicapsError
-from .model import CapsNet, CapsNetConfig
+from ..errors import MinicapsError
+from .capsnet import CapsNet, CapsNetConfig
 
 KINDS = {"capsnet": (CapsNetConfig, CapsNet), "cnn": (CNNConfig, PoolingCNN)}
 

@@ -16,8 +16,8 @@ import math
 
 import numpy as np
 
-from .augment import recolour, rotate_by, rotations, shift_by, warp, zoom_by
-from .errors import MinicapsError
+from ..training.augment import recolour, rotate_by, rotations, shift_by, warp, zoom_by
+from ..errors import MinicapsError
 
 KINDS = ("rotate:DEG", "flip", "shift:PX", "scale:S", "contrast:F", "brightness:D",
          "affine[:SEED]")

@@ -23,15 +23,15 @@ import numpy as np
 
 from . import checkpoint
 from .augment import augment, swap_backgrounds
-from .backend import get_array_module, require_gpu, to_host
-from .data import detect_layout, load_dataset
-from .errors import MinicapsError
+from ..backend import get_array_module, require_gpu, to_host
+from ..data import detect_layout, load_dataset
+from ..errors import MinicapsError
 from .epochs import epoch_order, epoch_size
 from .evaluate import NOLOGO, PRESENT, choose_threshold, evaluate, frame_accuracy, with_nologo
-from .networks import build, kind_of
-from .optim import SGD, Adam, ExponentialDecay, WeightAverage
-from .plan import check_fits
-from .train_config import TrainConfig, model_config
+from ..nets.kinds import build, kind_of
+from ..optim import SGD, Adam, ExponentialDecay, WeightAverage
+from ..tools.plan import check_fits
+from .config import TrainConfig, model_config
 
 GPU_CHECK_EVERY = 50  # steps between loss checks on the GPU (each check is a device sync)
 

@@ -11,10 +11,10 @@ import tracemalloc
 
 import numpy as np
 
-from .backend import xp_for
-from .model import CapsNet
-from .optim import Adam
-from .conv import _columns, largest_group
+from ..backend import xp_for
+from ..nets.capsnet import CapsNet
+from ..optim import Adam
+from ..ops.conv import _columns, largest_group
 from .plan import main_convolution, plan, spectral_geometry
 
 

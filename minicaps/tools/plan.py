@@ -14,13 +14,13 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .cnn import POOLED_LAYERS
-from .conv import largest_group, output_size, uses_spectral
-from .errors import MinicapsError
-from .network import input_channels
-from .networks import kind_of
-from .routing import examples_at_once
-from .spectral import geometry_of
+from ..nets.cnn import POOLED_LAYERS
+from ..ops.conv import largest_group, output_size, uses_spectral
+from ..errors import MinicapsError
+from ..nets.network import input_channels
+from ..nets.kinds import kind_of
+from ..ops.routing import examples_at_once
+from ..fast.spectral import geometry_of
 
 GIB = 2 ** 30
 
@@ -342,7 +342,7 @@ def plan(config, batch_size, device="cpu"):
 def available_bytes(device):
     """Memory a step may use: free GPU memory, or the host's available memory."""
     if device == "gpu":
-        from .backend import require_gpu
+        from ..backend import require_gpu
         free, _ = require_gpu().cuda.runtime.memGetInfo()
         return free
     try:

@@ -47,7 +47,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .backend import get_array_module
+from ..backend import get_array_module
 from .parallel import transposed
 
 CHUNK_BYTES = 32 * 2 ** 20  # of the kernel's spectrum at a time, at least (Geometry.chunk)

@@ -11,14 +11,16 @@ import warnings
 
 import click
 
-from . import __version__, checkpoint, train, transforms
-from .allocator import reuse_freed_memory
-from .backend import require_gpu
-from .cli_options import UserError
-from .errors import MinicapsError
-from .evaluate import evaluate as evaluate_split
-from .evaluate import predict_files, report, stored_threshold
-from .networks import build
+from .. import __version__
+from ..training import checkpoint, loop as train
+from ..tools import transforms
+from ..fast.allocator import reuse_freed_memory
+from ..backend import require_gpu
+from .options import UserError
+from ..errors import MinicapsError
+from ..training.evaluate import evaluate as evaluate_split
+from ..training.evaluate import predict_files, report, stored_threshold
+from ..nets.kinds import build
 
 
 def _warn_in_one_line(message, category, filename, lineno, file=None, line=None):
@@ -109,8 +111,8 @@ def predict_command(checkpoint_path, images, gpu):
 
 def _register_commands():
     """train lives in cli_train; bench, plan, gradcheck and show in cli_tools."""
-    from .cli_tools import COMMANDS
-    from .cli_train import train_command
+    from .tools import COMMANDS
+    from .train import train_command
     for command in (train_command, *COMMANDS):
         main.add_command(command)
 

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .backend import get_array_module
+from ..backend import get_array_module
 
 THREADS = min(4, os.cpu_count() or 1)
 MIN_ELEMENTS = 1 << 16  # below this, a thread costs more than it saves

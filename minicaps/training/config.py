@@ -5,11 +5,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cnn import CNNConfig
-from .data import RSCrop
-from .errors import MinicapsError
+from ..nets.cnn import CNNConfig
+from ..data import RSCrop
+from ..errors import MinicapsError
 from .evaluate import NOLOGO
-from .model import CapsNetConfig
+from ..nets.capsnet import CapsNetConfig
 
 ARCH_FIELDS = ("conv_channels", "kernel_size", "conv_stride", "primary_types", "primary_dim",
                "primary_stride", "class_dim")

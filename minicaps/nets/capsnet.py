@@ -15,19 +15,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import get_array_module
-from .capsules import (length_backward, length_forward, predictions_backward,
+from ..backend import get_array_module
+from ..ops.capsules import (length_backward, length_forward, predictions_backward,
                        predictions_forward, primary_capsules_backward,
                        primary_capsules_forward)
-from .conv import (conv2d_backward_batch_last, conv2d_forward_batch_last, output_size,
+from ..ops.conv import (conv2d_backward_batch_last, conv2d_forward_batch_last, output_size,
                    to_batch_last)
-from .errors import MinicapsError
-from .layers import (linear_backward, linear_forward, relu_backward, relu_forward,
+from ..errors import MinicapsError
+from ..ops.layers import (linear_backward, linear_forward, relu_backward, relu_forward,
                      sigmoid_backward, sigmoid_forward)
-from .losses import (margin_loss_backward, margin_loss_forward, one_hot,
+from ..ops.losses import (margin_loss_backward, margin_loss_forward, one_hot,
                      reconstruction_loss_backward, reconstruction_loss_forward)
 from .network import Network, check_input_options, fan_in_uniform, input_channels
-from .routing import ROUTING_GRADS, gradient_path_norms, routing_backward, routing_forward
+from ..ops.routing import ROUTING_GRADS, gradient_path_norms, routing_backward, routing_forward
 
 DECODER_WIDTHS = (512, 1024)
 

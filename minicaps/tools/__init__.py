@@ -1,0 +1,1 @@
+"""Tools around the networks: the memory/time planner, benchmarks, pictures, transforms."""

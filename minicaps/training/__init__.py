@@ -1,0 +1,1 @@
+"""Training: the config and layout presets, the loop, checkpoints, augmentation, evaluation."""
