@@ -4,10 +4,11 @@
 Per epoch it records test accuracy, the gradient norm of every parameter
 (mean over the epoch's steps), and on a fixed probe batch how much gradient reaches u_hat
 through each iteration's weighted sum and through the coupling coefficients (the
-"agreement" paths, which "last" cuts). Writes routing_study.json, routing_study.png and a
-Markdown table to stdout.
+"agreement" paths, which "last" cuts). Writes routing_study.json and routing_study.png into
+--out (docs/studies holds the ones docs/studies/routing.md shows) and a Markdown table to
+stdout.
 
-    python examples/routing_study.py --epochs 6            # bundled MNIST sample, ~2 x 3 min
+    python examples/routing_study.py --epochs 6 --out docs/studies   # bundled MNIST sample, ~2 x 3 min
     python examples/routing_study.py --data ../shared/data/mnist --limit 10000
 """
 import argparse
