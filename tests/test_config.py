@@ -114,3 +114,17 @@ def test_network_configs_hold_their_declared_ranges():
     with pytest.raises(MinicapsError, match="hidden must be at least 1"):
         CNNConfig(hidden=(16, 0))
     assert dataclasses.replace(CapsNetConfig(), routing_grad="last").routing_grad == "last"
+
+
+def test_a_run_stored_before_the_presets_resumes_on_the_network_it_trained(tmp_path):
+    from test_train import synthetic
+    small = dict(kernel_size=5, primary_dim=4, class_dim=8, batch_size=16)
+    train.run(TrainConfig(out=str(tmp_path), epochs=1, **small), dataset=synthetic())
+    ckpt = checkpoint.load(tmp_path / "last.npz")
+    assert ckpt.model_config.conv_channels == SAMPLE_DEFAULTS["conv_channels"]
+    old = {**ckpt.train_config, "conv_channels": None, "primary_types": None,
+           "conv_stride": None, "cnn_channels": None}  # as such a run stored them
+    del old["contrast_window"]
+    checkpoint.save(tmp_path / "last.npz", dataclasses.replace(ckpt, train_config=old))
+    history = train.resume(tmp_path, epochs=2, dataset=synthetic())
+    assert [r["epoch"] for r in history] == [1, 2]
