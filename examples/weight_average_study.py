@@ -18,9 +18,7 @@ import json
 from pathlib import Path
 
 from minicaps.training import loop as train
-from minicaps.data import detect_layout
 from minicaps.optim import WeightAverage, weights_in
-from minicaps.training.presets import layout_defaults
 
 
 def main():
@@ -37,11 +35,11 @@ def main():
     parser.add_argument("--limit", type=int, default=None, help="frames per split (a quick look)")
     args = parser.parse_args()
     horizons = [float(h) for h in args.horizons.split(",")]
-    options = {**layout_defaults(detect_layout(args.data)), "average_epochs": horizons[0]}
+    options = {"average_epochs": horizons[0]}  # the rest: the data's preset (TrainConfig)
     for name in ("epochs", "contrast_window"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
-    config = train.TrainConfig(data=str(Path(args.data).resolve()), out=args.out,
+    config = train.TrainConfig(data=args.data, out=args.out,
                                seed=args.seed, limit=args.limit, **options)
     # The extra averages ride along with the run's optimizer; "none" is an average over
     # one step, i.e. a copy of the training weights.

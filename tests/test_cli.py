@@ -12,7 +12,7 @@ from minicaps.backend import gpu_available
 from minicaps.cli.main import main
 from minicaps.data import load_dataset
 from minicaps.nets.capsnet import CapsNet
-from minicaps.training.presets import RS_DEFAULTS
+from minicaps.training.presets import RS_DEFAULTS, SAMPLE_DEFAULTS
 
 TINY = ["--conv-channels", "8", "--primary-types", "4", "--primary-dim", "4",
         "--class-dim", "8", "--batch-size", "32", "--epochs", "1"]
@@ -198,14 +198,14 @@ def test_rs_layout_defaults_apply_unless_given(data_root, tmp_path, monkeypatch)
     assert result.exit_code == 0, result.output
     c = seen["c"]
     assert (c.epochs, c.kernel_size, c.reconstruction) == (2, 3, True)  # given
-    for field in ("lr", "shift", "share_transforms", "conv_channels", "nologo_ratio",
-                  "colour_jitter", "background_swap", "average_epochs", "contrast_window",
-                  "crop_corners", "crop_width", "crop_scale"):
+    for field in set(RS_DEFAULTS) - {"epochs", "kernel_size", "reconstruction"}:
         assert getattr(c, field) == RS_DEFAULTS[field], field
+    assert RS_DEFAULTS["reconstruction"] is False and RS_DEFAULTS["epochs"] != 2
     seen.clear()
     result = invoke("train", "--out", tmp_path / "b")  # the bundled sample keeps its own
     assert result.exit_code == 0, result.output
-    assert seen["c"].conv_channels is None and seen["c"].share_transforms is False
+    assert seen["c"].conv_channels == SAMPLE_DEFAULTS["conv_channels"] != 128
+    assert seen["c"].share_transforms is False and seen["c"].epochs == 8
 
 
 def test_resume_of_a_finished_run_says_so(run_dir):

@@ -26,7 +26,9 @@ from ..ops.layers import (linear_backward, linear_forward, relu_backward, relu_f
                      sigmoid_backward, sigmoid_forward)
 from ..ops.losses import (margin_loss_backward, margin_loss_forward, one_hot,
                      reconstruction_loss_backward, reconstruction_loss_forward)
-from .network import Network, check_input_options, fan_in_uniform, input_channels
+from .network import (Network, check_input_options, contrast_window_option, fan_in_uniform,
+                      in_shape_option, input_channels, n_classes_option)
+from ..option import check, option
 from ..ops.routing import ROUTING_GRADS, gradient_path_norms, routing_backward, routing_forward
 
 DECODER_WIDTHS = (512, 1024)
@@ -34,48 +36,46 @@ DECODER_WIDTHS = (512, 1024)
 
 @dataclass(frozen=True)
 class CapsNetConfig:
-    """Everything that fixes the network's shape and behaviour. Defaults: the paper's MNIST net."""
-    in_shape: tuple = (1, 28, 28)
-    n_classes: int = 10
-    conv_channels: int = 256
-    kernel_size: int = 9
-    conv_stride: int = 1
-    primary_types: int = 32
-    primary_dim: int = 8
-    primary_stride: int = 2
-    class_dim: int = 16
-    routing_iters: int = 3
-    routing_grad: str = "full"
-    share_transforms: bool = False  # one W_tj per primary type, shared by its grid positions
-    # An extra routing parent that no class owns ("none of the above", as the paper did
-    # for CIFAR-10): input capsules that belong to no class (background) can route there
-    # instead of lengthening a class capsule. It takes no part in the loss or predictions.
-    none_capsule: bool = False
-    reconstruction: bool = True
+    """Everything that fixes the network's shape and behaviour. Defaults: the paper's MNIST net.
+    Each option is declared here once (minicaps/option.py): the command line and the
+    training options take their help and range from these declarations."""
+    in_shape: tuple = in_shape_option()
+    n_classes: int = n_classes_option()
+    conv_channels: int = option(256, "Channels of the first convolution.", minimum=1)
+    kernel_size: int = option(9, "Kernel size of both convolutions.", minimum=1)
+    conv_stride: int = option(1, "Stride of the first convolution.", minimum=1)
+    primary_types: int = option(32, "Primary capsule types.", minimum=1)
+    primary_dim: int = option(8, "Dimension of a primary capsule.", minimum=1)
+    primary_stride: int = option(2, "Stride of the primary capsules' convolution.", minimum=1)
+    class_dim: int = option(16, "Dimension of a class capsule.", minimum=1)
+    routing_iters: int = option(3, "Routing iterations.", minimum=1)
+    routing_grad: str = option("full", "Backpropagate through every routing iteration, or "
+                                       "the last one only.", choices=ROUTING_GRADS)
+    share_transforms: bool = option(
+        False, "One transformation matrix per primary capsule type and class, shared by all "
+               "grid positions (far fewer weights for large inputs such as R&S crops), or one "
+               "per primary capsule (the paper's).", flag="--share-transforms/--own-transforms")
+    # Input capsules that belong to no class (background) can route to this parent instead
+    # of lengthening a class capsule; it takes no part in the loss or the predictions.
+    none_capsule: bool = option(
+        False, "An extra routing parent for input capsules of no class (background): 'none "
+               "of the above', as the paper used for CIFAR-10; no loss reaches it.")
+    reconstruction: bool = option(True, "With the reconstruction decoder, or without it.")
     # Per-channel statistics the input is standardised with, (x - mean) / std, before conv1
     # (None: the paper's raw [0, 1] pixels). Photographs need it: on the logo crops a net
-    # fed raw pixels fitted 64 training corners to 72 % in 60 steps, standardised to 97 %.
-    # The decoder still reconstructs the raw pixels.
+    # fed raw pixels learnt far slower than a standardised one. The decoder still
+    # reconstructs the raw pixels. Set by training from its data (train --standardize).
     input_mean: tuple = None
     input_std: tuple = None
-    # Local contrast channels (minicaps/contrast.py): 0 none; an odd window size k gives
-    # conv1, after the image's own channels, each channel's contrast over k x k pixels.
-    contrast_window: int = 0
+    contrast_window: int = contrast_window_option()
     dtype: str = "float32"
 
     def __post_init__(self):
         object.__setattr__(self, "in_shape", tuple(int(n) for n in self.in_shape))
         check_input_options(self)
-        if self.routing_grad not in ROUTING_GRADS:
-            raise MinicapsError(f"routing_grad must be one of {ROUTING_GRADS}, "
-                                f"not {self.routing_grad!r}")
+        check(self)
         if self.dtype not in ("float32", "float64"):
             raise MinicapsError(f"dtype must be float32 or float64, not {self.dtype!r}")
-        for name in ("n_classes", "conv_channels", "kernel_size", "conv_stride",
-                     "primary_types", "primary_dim", "primary_stride", "class_dim",
-                     "routing_iters"):
-            if getattr(self, name) < 1:
-                raise MinicapsError(f"{name} must be at least 1, not {getattr(self, name)}")
         gh, gw = self.grid
         if gh < 1 or gw < 1:
             raise MinicapsError(
@@ -155,22 +155,9 @@ class CapsNet(Network):
     """The capsule network. `net.params` maps stable names to arrays; `loss_and_grads`
     returns gradients under the same names; nothing is updated in place."""
 
+    config_class = CapsNetConfig
     init_params = staticmethod(init_params)
     loss_term_names = ("margin", "reconstruction")
-
-    def __init__(self, in_shape=(1, 28, 28), n_classes=10, conv_channels=256, kernel_size=9,
-                 primary_types=32, primary_dim=8, class_dim=16, routing_iters=3,
-                 routing_grad="full", reconstruction=True, dtype="float32", seed=0,
-                 conv_stride=1, primary_stride=2, share_transforms=False, none_capsule=False,
-                 device="cpu"):
-        config = CapsNetConfig(
-            in_shape=in_shape, n_classes=n_classes, conv_channels=conv_channels,
-            kernel_size=kernel_size, conv_stride=conv_stride, primary_types=primary_types,
-            primary_dim=primary_dim, primary_stride=primary_stride, class_dim=class_dim,
-            routing_iters=routing_iters, routing_grad=routing_grad,
-            share_transforms=share_transforms, none_capsule=none_capsule,
-            reconstruction=reconstruction, dtype=dtype)
-        self._build(config, init_params(config, seed), device)
 
     def _capsules(self, x):
         """The class capsules v (B, J, E) of a prepared batch, with the caches for backward.

@@ -17,7 +17,9 @@ from ..ops.conv import conv2d_backward, conv2d_forward
 from ..errors import MinicapsError
 from ..ops.layers import linear_backward, linear_forward, relu_backward, relu_forward
 from ..ops.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
-from .network import Network, check_input_options, fan_in_uniform, input_channels
+from .network import (Network, check_input_options, contrast_window_option, fan_in_uniform,
+                      in_shape_option, input_channels, n_classes_option)
+from ..option import check, option
 from ..ops.pooling import maxpool_backward, maxpool_forward
 from ..ops.routing import softmax
 
@@ -26,22 +28,27 @@ POOLED_LAYERS = 2  # max pooling after the first two convolutions
 
 @dataclass(frozen=True)
 class CNNConfig:
-    in_shape: tuple = (1, 28, 28)
-    n_classes: int = 10
-    channels: tuple = (256, 256, 128)
-    kernel_size: int = 5
-    hidden: tuple = (328, 192)
+    """The CNN's shape; defaults: the paper's MNIST baseline. Options declared as
+    CapsNetConfig's are."""
+    in_shape: tuple = in_shape_option()
+    n_classes: int = n_classes_option()
+    channels: tuple = option((256, 256, 128), "Channels of its convolutions (max pooling "
+                                              "after the first two).", minimum=1)
+    kernel_size: int = option(5, "Kernel size of its convolutions (odd).", minimum=1)
+    hidden: tuple = option((328, 192), "Widths of its hidden fully connected layers.",
+                           minimum=1)
     input_mean: tuple = None  # per-channel input statistics, as CapsNetConfig's
     input_std: tuple = None
-    contrast_window: int = 0  # local contrast channels, as CapsNetConfig's
+    contrast_window: int = contrast_window_option()
     dtype: str = "float32"
 
     def __post_init__(self):
         for name in ("in_shape", "channels", "hidden"):
             object.__setattr__(self, name, tuple(int(n) for n in getattr(self, name)))
         check_input_options(self)
-        if not self.channels or min(self.channels + self.hidden) < 1:
-            raise MinicapsError("the CNN needs at least one convolution, and positive widths")
+        check(self)
+        if not self.channels:
+            raise MinicapsError("the CNN needs at least one convolution")
         if self.kernel_size % 2 == 0:
             raise MinicapsError("the CNN's kernel size must be odd (for 'same' padding)")
         h, w = self.feature_size
@@ -84,14 +91,9 @@ def init_cnn_params(config, seed=0):
 class PoolingCNN(Network):
     """A CNN with max pooling: the same params/loss_and_grads/predict interface as CapsNet."""
 
+    config_class = CNNConfig
     init_params = staticmethod(init_cnn_params)
     loss_term_names = ("cross_entropy",)
-
-    def __init__(self, in_shape=(1, 28, 28), n_classes=10, channels=(256, 256, 128),
-                 kernel_size=5, hidden=(328, 192), dtype="float32", seed=0, device="cpu"):
-        config = CNNConfig(in_shape=in_shape, n_classes=n_classes, channels=channels,
-                           kernel_size=kernel_size, hidden=hidden, dtype=dtype)
-        self._build(config, init_cnn_params(config, seed), device)
 
     def _logits(self, x):
         p, cfg = self.params, self.config

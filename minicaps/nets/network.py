@@ -10,6 +10,7 @@ import numpy as np
 from ..backend import device_of, get_array_module, to_device, to_host
 from ..ops.contrast import check_window, local_contrast
 from ..errors import MinicapsError
+from ..option import option
 
 
 def fan_in_uniform(rng, shapes, name):
@@ -27,6 +28,24 @@ def fan_in_uniform(rng, shapes, name):
         return rng.uniform(-bound, bound, shape)
     drawn = rng.uniform(-bound, bound, (shape[-1], *shape[:-1]))
     return np.ascontiguousarray(np.moveaxis(drawn, 0, -1))
+
+
+def in_shape_option():
+    """The input's shape, as every network's config declares it."""
+    return option((1, 28, 28), "Input channels, height, width.", minimum=1, length=3,
+                  metavar="C,H,W")
+
+
+def n_classes_option():
+    return option(10, "Classes.", minimum=1)
+
+
+def contrast_window_option():
+    """Local contrast channels (ops/contrast.py), as every network's config declares them."""
+    return option(0, "Also feed the network each channel's local contrast over windows of "
+                     "this odd size: x minus its local mean, over the local size of that "
+                     "difference (minicaps/ops/contrast.py). It shows faint logos on any "
+                     "photograph (0: off).", minimum=0)
 
 
 def check_input_options(config):
@@ -59,7 +78,13 @@ class Network:
     `param_shapes()`, `in_shape`, `n_classes`, `dtype`, `input_mean`, `input_std` and
     `contrast_window`; `init_params(config, seed)` is the subclass's initialiser."""
 
+    config_class = None  # set by each subclass: its config dataclass
     init_params = None  # set by each subclass: (config, seed) -> dict of host arrays
+
+    def __init__(self, *, seed=0, device="cpu", **options):
+        """A fresh net of the config that `options` (its config's fields) describe."""
+        config = self.config_class(**options)
+        self._build(config, type(self).init_params(config, seed), device)
 
     @classmethod
     def from_config(cls, config, params=None, *, seed=0, device="cpu"):

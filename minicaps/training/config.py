@@ -1,94 +1,185 @@
-"""The options of a training run (TrainConfig) and the network config they give for a
-dataset: which kind of network, its architecture defaults, its input statistics."""
+"""The options of a training run (TrainConfig), each declared once, and the network config
+that a run trains on a dataset (model_config).
+
+An option left out of a TrainConfig takes the value of its data's preset
+(training/presets.py: the bundled sample's, the R&S frames'), else its declared default.
+`minicaps train` passes on only the options a user gave, so the command line and
+`run(TrainConfig(...))` train the same network from the same data.
+"""
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from ..nets.cnn import CNNConfig
 from ..data import RSCrop
+from ..data.rs import CORNERS, FRAME_H, FRAME_W
 from ..errors import MinicapsError
+from ..nets.kinds import KINDS
+from ..option import declaration, declared, option_name
 from .evaluate import NOLOGO
-from ..nets.capsnet import CapsNetConfig
+from .presets import SAMPLE_DEFAULTS, preset_values
 
-ARCH_FIELDS = ("conv_channels", "kernel_size", "conv_stride", "primary_types", "primary_dim",
-               "primary_stride", "class_dim")
-# The paper's network trains at ~30 images/s on two CPU cores: an hour per epoch of MNIST.
-# The bundled sample gets a narrower one (fewer conv channels and primary capsule types)
-# that trains ~13x faster and still reaches ~98 % in 8 epochs; any architecture option
-# overrides it.
-BUNDLED_ARCH = dict(conv_channels=64, primary_types=8)
-# The CNN baseline (train --model cnn): the paper's (conv 256, 256, 128 channels of 5x5,
-# FC 328, 192) on given data; on the bundled sample one of about the bundled CapsNet's size
-# and cost (1.3M parameters and ~30 MFLOP per image against its 2.1M and ~40 MFLOP).
-PAPER_CNN = dict(cnn_channels=(256, 256, 128), cnn_kernel_size=5, cnn_hidden=(328, 192))
-BUNDLED_CNN = dict(cnn_channels=(32, 64, 64), cnn_kernel_size=5, cnn_hidden=(328, 192))
+
+class _Unset:
+    def __repr__(self):
+        return "UNSET"
+
+
+UNSET = _Unset()  # an option left out, until TrainConfig.__post_init__ gives it its value
+
+
+def setting(default, help, **cli):
+    """A TrainConfig option: left out, it takes its data's preset value, else `default`."""
+    return field(default=UNSET, metadata=declaration(default, help, **cli))
+
+
+def network_option(kinds, name):
+    """A TrainConfig option that is the option `name` of the networks of `kinds` (one kind
+    or several, nets/kinds.py), as their config declares it. The help of an option of one
+    kind other than the capsule network's names that kind ("CNN: ...")."""
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    source = next(f for f in dataclasses.fields(KINDS[kinds[0]][0]) if f.name == name)
+    meta = dict(source.metadata, kinds=kinds, network_field=name)
+    if kinds != ("capsnet",) and len(kinds) == 1:
+        meta["help"] = f"{kinds[0].upper()}: {meta['help'][0].lower()}{meta['help'][1:]}"
+    return field(default=UNSET, metadata=meta)
+
+
+CAPSULES_ONLY = ("capsnet",)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every option of a training run. Architecture fields left None take the paper's
-    values, or BUNDLED_ARCH's (BUNDLED_CNN's) when training on the bundled sample."""
-    data: str = None  # dataset path; None: the MNIST sample bundled with minicaps
-    model: str = "capsnet"  # or "cnn": the max-pooling baseline (minicaps.networks)
-    out: str = "runs/train"
-    device: str = "cpu"
-    epochs: int = 8
-    batch_size: int = 64
-    lr: float = 3e-3
-    lr_decay: float = 0.95  # learning rate factor per epoch (applied smoothly every step)
-    optimizer: str = "adam"
-    average_epochs: float = 0.0  # score a running average of the weights over ~this many epochs
-    seed: int = 0
-    val_fraction: float = 0.1
-    shift: int = 2
-    flip: bool = False
-    rotate: float = 0.0
-    scale_jitter: float = 0.0  # random zoom by up to 1 +- this (training only)
-    colour_jitter: float = 0.0  # random contrast, brightness, colour gains (training only)
-    blur: float = 0.0  # fraction of training images blurred
-    background_swap: float = 0.0  # R&S: fraction of training corners put on another photograph
-    balance: bool = False  # draw each epoch's examples with equal weight per class
-    nologo_ratio: float = None  # R&S: nologo examples per logo example in an epoch (None: all)
-    nologo_capsule: bool = True  # False: no capsule for nologo; it means "no capsule present"
-    init_length: float = None  # median class-capsule length at the start (None: caps.w std 0.01)
-    limit: int = None
-    pad: int = 0  # background pixels added around every image (train and test) at loading
-    routing_iters: int = 3
-    routing_grad: str = "full"
-    share_transforms: bool = False
-    none_capsule: bool = False  # a routing parent for background (see CapsNetConfig)
-    standardize: bool = False  # feed the net (x - mean) / std per channel of the training data
-    contrast_window: int = 0  # add local contrast channels over windows of this size (0: none)
-    reconstruction: bool = True
-    conv_channels: int = None
-    kernel_size: int = None
-    conv_stride: int = None
-    primary_types: int = None
-    primary_dim: int = None
-    primary_stride: int = None
-    class_dim: int = None
-    cnn_channels: tuple = None
-    cnn_kernel_size: int = None
-    cnn_hidden: tuple = None
-    crop_corners: tuple = ("tl", "tr", "bl", "br")
-    crop_width: int = 320
-    crop_height: int = 140
-    crop_scale: float = 0.4
-    crop_grey: bool = False
-    merge_variants: bool = True
+    """Every option of a training run. After construction every field holds a value: the
+    one given, else its data's preset's, else its declared default. dataclasses.replace
+    keeps the values of the config it copies: for other data, build a new TrainConfig."""
+    data: str = setting(
+        None, "Dataset: MNIST idx folder, class folders, R&S challenge folder or .npz. "
+              "Default: the bundled 5,000-image MNIST sample.", path="existing")
+    out: str = setting(
+        None, "Run folder for last.npz, best.npz, metrics.jsonl (unset: runs/<data name>, "
+              "or runs/<data name>-<model> for a model other than capsnet).", path="folder")
+    model: str = setting(
+        "capsnet", "A capsule network, or the baseline CNN with max pooling (--cnn-* "
+                   "options; capsule options do not apply to it).", choices=tuple(KINDS))
+    device: str = "cpu"  # or "gpu" (CuPy)
+    epochs: int = setting(8, "Epochs in total.", minimum=1)
+    batch_size: int = setting(64, "Images per step.", minimum=1)
+    lr: float = setting(3e-3, "Learning rate.", minimum=0, min_open=True)
+    lr_decay: float = setting(0.95, "Learning-rate factor per epoch (applied smoothly every "
+                                    "step).", minimum=0, maximum=1, min_open=True)
+    optimizer: str = setting("adam", "Adam, or SGD with momentum 0.9.", choices=("adam", "sgd"))
+    average_epochs: float = setting(
+        0.0, "Score (and keep as best.npz) a running average of the weights over about this "
+             "many recent epochs; training itself goes on unchanged. 0: off.", minimum=0)
+    seed: int = setting(0, "Seed of weights, split, shuffles, augmentation.")
+    val_fraction: float = setting(
+        0.1, "Fraction of the training data held out for validation (chooses best.npz).",
+        minimum=0, maximum=0.5, max_open=True)
+    limit: int = setting(None, "At most this many examples (R&S: frames) per split, "
+                               "class-balanced.", minimum=1)
+    pad: int = setting(0, "Background pixels added on every side of every image (training "
+                          "and test), e.g. 6 puts MNIST in 40x40 for the affNIST-style test.",
+                       minimum=0)
+    shift: int = setting(2, "Random shifts up to this many pixels (training only; the "
+                            "paper's 2).", minimum=0)
+    scale_jitter: float = setting(0.0, "Random zoom by a factor up to 1 + this or down to "
+                                       "1 / (1 + this) (training only).", minimum=0, maximum=1)
+    colour_jitter: float = setting(
+        0.0, "Random contrast and brightness (+-this) and colour gains (+-half of it) per "
+             "image (training only).", minimum=0, maximum=1)
+    blur: float = setting(0.0, "Fraction of training images blurred by a 3x3 binomial filter.",
+                          minimum=0, maximum=1)
+    background_swap: float = setting(
+        0.0, "R&S layout: fraction of training corners put on another photograph (training "
+             "only): a logo corner's logo box is pasted into a logo-free training corner; a "
+             "logo-free corner gets a patch of another one, in a logo-sized box.",
+        minimum=0, maximum=1)
+    flip: bool = setting(False, "Random horizontal flips (training only).", flag="--flip")
+    nologo_ratio: float = setting(
+        None, "R&S layout: each epoch shows every logo corner once and this many nologo "
+              "corners per logo corner, drawn afresh (all of them if unset).", minimum=0)
+    nologo_capsule: bool = setting(
+        True, "R&S layout: a class capsule for nologo, or none: then a corner is nologo when "
+              "no channel's capsule is longer than 0.5, and nologo corners train every "
+              "capsule towards absent.", kinds=CAPSULES_ONLY)
+    init_length: float = setting(
+        None, "Scale the initial capsule transforms so the median class-capsule length on "
+              "the first training images is this (unset: std 0.01, the paper's).",
+        minimum=0, maximum=1, min_open=True, max_open=True, kinds=CAPSULES_ONLY)
+    balance: bool = setting(
+        False, "Draw training examples with equal weight per class (with replacement), e.g. "
+               "for R&S corners, most of which show no logo.", flag="--balance")
+    rotate: float = setting(0.0, "Random rotations up to this many degrees (training only).",
+                            minimum=0, maximum=180)
+    routing_iters: int = network_option("capsnet", "routing_iters")
+    routing_grad: str = network_option("capsnet", "routing_grad")
+    reconstruction: bool = network_option("capsnet", "reconstruction")
+    standardize: bool = setting(
+        False, "Feed the network (x - mean) / std per channel, from the training data "
+               "(stored in the checkpoint), or raw [0, 1] pixels as the paper.",
+        flag="--standardize/--raw-pixels")
+    contrast_window: int = network_option(("capsnet", "cnn"), "contrast_window")
+    none_capsule: bool = network_option("capsnet", "none_capsule")
+    share_transforms: bool = network_option("capsnet", "share_transforms")
+    conv_channels: int = network_option("capsnet", "conv_channels")
+    kernel_size: int = network_option("capsnet", "kernel_size")
+    conv_stride: int = network_option("capsnet", "conv_stride")
+    primary_types: int = network_option("capsnet", "primary_types")
+    primary_dim: int = network_option("capsnet", "primary_dim")
+    primary_stride: int = network_option("capsnet", "primary_stride")
+    class_dim: int = network_option("capsnet", "class_dim")
+    cnn_channels: tuple = network_option("cnn", "channels")
+    cnn_kernel_size: int = network_option("cnn", "kernel_size")
+    cnn_hidden: tuple = network_option("cnn", "hidden")
+    # The crop of R&S frames: the three corners where the challenge's logos are (the two
+    # top ones alone miss n24; the bottom right holds almost none), at half size.
+    crop_corners: tuple = setting(("tl", "tr", "bl"), "R&S layout: corners cut from each "
+                                                      "frame.", choices=CORNERS)
+    crop_width: int = setting(192, f"R&S layout: crop width in frame pixels (of {FRAME_W}).",
+                              minimum=1, maximum=FRAME_W)
+    crop_height: int = setting(96, f"R&S layout: crop height in frame pixels (of {FRAME_H}).",
+                               minimum=1, maximum=FRAME_H)
+    crop_scale: float = setting(0.5, "R&S layout: resize factor of each crop.",
+                                minimum=0, maximum=4, min_open=True)
+    crop_grey: bool = setting(False, "R&S layout: greyscale crops instead of RGB.",
+                              flag="--crop-grey")
+    merge_variants: bool = setting(
+        True, "R&S layout: keep logo variants (e.g. sat1-werbung) as classes of their own.",
+        flag="--no-merge-variants")
+
+    def __post_init__(self):
+        if self.data is not UNSET and self.data is not None:  # absolute: evaluate finds it
+            data = Path(self.data)  # from any folder
+            object.__setattr__(self, "data", str(data.resolve() if data.exists() else data))
+        options = declared(TrainConfig)
+        left_out = [f for f in options if getattr(self, f.name) is UNSET]
+        preset = preset_values(None if self.data is UNSET else self.data) if left_out else {}
+        for f in left_out:
+            object.__setattr__(self, f.name, preset.get(f.name, f.metadata["default"]))
+        for f in options:  # JSON gives lists
+            if f.type is tuple and isinstance(getattr(self, f.name), list):
+                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
+        if self.out is None:
+            object.__setattr__(self, "out", default_out(self.data, self.model))
 
     def to_json(self):
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, d):
-        d = dict(d)
-        d["crop_corners"] = tuple(d.get("crop_corners", cls.crop_corners))
-        for name in ("cnn_channels", "cnn_hidden"):  # JSON gives lists
-            if d.get(name) is not None:
-                d[name] = tuple(d[name])
-        return cls(**d)
+    def from_json(cls, stored):
+        """The TrainConfig of a checkpoint (to_json's dict), as it was trained. An option
+        it lacks predates the option: it had the declared default. Before every option was
+        resolved here, checkpoints stored None for network options left out: the
+        bundled sample's values on the bundled sample, else the declared defaults."""
+        values = dict(stored)
+        before = SAMPLE_DEFAULTS if values.get("data") is None else {}
+        for f in declared(cls):
+            default = f.metadata["default"]
+            if f.name not in values or (values[f.name] is None and default is not None):
+                values[f.name] = before.get(f.name, default)
+        return cls(**values)
 
     @property
     def crop(self):
@@ -96,43 +187,39 @@ class TrainConfig:
                       height=self.crop_height, scale=self.crop_scale, grey=self.crop_grey)
 
 
+def default_out(data, model):
+    """runs/<data name>, or runs/mnist-sample for the bundled sample; -<model> added for
+    another model than the capsule network."""
+    if data is None:
+        name = "mnist-sample"
+    else:
+        path = Path(data).resolve()
+        name = path.stem if path.is_file() else path.name
+    return f"runs/{name}" + ("" if model == "capsnet" else f"-{model}")
+
+
 def model_config(config, dataset):
-    """The network config (CapsNetConfig or CNNConfig) of a run on `dataset`."""
-    # What every kind of network does to its input before the first layer.
-    input_options = {"contrast_window": config.contrast_window,
-                     **(channel_statistics(dataset.train_x) if config.standardize else {})}
-    if config.model == "cnn":
-        return _cnn_config(config, dataset, input_options)
-    if config.model != "capsnet":
-        raise MinicapsError(f"model must be capsnet or cnn, not {config.model!r}")
-    base = BUNDLED_ARCH if config.data is None else {}
+    """The network config of a run of `config` on `dataset`: the network options of its
+    kind, the data's image shape and classes, and its input statistics if standardised."""
+    if config.model not in KINDS:
+        raise MinicapsError(f"model must be one of {', '.join(KINDS)}, not {config.model!r}")
+    for f in declared(TrainConfig):
+        kinds = f.metadata.get("kinds", (config.model,))
+        if "network_field" not in f.metadata and config.model not in kinds and \
+                getattr(config, f.name) != f.metadata["default"]:
+            raise MinicapsError(f"{option_name(TrainConfig, f.name)} is an option of --model "
+                                f"{' or '.join(kinds)}, not of {config.model}")
+    network = {f.metadata["network_field"]: getattr(config, f.name)
+               for f in declared(TrainConfig)
+               if config.model in f.metadata.get("kinds", ()) and "network_field" in f.metadata}
     n_classes = dataset.n_classes
     if not config.nologo_capsule and NOLOGO in dataset.classes:
         if dataset.classes[-1] != NOLOGO:
             raise MinicapsError(f"without a nologo capsule, {NOLOGO!r} must be the last class")
         n_classes -= 1  # nologo examples train every capsule towards absent
-    arch = {f: getattr(config, f) if getattr(config, f) is not None
-            else base.get(f, getattr(CapsNetConfig, f)) for f in ARCH_FIELDS}
-    return CapsNetConfig(in_shape=dataset.in_shape, n_classes=n_classes,
-                         routing_iters=config.routing_iters, routing_grad=config.routing_grad,
-                         share_transforms=config.share_transforms,
-                         none_capsule=config.none_capsule,
-                         reconstruction=config.reconstruction,
-                         **input_options, **arch)
-
-
-def _cnn_config(config, dataset, input_options):
-    if not config.nologo_capsule and NOLOGO in dataset.classes:
-        raise MinicapsError("the CNN has a nologo output like any class: "
-                            "--no-nologo-capsule is for capsule networks")
-    if config.init_length is not None:
-        raise MinicapsError("--init-length scales capsule transforms; the CNN has none")
-    base = BUNDLED_CNN if config.data is None else PAPER_CNN
-    arch = {f: getattr(config, f) if getattr(config, f) is not None else base[f]
-            for f in base}
-    return CNNConfig(in_shape=dataset.in_shape, n_classes=dataset.n_classes,
-                     channels=arch["cnn_channels"], kernel_size=arch["cnn_kernel_size"],
-                     hidden=arch["cnn_hidden"], **input_options)
+    statistics = channel_statistics(dataset.train_x) if config.standardize else {}
+    return KINDS[config.model][0](in_shape=dataset.in_shape, n_classes=n_classes,
+                                  **statistics, **network)
 
 
 def channel_statistics(x, sample=4096):

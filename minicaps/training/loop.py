@@ -30,6 +30,7 @@ from .epochs import epoch_order, epoch_size
 from .evaluate import NOLOGO, PRESENT, choose_threshold, evaluate, frame_accuracy, with_nologo
 from ..nets.kinds import build, kind_of
 from ..optim import SGD, Adam, ExponentialDecay, WeightAverage
+from ..option import check
 from ..tools.plan import check_fits
 from .config import TrainConfig, model_config
 
@@ -242,6 +243,8 @@ def stored_config(out):
 def _run(config, progress, dataset, resume):
     if config.device == "gpu":
         require_gpu()
+    if not resume:  # a stored run keeps the options it was trained with
+        check(config)
     out = Path(config.out)
     if not resume and (out / "last.npz").exists():
         raise MinicapsError(f"{out} already holds a run (last.npz): continue it with --resume, "
