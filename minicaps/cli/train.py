@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..training import loop as train
+from ..training import distributed, loop as train
 from ..backend import require_gpu
 from .options import CONTRAST_HELP, UserError, parse_widths
 from ..data import detect_layout
@@ -257,7 +257,7 @@ def train_command(ctx, data, out, gpu, resume, crop_corners, no_merge_variants, 
         raise error from None
     finally:
         progress.close()
-    if history:
+    if history and distributed.reports():  # under mpiexec, rank 0 alone
         best = f", {out}/best.npz" if (Path(out) / "best.npz").is_file() else ""
         click.echo(f"checkpoints: {out}/last.npz{best}; metrics: {out}/metrics.jsonl", err=True)
 
