@@ -4,9 +4,11 @@
 
 tests/test_distributed.py runs it alone and under mpiexec and compares the two files; the
 third argument holds TrainConfig fields as JSON, or {"resume_to": epochs} to continue the
-run in OUT. With MINICAPS_FAIL_AT="rank,n" that rank
-raises in its n-th batch (a rank that fails mid-run; the rank as MPICH's PMI_RANK says).
+run in OUT; {"dtype": "float64"} among them trains the network in float64 (for
+docs/distributed.md's whole epoch). With MINICAPS_FAIL_AT="rank,n" that rank raises in its
+n-th batch (a rank that fails mid-run; the rank as MPICH's PMI_RANK says).
 """
+import dataclasses
 import json
 import os
 import sys
@@ -28,6 +30,13 @@ def fail_at(spec):
     loop._gradients = failing
 
 
+def train_in(dtype):
+    """Build the networks of the runs in `dtype`."""
+    model_config = loop.model_config
+    loop.model_config = lambda config, ds: dataclasses.replace(model_config(config, ds),
+                                                               dtype=dtype)
+
+
 def main():
     out, losses_path, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     losses = []
@@ -36,6 +45,8 @@ def main():
         if kind == "step":
             losses.append(float(info["loss"]))
 
+    if "dtype" in options:
+        train_in(options.pop("dtype"))
     if os.environ.get("MINICAPS_FAIL_AT"):
         fail_at(os.environ["MINICAPS_FAIL_AT"])
     if "resume_to" in options:  # continue the run in OUT up to that many epochs

@@ -19,7 +19,7 @@ import pytest
 from minicaps.data import load_bundled, save_npz
 from minicaps.errors import MinicapsError
 from minicaps.training import checkpoint, distributed
-from minicaps.training.config import TrainConfig
+from minicaps.training.config import TrainConfig, model_config
 
 ROOT = Path(__file__).resolve().parent.parent
 LOSSES = Path(__file__).resolve().parent / "distributed_losses.py"
@@ -75,10 +75,42 @@ def test_shares_cover_the_batch_and_weigh_to_one():
                                                                for s in shares) <= 1
 
 
+class _NoOtherRanks:
+    """MPI and a communicator whose sums add nothing: what one rank of two sees where the
+    other rank's share is empty."""
+    IN_PLACE, SUM = object(), object()
+
+    def Allreduce(self, send, receive, op):
+        pass
+
+
+def _rank(rank, size):
+    world = distributed.Rank.__new__(distributed.Rank)
+    world.MPI = world.comm = _NoOtherRanks()
+    world.rank, world.size, world._buffer = rank, size, None
+    return world
+
+
+def test_a_rank_weighs_its_share_and_adds_nothing_where_it_has_none():
+    from minicaps.nets.kinds import build
+    ds = load_bundled(limit=10)
+    net = build(model_config(TrainConfig(conv_channels=8, primary_types=2), ds), seed=0)
+
+    def work(x, y):
+        return (*net.loss_and_grads(x, y), len(y))
+    x, y = ds.train_x[:5], ds.train_y[:5]
+    loss, grads, hits = _rank(0, 2).batch_gradients(work, x, y, net.params)  # 2 of 5
+    share_loss, share_grads = net.loss_and_grads(x[:2], y[:2])
+    assert np.isclose(loss, 0.4 * share_loss, rtol=1e-6) and hits == 2
+    for name, g in share_grads.items():
+        np.testing.assert_allclose(grads[name], 0.4 * g, rtol=1e-5, atol=1e-12)
+    loss, grads, hits = _rank(0, 2).batch_gradients(work, x[:1], y[:1], net.params)
+    assert loss == 0 and hits == 0 and all(not g.any() for g in grads.values())
+
+
 def test_fingerprint_sees_options_and_data_not_the_data_path():
     ds = load_bundled(limit=50)
     config = TrainConfig(limit=50)
-    from minicaps.training.config import model_config
     mconfig = model_config(config, ds)
     base = distributed.fingerprint(config, mconfig, ds, 0)
     moved = TrainConfig(limit=50, data="/elsewhere/same.npz")
@@ -163,17 +195,21 @@ def test_cli_under_mpiexec_reports_once_and_refuses_a_second_run(tmp_path):
                                       "continue it with --resume, or train into another --out"]
 
 
+def _refused(out, rank_0, rank_1, what):
+    """Ranks 0 and 1 started with other train arguments: one line, nothing written."""
+    done = _run([_mpiexec(), "-n", "1", *_train(*rank_0), ":", "-n", "1", *_train(*rank_1)])
+    assert done.returncode == 1
+    assert _errors(done.stderr) == [
+        f"minicaps: error: rank 1 of 2 was started with other {what} than rank 0 (each rank "
+        f"checksums its {what}): give every rank the same"]
+    assert not out.exists()
+
+
 @needs_mpi
 def test_ranks_with_other_options_are_refused_before_the_first_step(tmp_path):
     out = tmp_path / "run"
     common = ["--limit", "100", "--epochs", "1", "--out", str(out)]
-    done = _run([_mpiexec(), "-n", "1", *_train(*common, "--lr", "0.001"), ":",
-                 "-n", "1", *_train(*common, "--lr", "0.002")])
-    assert done.returncode == 1
-    assert _errors(done.stderr) == [
-        "minicaps: error: rank 1 of 2 was started with other options than rank 0 (each rank "
-        "checksums its options): give every rank the same"]
-    assert not out.exists()
+    _refused(out, [*common, "--lr", "0.001"], [*common, "--lr", "0.002"], "options")
 
 
 @needs_mpi
@@ -184,13 +220,8 @@ def test_ranks_with_other_data_are_refused_before_the_first_step(tmp_path):
     save_npz(tmp_path / "b.npz", ds)
     out = tmp_path / "run"
     common = ["--epochs", "1", "--out", str(out), "--conv-channels", "8", "--primary-types", "2"]
-    done = _run([_mpiexec(), "-n", "1", *_train(*common, "--data", str(tmp_path / "a.npz")),
-                 ":", "-n", "1", *_train(*common, "--data", str(tmp_path / "b.npz"))])
-    assert done.returncode == 1
-    assert _errors(done.stderr) == [
-        "minicaps: error: rank 1 of 2 was started with other data than rank 0 (each rank "
-        "checksums its data): give every rank the same"]
-    assert not out.exists()
+    _refused(out, [*common, "--data", str(tmp_path / "a.npz")],
+             [*common, "--data", str(tmp_path / "b.npz")], "data")
 
 
 @needs_mpi

@@ -213,8 +213,9 @@ class Rank(Alone):
         cupy = require_gpu()
         from cupy.cuda import nccl
         if not nccl.available:
-            raise MinicapsError("--gpu under MPI sums gradients over NCCL, which CuPy does "
-                                "not find: pip install nvidia-nccl-cu12 (or -cu13)")
+            raise MinicapsError("--gpu under MPI sums the gradients over NCCL, which CuPy "
+                                "does not find (CuPy's install guide: Additional CUDA "
+                                "Libraries)")
         cupy.cuda.Device(gpu_for(self.local_rank, cupy.cuda.runtime.getDeviceCount())).use()
 
     def _flat(self, params):

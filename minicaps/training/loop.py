@@ -304,13 +304,14 @@ def _run_in(world, config, progress, dataset, resume):
     progress("start", lines=[
         ds.summary(),
         f"split: {len(train.y)} train / {len(val.y)} validation / {len(test.y)} test examples",
-        f"network: {describe(mconfig)}, {config.device}{world.description}" + (f"; resuming after epoch {start}" if resume else "")]
+        f"network: {describe(mconfig)}, {config.device}{world.description}"
+        + (f"; resuming after epoch {start}" if resume else "")]
         + ([f"{out} has finished its {start} epochs: pass --epochs to train longer"]
            if start >= config.epochs else []))
-    if world.lead:
+    if world.lead:  # under MPI rank 0 alone writes
         out.mkdir(parents=True, exist_ok=True)
-    if resume and world.lead:
-        _write_metrics(out / "metrics.jsonl", history)
+        if resume:
+            _write_metrics(out / "metrics.jsonl", history)
     best = max((s for s in map(_score, history) if s is not None), default=None)
     elapsed0 = history[-1]["elapsed_s"] if history else 0.0
     t_start = time.perf_counter()
