@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..training import loop as train
+from ..training import distributed, loop as train
 from .options import UserError, declared_options, with_options
 from ..errors import MinicapsError
 from ..option import declared, default_of, option_name
@@ -113,7 +113,7 @@ def train_command(ctx, gpu, resume, **options):
         raise error from None
     finally:
         progress.close()
-    if history:
+    if history and distributed.reports():  # under mpiexec, rank 0 alone
         best = f", {out}/best.npz" if (Path(out) / "best.npz").is_file() else ""
         click.echo(f"checkpoints: {out}/last.npz{best}; metrics: {out}/metrics.jsonl", err=True)
 

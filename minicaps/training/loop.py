@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .augment import augment, swap_backgrounds
-from ..backend import get_array_module, require_gpu, to_host
+from ..backend import get_array_module, to_host
 from ..data import detect_layout, load_dataset
 from ..errors import MinicapsError
 from .epochs import epoch_order, epoch_size
@@ -166,10 +166,20 @@ def calibrate_transforms(net, x, target, rounds=4):
         net.params["caps.w"] *= want / math.sqrt(median / (1 - median))
 
 
-def train_epoch(net, opt, train, config, rng, progress, epoch, nologo, n_classes):
+def _gradients(net, x, y, n_classes):
+    """(loss, grads, hits) of the batch x, y."""
+    loss, grads, parts = net.loss_and_grads(x, y, return_parts=True)
+    xp = get_array_module(loss)
+    lengths = with_nologo(parts["lengths"], n_classes)  # (B, classes)
+    return loss, grads, (lengths.argmax(axis=1) == xp.asarray(y)).sum()
+
+
+def train_epoch(net, opt, train, config, rng, progress, epoch, nologo, n_classes,
+                world=distributed.Alone()):
     """One pass over the shuffled, augmented training split; (mean loss, accuracy). Loss and
     hits are summed on the device and read back every `check_every` steps, where a
-    non-finite loss stops the run before anything is saved."""
+    non-finite loss stops the run before anything is saved. Under MPI (`world`) each rank
+    computes its share of every batch and the step takes the sum over the ranks."""
     order = epoch_order(train.y, rng, config.balance, nologo, config.nologo_ratio)
     n, B = len(order), config.batch_size
     steps = math.ceil(n / B)
@@ -187,11 +197,10 @@ def train_epoch(net, opt, train, config, rng, progress, epoch, nologo, n_classes
         xb = augment(xb, rng, max_shift=config.shift, hflip=config.flip,
                      max_degrees=config.rotate, max_scale=config.scale_jitter,
                      colour=config.colour_jitter, blur_p=config.blur)
-        loss, grads, parts = net.loss_and_grads(xb, train.y[idx], return_parts=True)
-        xp = get_array_module(loss)
+        loss, grads, batch_hits = world.batch_gradients(
+            lambda x, y: _gradients(net, x, y, n_classes), xb, train.y[idx], net.params)
         loss_sum = loss_sum + loss * len(idx)
-        lengths = with_nologo(parts["lengths"], n_classes)  # (B, classes)
-        hits = hits + (lengths.argmax(axis=1) == xp.asarray(train.y[idx])).sum()
+        hits = hits + batch_hits
         if (step + 1) % check_every == 0 or step + 1 == steps:
             if not math.isfinite(float(loss_sum)):
                 raise MinicapsError(
@@ -199,7 +208,7 @@ def train_epoch(net, opt, train, config, rng, progress, epoch, nologo, n_classes
                     f"of {steps}); training stopped, the last good checkpoint is kept "
                     f"(try a lower --lr than {config.lr:g})")
         opt.step(grads)
-        progress("step", done=1)
+        progress("step", done=1, loss=loss)
     return float(loss_sum) / n, float(hits) / n
 
 
@@ -241,8 +250,18 @@ def stored_config(out):
 
 
 def _run(config, progress, dataset, resume):
+    world = distributed.join()  # this process alone, or one rank of an MPI run
+    with world.guard():
+        return _run_in(world, config, progress if world.lead else _quiet, dataset, resume)
+
+
+def _quiet(kind, **info):
+    pass
+
+
+def _run_in(world, config, progress, dataset, resume):
     if config.device == "gpu":
-        require_gpu()
+        world.use_gpu()
     if not resume:  # a stored run keeps the options it was trained with
         check(config)
     out = Path(config.out)
@@ -266,10 +285,12 @@ def _run(config, progress, dataset, resume):
     nologo = ds.classes.index(NOLOGO) if NOLOGO in ds.classes else None
     n_epoch = epoch_size(train.y, nologo, config.nologo_ratio)
     steps_per_epoch = math.ceil(n_epoch / config.batch_size)
+    world.agree(distributed.fingerprint(config, mconfig, ds, resume.epoch if resume else 0))
     net = build(mconfig, resume.params if resume else None, seed=config.seed,
                 device=config.device)
     if config.init_length is not None and not resume:
         calibrate_transforms(net, train.x[:256], config.init_length)
+    world.same_start(net.params)
     opt = make_optimizer(config, net.params, steps_per_epoch)
     rng = np.random.default_rng([config.seed, 2])
     history, start = [], 0
@@ -286,25 +307,27 @@ def _run(config, progress, dataset, resume):
     progress("start", lines=[
         ds.summary(),
         f"split: {len(train.y)} train / {len(val.y)} validation / {len(test.y)} test examples",
-        f"network: {describe(mconfig)}, {config.device}" + (f"; resuming after epoch {start}" if resume else "")]
+        f"network: {describe(mconfig)}, {config.device}{world.description}"
+        + (f"; resuming after epoch {start}" if resume else "")]
         + ([f"{out} has finished its {start} epochs: pass --epochs to train longer"]
            if start >= config.epochs else []))
-    out.mkdir(parents=True, exist_ok=True)
-    if resume:
-        _write_metrics(out / "metrics.jsonl", history)
+    if world.lead:  # under MPI rank 0 alone writes
+        out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            _write_metrics(out / "metrics.jsonl", history)
     best = max((s for s in map(_score, history) if s is not None), default=None)
     elapsed0 = history[-1]["elapsed_s"] if history else 0.0
     t_start = time.perf_counter()
     for epoch in range(start + 1, config.epochs + 1):
         t0 = time.perf_counter()
         loss, acc = train_epoch(net, opt, train, config, rng, progress, epoch, nologo,
-                                ds.n_classes)
+                                ds.n_classes, world)
         if not _finite(net.params):
             raise MinicapsError(f"the parameters became non-finite in epoch {epoch}; training "
                                 f"stopped, the last good checkpoint is kept (try a lower --lr)")
         t_train = time.perf_counter() - t0
         with opt.averaged():  # the network that is scored (and the one best.npz is for)
-            scores = _split_scores(net, val, test, config, ds.classes)
+            scores = _split_scores(world.spread(net), val, test, config, ds.classes)
         record = {"epoch": epoch, "train_loss": loss, "train_accuracy": acc, **scores,
                   "lr": opt.lr, "images_per_s": n_epoch / t_train,
                   "epoch_s": time.perf_counter() - t0,
@@ -315,12 +338,15 @@ def _run(config, progress, dataset, resume):
             rng_state=rng.bit_generator.state, model_config=mconfig,
             train_config=config.to_json(), classes=ds.classes, history=history,
             data_info=data_info)
+        world.check_same_weights(net.params, epoch)
         score = _score(record)
         if score is not None and (best is None or score > best):
             best = score  # best first: a crash between the two writes leaves best.npz
-            checkpoint.save(out / "best.npz", ckpt)  # ahead of last.npz, never behind
-        checkpoint.save(out / "last.npz", ckpt)
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+            if world.lead:  # ahead of last.npz, never behind
+                checkpoint.save(out / "best.npz", ckpt)
+        if world.lead:
+            checkpoint.save(out / "last.npz", ckpt)
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
         progress("epoch", record=record, epochs=config.epochs)
     return history
