@@ -110,12 +110,12 @@ def test_a_rank_weighs_its_share_and_adds_nothing_where_it_has_none():
 
 def test_fingerprint_sees_options_and_data_not_the_data_path():
     ds = load_bundled(limit=50)
-    config = TrainConfig(limit=50)
+    config = TrainConfig(limit=50, data="/here/same.npz")
     mconfig = model_config(config, ds)
     base = distributed.fingerprint(config, mconfig, ds, 0)
     moved = TrainConfig(limit=50, data="/elsewhere/same.npz")
     assert distributed.fingerprint(moved, mconfig, ds, 0) == base
-    assert distributed.fingerprint(TrainConfig(limit=50, lr=1e-3), mconfig, ds, 0)[0] != base[0]
+    assert distributed.fingerprint(TrainConfig(limit=50, data="/here/same.npz", lr=1e-3), mconfig, ds, 0)[0] != base[0]
     assert distributed.fingerprint(config, mconfig, ds, 1)[0] != base[0]
     ds.train_x[0, 0, 0, 0] ^= 1
     changed = distributed.fingerprint(config, mconfig, ds, 0)

@@ -98,8 +98,9 @@ def one_line(error):
 
 def fingerprint(config, model_config, dataset, epoch):
     """(options, data): checksums of what every rank must share. The data path is left out
-    of the options (machines may keep the data in different places): its content counts."""
-    options = {k: v for k, v in config.to_json().items() if k != "data"}
+    of the options (machines may keep the data in different places): its content counts.
+    So is the run folder, which rank 0 alone writes (its default follows the data's name)."""
+    options = {k: v for k, v in config.to_json().items() if k not in ("data", "out")}
     text = json.dumps([options, dataclasses.asdict(model_config), epoch], sort_keys=True,
                       default=str)
     data = zlib.crc32(json.dumps(dataset.classes).encode())
