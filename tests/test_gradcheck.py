@@ -115,10 +115,10 @@ def test_gradcheck_passes_on_every_small_configuration_and_fails_a_broken_backwa
 
 
 @pytest.mark.heavy
+@pytest.mark.parametrize("kind", ["capsnet", "cnn"])
 @settings(max_examples=3, **SETTINGS)
 @given(data=st.data())
-def test_gradcheck_on_the_papers_widths(data):
-    kind = data.draw(st.sampled_from(["capsnet", "cnn"]), label="kind")
+def test_gradcheck_on_the_papers_widths(kind, data):
     args = data.draw((capsnet_options if kind == "capsnet" else cnn_options)(full_width=True),
                      label="args")
     broken = data.draw(st.sampled_from([None, BREAKABLE[kind][0]]), label="broken")

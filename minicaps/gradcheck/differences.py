@@ -50,12 +50,14 @@ def rel_error(analytic, numeric, floor=0.0):
 
 def steps(h, slope, size, resolution):
     """The steps to try for a derivative of about `slope` of a function of about `size`,
-    longest first, so that rounding (ROUNDING * size / step) stays within `resolution` of
-    the slope: h, or longer up to H_LONGEST where h would round to more than a tenth of
-    it, then 4 times shorter at a time (to pass kinks) down to where it would exceed it.
-    Empty where even H_LONGEST would round to more than 10 times the resolution: the
-    derivative is too small against the function to measure. A slope of 0 (no path from
-    the parameter to the function) takes every step from h: any other value is wrong."""
+    longest first: h, or longer (up to H_LONGEST) where h would round to more than a
+    tenth of `resolution` of the slope, then 4 times shorter at a time, to pass kinks,
+    while rounding (ROUNDING * size / step) stays within the resolution. ROUNDING allows
+    a whole ulp where the values differ by a fraction of one, so the longest step is tried
+    even where it would round to up to 10 times the resolution; beyond that the list is
+    empty: the derivative is too small against the function to measure. A slope of 0 (no
+    path from what is moved to the function) gets every step from h: the function must
+    then not change at all."""
     if slope == 0:
         return [h / 4 ** n for n in range(SHRINKS + 1)]
     shortest = ROUNDING * size / (resolution * slope)  # rounds to exactly `resolution`
