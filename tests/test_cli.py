@@ -238,3 +238,32 @@ def test_bad_cnn_widths_are_a_usage_error(tmp_path):
                                   ["--cnn-hidden", "16"]])
 def test_options_of_the_other_kind_of_network_are_refused(tmp_path, args):
     assert_user_error(invoke("train", "--out", tmp_path, *args), "not an option of --model")
+
+
+@pytest.mark.parametrize("kind", ["perturbations", "couplings"])
+def test_show_refuses_an_index_outside_the_test_split(run_dir, tmp_path, kind):
+    out = tmp_path / "picture.png"
+    result = invoke("show", kind, run_dir / "last.npz", "--index", 99999, "--out", out)
+    assert_user_error(result, "99,999", "1,000 images are 0 to 999")
+    assert not out.exists()
+    assert invoke("show", kind, run_dir / "last.npz", "--index", 999, "--out", out).exit_code == 0
+    assert out.is_file()
+
+
+def test_show_couplings_refuses_an_iteration_the_network_has_not(run_dir, tmp_path):
+    out = tmp_path / "couplings.png"
+    result = invoke("show", "couplings", run_dir / "last.npz", "--iteration", 3, "--out", out)
+    assert_user_error(result, "iteration 3", "0 to 2")
+    assert not out.exists()
+    result = invoke("show", "couplings", run_dir / "last.npz", "--iteration", -3, "--out", out)
+    assert result.exit_code == 0, result.output
+
+
+def test_train_refuses_a_folder_of_one_class(tmp_path):
+    folder = tmp_path / "one"
+    (folder / "cats").mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(np.full((12, 12), 40 * i, np.uint8)).save(folder / "cats" / f"{i}.png")
+    result = invoke("train", "--data", folder, "--out", tmp_path / "run", *TINY)
+    assert_user_error(result, str(folder), "'cats'", "at least two")
+    assert not (tmp_path / "run").exists()

@@ -193,6 +193,18 @@ def test_folders_with_split_and_size(tmp_path):
     assert ds.test_x[ds.test_y == 1].min() == 220
 
 
+def test_one_class_is_refused_naming_the_folder_and_the_class(tmp_path):
+    write_images(tmp_path / "only/cats", 10)
+    with pytest.raises(MinicapsError, match=r"only: the training images hold one class, "
+                                            r"'cats', and a classifier needs at least two"):
+        load_dataset(tmp_path / "only")
+    for split in ("train", "test"):  # a second class only among the test images
+        write_images(tmp_path / f"split/{split}/cats", 4)
+    write_images(tmp_path / "split/test/dogs", 4)
+    with pytest.raises(MinicapsError, match="one class, 'cats'"):
+        load_dataset(tmp_path / "split")
+
+
 def test_folders_corrupt_image_among_many_is_skipped_with_a_warning(tmp_path):
     write_images(tmp_path / "d/a", 15)
     write_images(tmp_path / "d/b", 15)

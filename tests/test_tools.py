@@ -1,4 +1,5 @@
-"""bench, plan and gradcheck through the CLI, on tiny configurations (never timings)."""
+"""bench and plan through the CLI, on tiny configurations (never timings); gradcheck has
+tests/test_gradcheck.py."""
 import json
 
 from click.testing import CliRunner
@@ -36,21 +37,6 @@ def test_plan_refuses_what_cannot_fit():
     result = run("plan", "--in-shape", "3,405,720", "--n-classes", "59", "--batch-size", "64")
     assert result.exit_code == 1
     assert "does not fit" in result.output
-
-
-def test_gradcheck_passes_on_a_correct_network():
-    result = run("gradcheck", *TINY, "--entries", "3")
-    assert result.exit_code == 0, result.output
-    assert "pass" in result.output and "caps.w" in result.output
-
-
-def test_gradcheck_fails_on_a_broken_backward(monkeypatch):
-    import minicaps.nets.capsnet as model
-    real = model.routing_backward
-    monkeypatch.setattr(model, "routing_backward", lambda dv, cache: 1.05 * real(dv, cache))
-    result = run("gradcheck", *TINY, "--entries", "3")
-    assert result.exit_code == 1
-    assert "FAIL" in result.output
 
 
 def test_bad_shape_is_one_clear_line():

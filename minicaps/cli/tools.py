@@ -1,16 +1,17 @@
 """Commands that measure and check a configuration without training it: bench, plan,
 gradcheck. Registered on the `minicaps` group by cli.py."""
+import dataclasses
 import json
 from pathlib import Path
 
 import click
-import numpy as np
 
 from ..tools.bench import benchmark, step_rates
-from .options import network_config, network_options
-from ..gradcheck import check_model, directional_check, scale_to_operating_point
+from .options import network_config, network_options, parse_widths
+from ..gradcheck import check_network, network_under_check
 from ..errors import MinicapsError
 from ..nets.capsnet import CapsNet
+from ..nets.cnn import CNNConfig
 from ..nets.kinds import kind_of
 from ..tools.plan import available_bytes, plan
 
@@ -86,39 +87,99 @@ def plan_command(batch_size, gpu, as_json, **options):
         raise click.ClickException(f"does not fit: {p.total_bytes / GIB:.1f} GiB needed")
 
 
+# Exit statuses of gradcheck: every parameter within the tolerance (0), one above it (1),
+# none above it but some parameter with nothing that could be measured (3): the check did
+# not happen, which is neither a pass nor a failure of the backward pass.
+PASS, FAIL, UNCHECKED = 0, 1, 3
+
+
+def _gradcheck_config(ctx, options):
+    """The network config of gradcheck's options: a CapsNet's, or with --model cnn the
+    CNN's, refusing capsule options given for it (they would be ignored)."""
+    model, none_capsule = options.pop("model"), options.pop("none_capsule")
+    cnn = {name: options.pop(f"cnn_{name}") for name in ("channels", "kernel_size", "hidden")}
+    if model == "capsnet":
+        return dataclasses.replace(network_config(options), none_capsule=none_capsule)
+    shared = ("in_shape", "n_classes", "contrast_window")
+    given = [f"--{name.replace('_', '-')}" for name in [*options, "none_capsule"]
+             if name not in shared and
+             ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+    if given:
+        raise MinicapsError(f"{', '.join(given)}: not an option of --model cnn")
+    return CNNConfig(**{name: options[name] for name in shared}, **cnn)
+
+
+def _cell(measurement, count_width):
+    """'error  count' of a measurement, '-' where nothing was measured."""
+    if measurement is None:
+        return " " * (11 + count_width)
+    if measurement.error is None:
+        return f"{'-':>9}  {'':>{count_width}}"
+    return f"{measurement.error:9.1e}  {measurement.covered:>{count_width},}"
+
+
+def _report(rows, tolerance):
+    """Print the table of a network's ParameterChecks, a line on stderr for each parameter
+    not wholly measured (and why), and the verdict; return the exit status."""
+    width = max(len(row.name) for row in rows)
+    count = max(len("checked"), *(len(f"{row.size:,}") for row in rows))
+    click.echo(f"{'parameter':<{width}}  {'size':>{count}}  {'entries':>9}  "
+               f"{'checked':>{count}}  {'direction':>9}  {'moved':>{count}}")
+    for row in rows:
+        click.echo(f"{row.name:<{width}}  {row.size:>{count},}  {_cell(row.entries, count)}  "
+                   f"{_cell(row.direction, count)}")
+    for row in rows:
+        missed = [f"{what}: {m.why}" for what, m in (("entries", row.entries),
+                                                    ("direction", row.direction))
+                  if m is not None and m.error is None]
+        if missed:
+            whole = "nothing could be checked" if row.unmeasured else "not all checked"
+            click.echo(f"minicaps: {row.name}: {whole}; {'; '.join(missed)}", err=True)
+    errors = [e for row in rows for e in row.errors]
+    worst = max(errors, default=0.0)
+    unmeasured = [row.name for row in rows if row.unmeasured]
+    status = FAIL if worst > tolerance else UNCHECKED if unmeasured else PASS
+    measured = f"largest relative error {worst:.1e}" if errors else "nothing measured"
+    verdict = {PASS: "pass", FAIL: "FAIL",
+               UNCHECKED: f"UNCHECKED (nothing could be measured for {', '.join(unmeasured)})"}
+    click.echo(f"{measured}: {verdict[status]} (tolerance {tolerance:g})")
+    return status
+
+
 @click.command("gradcheck")
 @network_options
+@click.option("--model", type=click.Choice(["capsnet", "cnn"]), default="capsnet",
+              help="A capsule network, or the baseline CNN with max pooling (--cnn-* "
+                   "options, --in-shape, --n-classes, --contrast-window).")
+@click.option("--none-capsule", is_flag=True,
+              help="An extra routing parent that no class owns ('none of the above').")
+@click.option("--cnn-channels", callback=parse_widths, default="256,256,128",
+              help="CNN: channels of its convolutions (max pooling after the first two).")
+@click.option("--cnn-kernel-size", type=click.IntRange(min=1), default=5,
+              help="CNN: kernel size of its convolutions (odd).")
+@click.option("--cnn-hidden", callback=parse_widths, default="328,192",
+              help="CNN: widths of its hidden fully connected layers.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=2, help="Examples.")
 @click.option("--entries", type=click.IntRange(min=1), default=6,
               help="Sampled entries of each parameter.")
 @click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=1e-6,
               help="Largest relative error that passes.")
 @click.option("--seed", type=int, default=0, help="Seed of weights, inputs and samples.")
-def gradcheck_command(batch_size, entries, tolerance, seed, **options):
+@click.pass_context
+def gradcheck_command(ctx, batch_size, entries, tolerance, seed, **options):
     """Check this configuration's hand-written gradients against finite differences (float64).
 
-    Prints each parameter's relative error on sampled entries and along a direction, then
-    all parameters together; exits 1 when any is above the tolerance. The capsule
+    Prints each parameter's relative error on sampled entries (and how many) and along a
+    direction (and how many entries it moved), then all parameters together. Exit status
+    0 when every error is within the tolerance, 1 when one is above it, 3 when none is but
+    for some parameter nothing could be measured (every step crossed a kink, or its
+    derivative is too small for finite differences; a line says which). The capsule
     transforms are scaled up until class capsules are ~0.5 long, where every path carries
     gradient well above the rounding of finite differences."""
-    config = network_config(options, dtype="float64")
-    net = CapsNet.from_config(config, seed=seed)
-    rng = np.random.default_rng(seed)
-    x = rng.random((batch_size, *config.in_shape))
-    scale_to_operating_point(net, x)
-    y = rng.integers(0, config.n_classes, batch_size)
-    sampled = check_model(net, x, y, max_entries=entries, seed=seed)
-    directional = directional_check(net, x, y, seed=seed)
-    width = max(map(len, directional))
-    click.echo(f"{'parameter':<{width}}  {'entries':>9}  {'direction':>9}")
-    for name, err in directional.items():
-        entry = f"{sampled[name]:9.1e}" if name in sampled else " " * 9
-        click.echo(f"{name:<{width}}  {entry}  {err:9.1e}")
-    worst = max(max(sampled.values()), max(directional.values()))
-    verdict = "pass" if worst <= tolerance else "FAIL"
-    click.echo(f"largest relative error {worst:.1e}: {verdict} (tolerance {tolerance:g})")
-    if worst > tolerance:
-        raise SystemExit(1)
+    config = _gradcheck_config(ctx, options)
+    net, x, y = network_under_check(config, batch_size=batch_size, seed=seed)
+    rows = check_network(net, x, y, entries=entries, resolution=tolerance / 10, seed=seed)
+    ctx.exit(_report(rows, tolerance))
 
 
 def _checkpoint_and_examples(path, data):
@@ -176,9 +237,9 @@ def show_reconstructions(checkpoint_path, data, n, out):
 def show_perturbations(checkpoint_path, data, index, out):
     """Each dimension of the predicted capsule moved by -0.25..0.25 in steps of 0.05
     (a row per dimension), as in the paper's Figure 4."""
-    from ..tools.show import perturbation_grid
+    from ..tools.show import perturbation_grid, test_image
     net, x = _checkpoint_and_examples(checkpoint_path, data)
-    _save(perturbation_grid(net, x[min(index, len(x) - 1)]), out)
+    _save(perturbation_grid(net, test_image(x, index)), out)
 
 
 @show_group.command("couplings")
@@ -190,9 +251,9 @@ def show_perturbations(checkpoint_path, data, index, out):
               help="PNG to write.")
 def show_couplings(checkpoint_path, data, index, iteration, out):
     """Coupling coefficients of one test image: a row per class, a tile per primary type."""
-    from ..tools.show import coupling_map
+    from ..tools.show import coupling_map, test_image
     net, x = _checkpoint_and_examples(checkpoint_path, data)
-    _save(coupling_map(net, x[min(index, len(x) - 1)], iteration), out)
+    _save(coupling_map(net, test_image(x, index), iteration), out)
 
 
 @show_group.command("curves")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from minicaps.data.bundled import load_bundled, load_npz, save_npz
 from minicaps.data.dataset import Dataset
 from minicaps.data.folders import is_folders, load_folders
@@ -73,9 +75,23 @@ def load_dataset(
     """
     layout = detect_layout(path)
     if layout == "bundled":
-        return load_bundled(limit=limit) if path is None else load_npz(path, limit=limit)
-    if layout == "rs":
-        return load_rs(path, crop=rs_crop, merge_variants=merge_variants, limit=limit)
-    if layout == "idx":
-        return load_idx(path, limit=limit)
-    return load_folders(path, size=size, limit=limit)
+        dataset = load_bundled(limit=limit) if path is None else load_npz(path, limit=limit)
+    elif layout == "rs":
+        dataset = load_rs(path, crop=rs_crop, merge_variants=merge_variants, limit=limit)
+    elif layout == "idx":
+        dataset = load_idx(path, limit=limit)
+    else:
+        dataset = load_folders(path, size=size, limit=limit)
+    check_classes(dataset, path)
+    return dataset
+
+
+def check_classes(dataset: Dataset, path: str | Path | None) -> None:
+    """Refuse training data of fewer than two classes: a classifier of one class is right
+    about every image without learning anything, and would report 100 %."""
+    found = [dataset.classes[k] for k in np.unique(dataset.train_y)]
+    if len(found) < 2:
+        where = "the bundled sample" if path is None else str(path)
+        what = f"one class, {found[0]!r}," if found else "no class"
+        raise MinicapsError(f"{where}: the training images hold {what} and a classifier "
+                            f"needs at least two")

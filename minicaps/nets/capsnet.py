@@ -267,10 +267,16 @@ class CapsNet(Network):
         return xp.concatenate([dv, xp.zeros_like(dv[:, :1])], axis=1)
 
     def _kinks(self, caches):
-        """Sides of conv1's and the decoder's ReLU units and of the margin-loss hinges."""
-        _, present, absent = caches["margin"]
-        sides = [caches["capsules"][1] > 0, present > 0, absent > 0]
-        return sides + [act_cache > 0 for _, act_cache in caches.get("decoder", [])[:-1]]
+        """Sides of conv1's and the decoder's ReLU units and of the margin loss's hinges,
+        by group. Each class has one hinge that counts: m+ for the true class, m- for the
+        others (the other term is multiplied by 0)."""
+        true, present, absent = caches["margin"]
+        xp = get_array_module(true)
+        kinks = {"conv1 ReLU": caches["capsules"][1] > 0,
+                 "margin hinges": xp.where(true > 0, present > 0, absent > 0)}
+        for n, (_, act_cache) in enumerate(caches.get("decoder", [])[:-1]):
+            kinks[f"decoder.{n} ReLU"] = act_cache > 0
+        return kinks
 
     def class_capsules(self, x):
         """The class capsules v (B, n_classes, class_dim) and the routing cache (which holds

@@ -144,14 +144,18 @@ class PoolingCNN(Network):
         return grads
 
     def _kinks(self, all_caches):
-        """Sides of every ReLU unit, and which entry wins each pooling window."""
+        """Sides of every ReLU unit, and which entry wins each pooling window, by layer."""
         caches, _, _ = all_caches
-        sides = []
-        for cache in caches:
-            sides.append(cache[1] > 0 if cache[1] is not None else None)
-            if len(cache) == 3 and cache[2] is not None:
-                sides.append(cache[2][0])  # argmax of each window
-        return [s for s in sides if s is not None]
+        n_conv = len(self.config.channels)
+        kinks = {}
+        for n, (_, relu_cache, pool_cache) in enumerate(caches[:n_conv]):
+            kinks[f"conv{n} ReLU"] = relu_cache > 0
+            if pool_cache is not None:
+                kinks[f"conv{n} max pooling"] = pool_cache[0]  # argmax of each window
+        for n, (_, relu_cache) in enumerate(caches[n_conv:]):
+            if relu_cache is not None:
+                kinks[f"fc{n} ReLU"] = relu_cache > 0
+        return kinks
 
     def predict(self, x):
         """Softmax probabilities (B, n_classes)."""

@@ -3,7 +3,7 @@ batch preparation, and the loss interface the trainer and the gradient checker u
 
 A subclass provides `_forward_loss(x, y) -> (loss, parts, caches)`, `_backward(caches)
 -> grads` (which may consume the caches, freeing each as it goes), `predict(x)`, and
-`_kinks(caches)` (the sides of its non-smooth points).
+`_kinks(caches)` (the sides of its non-smooth points, by group).
 """
 import numpy as np
 
@@ -153,16 +153,14 @@ class Network:
 
         Finite differences take each term apart: a small term's gradients would drown in
         the rounding of a large term's value. with_kinks also returns which side of its
-        kink every non-smooth unit sits on (bytes): a step that changes it crossed a kink
-        and proves nothing."""
+        kink every non-smooth unit sits on, as bytes by group ({"conv1 ReLU": ...}): a
+        step that changes them crossed a kink and proves nothing."""
         _, parts, caches = self._forward_loss(x, y)
         terms = {name: t for name, t in parts.items() if name in self.loss_term_names}
         if not with_kinks:
             return terms
-        sides = self._kinks(caches)
-        xp = get_array_module(sides[0])
-        signature = xp.concatenate([s.reshape(-1) for s in sides])
-        return terms, to_host(signature).tobytes()
+        return terms, {group: to_host(sides).tobytes()
+                       for group, sides in self._kinks(caches).items()}
 
     def loss_and_grads(self, x, y, *, return_parts=False):
         """Total loss (a 0-d array on the net's device) and the gradient of every

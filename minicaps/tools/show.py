@@ -7,6 +7,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..backend import to_host
+from ..errors import MinicapsError
+from ..ops.routing import routing_forward
 
 # A perceptually ordered dark-blue -> green -> yellow ramp (like matplotlib's viridis).
 RAMP = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]])
@@ -43,6 +45,15 @@ def heat(values, zoom=4):
     return image.resize((image.width * zoom, image.height * zoom), Image.NEAREST)
 
 
+def test_image(x, index):
+    """x[index] of a split of images x, refusing an index outside it (the picture of some
+    other image would pass for this one's)."""
+    if not 0 <= index < len(x):
+        held = f"its {len(x):,} images are 0 to {len(x) - 1:,}" if len(x) else "it is empty"
+        raise MinicapsError(f"image {index:,} is outside the test split: {held}")
+    return x[index]
+
+
 def reconstruction_grid(net, x, columns=8):
     """Each input (B, C, H, W) beside its reconstruction from the predicted class's capsule."""
     v, _ = net.class_capsules(x)
@@ -72,7 +83,14 @@ def coupling_map(net, x, iteration=-1):
     """The coupling coefficients of one example (C, H, W) at a routing iteration: row j is
     class j, showing for each primary capsule type its gh x gw map of c_ij, from the
     smallest coefficient (dark) to the largest (bright)."""
+    iters = net.config.routing_iters
+    if not -iters <= iteration < iters:
+        raise MinicapsError(f"routing iteration {iteration} is outside the network's "
+                            f"{iters}: 0 to {iters - 1}, or -1 for the last")
     _, routing_cache = net.class_capsules(x[None])
+    # Routed again, keeping every iteration's couplings: with routing_grad "last" the
+    # network's own pass keeps only the last one's.
+    _, routing_cache = routing_forward(routing_cache[0], iters=iters, grad="full")
     c = to_host(routing_cache[1][iteration][0])  # (J, I)
     T = net.config.primary_types
     gh, gw = net.config.grid
