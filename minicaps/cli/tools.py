@@ -7,13 +7,14 @@ from pathlib import Path
 import click
 
 from ..tools.bench import benchmark, step_rates
-from .options import network_config, network_options, parse_widths
+from .options import declared_options, network_config, network_options, with_options
 from ..gradcheck import check_network, network_under_check
 from ..errors import MinicapsError
 from ..nets.capsnet import CapsNet
 from ..nets.cnn import CNNConfig
 from ..nets.kinds import kind_of
 from ..tools.plan import available_bytes, plan
+from ..training.config import TrainConfig
 
 GIB, MIB = 2 ** 30, 2 ** 20
 
@@ -93,6 +94,14 @@ def plan_command(batch_size, gpu, as_json, **options):
 PASS, FAIL, UNCHECKED = 0, 1, 3
 
 
+# gradcheck checks either network kind: training's --model and --cnn-* options, and the
+# none-of-the-above capsule that network_options leaves out, as they are declared.
+_TRAIN_OPTIONS = declared_options(TrainConfig)
+_kind_options = with_options(
+    [_TRAIN_OPTIONS[name] for name in ("model", "none_capsule", "cnn_channels",
+                                       "cnn_kernel_size", "cnn_hidden")])
+
+
 def _gradcheck_config(ctx, options):
     """The network config of gradcheck's options: a CapsNet's, or with --model cnn the
     CNN's, refusing capsule options given for it (they would be ignored)."""
@@ -148,17 +157,7 @@ def _report(rows, tolerance):
 
 @click.command("gradcheck")
 @network_options
-@click.option("--model", type=click.Choice(["capsnet", "cnn"]), default="capsnet",
-              help="A capsule network, or the baseline CNN with max pooling (--cnn-* "
-                   "options, --in-shape, --n-classes, --contrast-window).")
-@click.option("--none-capsule", is_flag=True,
-              help="An extra routing parent that no class owns ('none of the above').")
-@click.option("--cnn-channels", callback=parse_widths, default="256,256,128",
-              help="CNN: channels of its convolutions (max pooling after the first two).")
-@click.option("--cnn-kernel-size", type=click.IntRange(min=1), default=5,
-              help="CNN: kernel size of its convolutions (odd).")
-@click.option("--cnn-hidden", callback=parse_widths, default="328,192",
-              help="CNN: widths of its hidden fully connected layers.")
+@_kind_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=2, help="Examples.")
 @click.option("--entries", type=click.IntRange(min=1), default=6,
               help="Sampled entries of each parameter.")
