@@ -45,9 +45,9 @@ def test_gradcheck_passes_on_a_correct_network():
 
 
 def test_gradcheck_fails_on_a_broken_backward(monkeypatch):
-    import minicaps.nets.capsnet as model
-    real = model.routing_backward
-    monkeypatch.setattr(model, "routing_backward", lambda dv, cache: 1.05 * real(dv, cache))
+    from minicaps.fast import dispatch
+    real = dispatch.routing_backward
+    monkeypatch.setattr(dispatch, "routing_backward", lambda dv, cache: 1.05 * real(dv, cache))
     result = run("gradcheck", *TINY, "--entries", "3")
     assert result.exit_code == 1
     assert "FAIL" in result.output

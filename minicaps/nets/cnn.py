@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ops.conv import conv2d_backward, conv2d_forward
 from ..errors import MinicapsError
+from ..fast import dispatch
 from ..ops.layers import linear_backward, linear_forward, relu_backward, relu_forward
 from ..ops.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from .network import Network, check_input_options, fan_in_uniform, input_channels
@@ -97,7 +97,7 @@ class PoolingCNN(Network):
         p, cfg = self.params, self.config
         caches, h = [], self._prepared(x)
         for n in range(len(cfg.channels)):
-            h, conv_cache = conv2d_forward(h, p[f"conv{n}.w"], p[f"conv{n}.b"],
+            h, conv_cache = dispatch.conv2d_forward(h, p[f"conv{n}.w"], p[f"conv{n}.b"],
                                            pad=cfg.kernel_size // 2)
             h, relu_cache = relu_forward(h)
             pool_cache = None
@@ -137,7 +137,7 @@ class PoolingCNN(Network):
             if pool_cache is not None:
                 dh = maxpool_backward(dh, pool_cache)
             dh = relu_backward(dh, relu_cache)
-            dh, grads[f"conv{n}.w"], grads[f"conv{n}.b"] = conv2d_backward(
+            dh, grads[f"conv{n}.w"], grads[f"conv{n}.b"] = dispatch.conv2d_backward(
                 dh, conv_cache, need_dx=n > 0)
         return grads
 

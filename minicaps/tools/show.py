@@ -73,7 +73,7 @@ def coupling_map(net, x, iteration=-1):
     class j, showing for each primary capsule type its gh x gw map of c_ij, from the
     smallest coefficient (dark) to the largest (bright)."""
     _, routing_cache = net.class_capsules(x[None])
-    c = to_host(routing_cache[1][iteration][0])  # (J, I)
+    c = to_host(routing_cache.couplings[iteration][0])  # (J, I)
     T = net.config.primary_types
     gh, gw = net.config.grid
     tiles = c.reshape(c.shape[0], T, gh, gw)
