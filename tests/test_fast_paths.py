@@ -15,7 +15,6 @@ from unittest import mock
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from minicaps import Adam, CapsNet
 from minicaps.fast import dispatch, parallel, predictions, spectral, tiles

@@ -19,7 +19,6 @@ from ..ops.layers import linear_backward, linear_forward, relu_backward, relu_fo
 from ..ops.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from .network import Network, check_input_options, fan_in_uniform, input_channels
 from ..ops.pooling import maxpool_backward, maxpool_forward
-from ..ops.routing import softmax
 
 POOLED_LAYERS = 2  # max pooling after the first two convolutions
 
@@ -154,4 +153,4 @@ class PoolingCNN(Network):
     def predict(self, x):
         """Softmax probabilities (B, n_classes)."""
         logits, _ = self._logits(self._as_input(x))
-        return softmax(logits, axis=1)
+        return dispatch.softmax(logits, axis=1)

@@ -153,7 +153,7 @@ def conv2d_forward_batch_last(xt, w, b, *, stride=1, pad=0, columns=columns):
 def conv2d_backward_batch_last(dout, cache, *, need_dx=True, columns=columns,
                                add_columns=add_columns):
     """dxt (C, H, W, B) or None, dw, db from dout (O, oh, ow, B). dxt is None when need_dx
-    is False (the input layer needs no gradient, and col2im is a fifth of backward)."""
+    is False (the input layer needs no gradient, and col2im is a large part of backward)."""
     xt, w, stride, pad = cache
     xp = get_array_module(dout)
     C, kh, kw, O = w.shape
