@@ -1,9 +1,10 @@
 """The primary capsules' convolution through im2col and through the DFT, side by side.
 
 Times forward and backward of the same convolution (random input, weights and output
-gradient, float32) through minicaps.ops.conv's im2col path and minicaps.fast.spectral's, alternated
-round by round, at each batch size; prints the medians, their ratio, which path a training
-step takes at that batch (minicaps.ops.conv.uses_spectral) and the largest relative difference
+gradient, float32) through the im2col path (minicaps.ops.conv with the fast columns of
+minicaps.fast.dispatch) and minicaps.fast.spectral's, alternated round by round, at each
+batch size; prints the medians, their ratio, which path a training step takes at that
+batch (minicaps.fast.dispatch.takes_spectral_path) and the largest relative difference
 between the two paths' results.
 
     python benchmarks/conv_paths.py --network paper --batch-sizes 8,16,20,24,32,128,256
@@ -13,11 +14,11 @@ import argparse
 import time
 
 # minicaps before NumPy, so that OpenBLAS's idle threads sleep (minicaps/fast/idle_threads.py)
-from minicaps.fast import spectral
+from minicaps.fast import dispatch, spectral
 import numpy as np
 
 from minicaps.fast.allocator import reuse_freed_memory
-from minicaps.ops.conv import _im2col_backward, _im2col_forward, uses_spectral
+from minicaps.ops import conv as im2col_conv
 from minicaps.tools.plan import main_convolution
 from sweep import LOGOS, PAPER  # benchmarks/sweep.py: the networks of the README's table
 
@@ -27,10 +28,13 @@ NETWORKS = {"paper": PAPER, "logos": LOGOS}
 def both_paths(xt, w, b, dout, stride):
     """{path: function running forward and backward} for one convolution."""
     def im2col():
-        return _im2col_backward(dout, _im2col_forward(xt, w, b, stride)[1])
+        _, cache = im2col_conv.conv2d_forward_batch_last(xt, w, b, stride=stride,
+                                                         columns=dispatch.columns)
+        return im2col_conv.conv2d_backward_batch_last(dout, cache, columns=dispatch.columns,
+                                                      add_columns=dispatch.add_columns)
 
     def dft():
-        return spectral.backward(dout, spectral.forward(xt, w, b, stride)[1])
+        return spectral.backward(dout, spectral.forward(xt, w, b, stride=stride)[1])
 
     return {"im2col": im2col, "dft": dft}
 
@@ -54,7 +58,8 @@ def compare(config, batch_size, rounds):
             start = time.perf_counter()
             paths[name]()
             seconds[name].append(time.perf_counter() - start)
-    taken = "dft" if uses_spectral(xt.shape, w.shape, conv.stride, on_cpu=True) else "im2col"
+    taken = "dft" if dispatch.takes_spectral_path(xt.shape, w.shape, stride=conv.stride) \
+        else "im2col"
     return {name: float(np.median(s)) for name, s in seconds.items()}, taken, difference
 
 

@@ -39,7 +39,8 @@ from minicaps.fast.allocator import reuse_freed_memory
 from minicaps.backend import xp_for
 from minicaps.tools.bench import synchronize
 from minicaps.tools.plan import spectral_geometry
-from minicaps.ops.conv import _add_columns, _columns, _group_weights, _groups
+from minicaps.fast.dispatch import add_columns, columns
+from minicaps.ops.conv import group_weights, groups
 from minicaps.training.presets import RS_DEFAULTS
 
 NETWORKS = {
@@ -54,6 +55,8 @@ NETWORKS = {
 
 # (stage, function name, the caller it is counted under or None for every caller): the
 # convolution functions serve both conv1 and the primary capsules, told apart by caller.
+# Only the functions the network calls count (STAGE_FILES): the ops it calls through
+# minicaps/fast/dispatch.py, whose substitutes and references carry the same names.
 STAGES = [
     ("input (standardise, contrast channels)", "_prepared", None),
     ("conv1 forward", "conv2d_forward_batch_last", "_capsules"),
@@ -68,13 +71,14 @@ STAGES = [
     ("conv1 backward", "conv2d_backward_batch_last", "_capsules_backward"),
     ("Adam", "step", None),
 ]
+STAGE_FILES = ("dispatch.py", "capsnet.py", "network.py", "optim.py")
 
 
 def stage_seconds(stats, name, caller):
     """Cumulative seconds of the functions called `name` (from `caller` only, if given)."""
     total = 0.0
-    for (_, _, function), (_, _, _, cumulative, callers) in stats.stats.items():
-        if function != name:
+    for (filename, _, function), (_, _, _, cumulative, callers) in stats.stats.items():
+        if function != name or not filename.endswith(STAGE_FILES):
             continue
         if caller is None:
             total += cumulative
@@ -91,7 +95,8 @@ COLUMNS, OUTPUT, WEIGHT_GRADIENT, COLUMN_GRADIENT, COL2IM = CONV_PARTS = (
 
 def conv_parts(config, batch_size, runs, device="cpu"):
     """{part: median seconds} of the primary capsules' convolution, forward and backward,
-    done group by group as minicaps.ops.conv does it (the same helpers), and its FLOPs per part."""
+    done group by group as minicaps.ops.conv does it (the same helpers, with the columns of
+    minicaps.fast.dispatch), and its FLOPs per part."""
     rng = np.random.default_rng(0)
     xp = xp_for(device)
     C, k, s = config.conv_channels, config.kernel_size, config.primary_stride
@@ -101,7 +106,7 @@ def conv_parts(config, batch_size, runs, device="cpu"):
     w = xp.asarray(rng.random((C, k, k, O), dtype=np.float32))
     dw = xp.empty_like(w)
     dout = xp.asarray(rng.random((O, oh * ow * batch_size), dtype=np.float32))
-    groups = _groups(xt, k, k, oh, ow)
+    channel_groups = groups(xt, k, k, oh, ow)
 
     def one_run():
         seconds = dict.fromkeys(CONV_PARTS, 0.0)
@@ -116,29 +121,29 @@ def conv_parts(config, batch_size, runs, device="cpu"):
 
         def group_columns(group):
             with timing(COLUMNS):
-                cols = _columns(xt[group], k, k, oh, ow, s)
+                cols = columns(xt[group], k, k, oh, ow, s)
             return cols, cols.reshape(-1, dout.shape[1])
 
-        for group in groups:  # forward
+        for group in channel_groups:  # forward
             _, cols_2d = group_columns(group)
             with timing(OUTPUT):
-                _group_weights(w, group).T @ cols_2d
+                group_weights(w, group).T @ cols_2d
         dxt = xp.zeros_like(xt)
-        for group in groups:  # backward, which rebuilds the columns
+        for group in channel_groups:  # backward, which rebuilds the columns
             cols, cols_2d = group_columns(group)
             with timing(WEIGHT_GRADIENT):
-                xp.matmul(cols_2d, dout.T, out=_group_weights(dw, group))
+                xp.matmul(cols_2d, dout.T, out=group_weights(dw, group))
             with timing(COLUMN_GRADIENT):
-                dcols = _group_weights(w, group) @ dout
+                dcols = group_weights(w, group) @ dout
             with timing(COL2IM):
-                _add_columns(dxt[group], dcols.reshape(cols.shape), s)
+                add_columns(dxt[group], dcols.reshape(cols.shape), s)
         return seconds
 
     one_run()  # warm-up
     times = [one_run() for _ in range(runs)]
     product_flops = 2 * O * C * k * k * oh * ow * batch_size
     return {part: float(np.median([t[part] for t in times])) for part in times[0]}, \
-        product_flops, len(groups)
+        product_flops, len(channel_groups)
 
 
 def print_conv_parts(config, batch_size, runs, device):

@@ -7,14 +7,11 @@ running average of the weights (`average_steps`), the network to score: see Weig
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
-from .fast import kernels
 from .backend import device_of, get_array_module, to_device
 from .errors import MinicapsError
-from .fast.parallel import in_parts
+from .fast import dispatch
 
 AVERAGE = "average"  # the state_dict prefix of the weight average: "average.<param name>"
-
-ADAM_CHUNK = 1 << 18  # elements per pass of the portable update
 
 
 @dataclass(frozen=True)
@@ -117,38 +114,10 @@ class Adam(Optimizer):
         # Bias correction folded into the step size: one scalar instead of two array passes.
         step_size = lr * (1 - self.beta2 ** t) ** 0.5 / (1 - self.beta1 ** t)
         eps = self.eps * (1 - self.beta2 ** t) ** 0.5
-        for name, p in self.params.items():
-            if kernels.fused(p):
-                kernels.adam_update(p, grads[name], self.m[name], self.v[name],
-                                    beta1=self.beta1, beta2=self.beta2, step_size=step_size,
-                                    eps=eps)
-                continue
-            flat = [a.reshape(-1) for a in (p, grads[name], self.m[name], self.v[name])]
-
-            def update(start, stop, flat=flat):
-                xp = get_array_module(flat[0])
-                # In chunks, through two temporaries of a chunk, made once per call and
-                # written with out=: a whole-array pass over the primary capsules' weights
-                # would allocate 21 MB per temporary. The arithmetic and its order are the
-                # fused kernel's (tests/test_kernels.py holds the two to the same bits).
-                size = min(ADAM_CHUNK, stop - start)
-                t_chunk, u_chunk = (xp.empty(size, flat[0].dtype) for _ in range(2))
-                for chunk in range(start, stop, ADAM_CHUNK):
-                    p, g, m, v = (a[chunk:min(stop, chunk + ADAM_CHUNK)] for a in flat)
-                    t, u = t_chunk[:p.size], u_chunk[:p.size]
-                    m *= self.beta1
-                    m += xp.multiply(g, 1 - self.beta1, out=t)
-                    v *= self.beta2
-                    xp.multiply(g, g, out=t)
-                    t *= 1 - self.beta2
-                    v += t
-                    xp.multiply(m, step_size, out=t)
-                    xp.sqrt(v, out=u)
-                    u += eps
-                    t /= u
-                    p -= t  # p - step_size m / (sqrt(v) + eps)
-
-            in_parts(flat[0], flat[0].size, update)
+        for name, p in self.params.items():  # the arithmetic: minicaps/ops/adam.py
+            dispatch.adam_update(p, grads[name], self.m[name], self.v[name],
+                                 beta1=self.beta1, beta2=self.beta2, step_size=step_size,
+                                 eps=eps)
 
 
 class SGD(Optimizer):

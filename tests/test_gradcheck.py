@@ -16,11 +16,14 @@ from minicaps.cli.tools import FAIL, PASS, UNCHECKED
 README = Path(__file__).resolve().parents[1] / "README.md"
 TINY = ["--in-shape", "1,12,12", "--n-classes", "3", "--conv-channels", "4",
         "--kernel-size", "3", "--primary-types", "2", "--primary-dim", "4", "--class-dim", "5"]
-# Backward functions that carry the whole loss's gradient to some parameter, by the module
-# that calls them: a few percent off in any of them must show.
-BREAKABLE = {"capsnet": ("routing_backward", "predictions_backward", "length_backward"),
-             "cnn": ("softmax_cross_entropy_backward", "linear_backward")}
-MODULES = {"capsnet": "minicaps.nets.capsnet", "cnn": "minicaps.nets.cnn"}
+# Backward functions that carry the whole loss's gradient to some parameter, as
+# "module:name" of the module the network calls them from: a few percent off in any of
+# them must show.
+BREAKABLE = {"capsnet": ("minicaps.fast.dispatch:routing_backward",
+                         "minicaps.fast.dispatch:predictions_backward",
+                         "minicaps.nets.capsnet:length_backward"),
+             "cnn": ("minicaps.nets.cnn:softmax_cross_entropy_backward",
+                     "minicaps.nets.cnn:linear_backward")}
 
 
 def run(*args):
@@ -89,8 +92,9 @@ def check_verdict(args, kind, broken, entries=3):
     changed = [False]
     with pytest.MonkeyPatch.context() as patch:
         if broken:
-            module = importlib.import_module(MODULES[kind])
-            patch.setattr(module, broken, off_by_a_few_percent(getattr(module, broken), changed))
+            module_name, name = broken.split(":")
+            module = importlib.import_module(module_name)
+            patch.setattr(module, name, off_by_a_few_percent(getattr(module, name), changed))
         result = run(*args, "--entries", entries)
     if changed[0]:
         assert result.exit_code == FAIL and "FAIL" in result.output, (" ".join(args), broken,
@@ -157,11 +161,11 @@ def test_routing_grad_last_is_checked_against_the_function_it_is_the_gradient_of
     """With --routing-grad last the backward is the exact gradient of the loss with the last
     iteration's couplings held fixed: the check passes it there, and fails the same backward
     on a network that routes with full gradients."""
-    import minicaps.nets.capsnet as capsnet
+    from minicaps.fast import dispatch
     args = [*TINY, "--routing-iters", 3, "--entries", 3]
     assert run(*args, "--routing-grad", "last").exit_code == PASS
-    real = capsnet.routing_forward
-    monkeypatch.setattr(capsnet, "routing_forward",
+    real = dispatch.routing_forward
+    monkeypatch.setattr(dispatch, "routing_forward",
                         lambda u_hat, *, iters, grad: real(u_hat, iters=iters, grad="last"))
     result = run(*args, "--routing-grad", "full")
     assert result.exit_code == FAIL and "FAIL" in result.output

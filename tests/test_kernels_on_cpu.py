@@ -4,7 +4,7 @@ Their bodies are C++ (minicaps/fast/kernels.py), and all of what can go wrong in
 arithmetic. Here each body is compiled by the host's C++ compiler inside a loop that does
 what CuPy's ElementwiseKernel does (the thread index i, a reference to the output element
 i, the raw input as a pointer), with the same preamble, and run on NumPy arrays against
-the portable code: so CI, which has no GPU, still checks the kernels' indexing.
+the reference: so CI, which has no GPU, still checks the kernels' indexing.
 tests/test_kernels.py runs the kernels themselves where a GPU is. Skipped where no C++
 compiler is found."""
 import ctypes
@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minicaps.fast import kernels
-from minicaps.ops.conv import _add_columns, _columns, output_size
+from minicaps.ops.conv import add_columns, columns, output_size
 
 from test_kernels import column_problems
 
@@ -63,12 +63,12 @@ def run(function, raw_input, output):
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problem=column_problems(device="cpu"), index=st.sampled_from(["int32", "int64"]))
-def test_the_im2col_and_col2im_bodies_equal_the_portable_code(problem, index):
+def test_the_im2col_and_col2im_bodies_equal_the_reference(problem, index):
     xt, kh, kw, stride = problem
     _, H, W, _ = xt.shape
     oh, ow = output_size(H, kh, stride, 0), output_size(W, kw, stride, 0)
     constants = kernels.column_constants(xt.shape, kh, kw, oh, ow, stride)
-    expected = _columns(xt, kh, kw, oh, ow, stride)
+    expected = columns(xt, kh, kw, oh, ow, stride)
     cols = np.full_like(expected, np.nan)
     run(host_kernel(kernels.IM2COL, "xt", "cols", xt.dtype.type, index, constants), xt, cols)
     np.testing.assert_array_equal(cols, expected)
@@ -76,7 +76,7 @@ def test_the_im2col_and_col2im_bodies_equal_the_portable_code(problem, index):
     dcols = np.random.default_rng(1).standard_normal(cols.shape).astype(xt.dtype)
     dxt = np.random.default_rng(2).standard_normal(xt.shape).astype(xt.dtype)
     expected_dxt = dxt.copy()  # both add into what is there already
-    _add_columns(expected_dxt, dcols, stride)
+    add_columns(expected_dxt, dcols, stride)
     run(host_kernel(kernels.ADD_COLUMNS, "dcols", "dxt", xt.dtype.type, index, constants),
         dcols, dxt)
     np.testing.assert_array_equal(dxt, expected_dxt)

@@ -42,7 +42,7 @@ def test_squash_of_zero_is_zero_with_a_finite_gradient():
 def test_coupling_coefficients_sum_to_one_over_parents(B, J, I, E, iters, seed):
     u_hat = np.random.default_rng(seed).standard_normal((B, J, I, E))
     _, cache = routing_forward(u_hat, iters=iters)
-    for c in cache[1]:  # one (B, J, I) array per iteration
+    for c in cache.couplings:  # one (B, J, I) array per iteration
         np.testing.assert_allclose(c.sum(axis=1), np.ones((B, I)), rtol=1e-12)
         assert (c > 0).all()
 
@@ -105,7 +105,7 @@ def test_conv_in_groups_of_channels_equals_the_whole_input(monkeypatch, channels
     oh, ow = out.shape[2:]
     channel_bytes = 3 * 3 * oh * ow * 2 * x.itemsize  # kh * kw * oh * ow * B
     monkeypatch.setattr(conv, "COLUMN_BYTES", channels_per_group * channel_bytes)
-    groups = conv._groups(conv.to_batch_last(x, pad), 3, 3, oh, ow)
+    groups = conv.groups(conv.pad_spatial(conv.to_batch_last(x), pad), 3, 3, oh, ow)
     assert [g.stop - g.start for g in groups] == {1: [1, 1, 1], 2: [1, 2]}[channels_per_group]
     grouped_out, grouped_cache = conv.conv2d_forward(x, w, b, stride=stride, pad=pad)
     np.testing.assert_allclose(grouped_out, out, rtol=1e-12, atol=1e-12)
@@ -374,7 +374,7 @@ def test_predictions_in_tiles_of_capsules_equal_their_definition(tile_bytes):
     """u_hat[b, j, i] = W_ij u_i and its gradients, computed tile by tile in threads."""
     from unittest import mock
     from minicaps.fast import parallel
-    from minicaps.ops.capsules import predictions_backward
+    from minicaps.fast.predictions import predictions_backward, predictions_forward
     rng = np.random.default_rng(0)
     u, w = rng.standard_normal((3, 7, 4)), rng.standard_normal((7, 5, 6, 4))
     du_hat = rng.standard_normal((3, 5, 7, 6))
@@ -390,22 +390,23 @@ def test_predictions_in_tiles_of_capsules_equal_their_definition(tile_bytes):
 @pytest.mark.parametrize("grad,iters", [("full", 1), ("full", 3), ("last", 3)])
 @pytest.mark.parametrize("tile_bytes", [1, 5000])  # an example a tile; a few, unevenly
 def test_routing_in_tiles_of_examples_equals_the_whole_batch(grad, iters, tile_bytes):
-    """Routing forward (v and every cached array) and backward, tile by tile in threads,
-    against the batch routed at once."""
+    """Routing forward (v and every cached array) and backward, tile by tile in threads
+    (minicaps.fast.tiles), against the batch routed at once by the reference."""
     from unittest import mock
-    from minicaps.fast import parallel
+    from minicaps.fast import parallel, tiles
     from minicaps.ops import routing
     rng = np.random.default_rng(iters)
     u_hat, dv = rng.standard_normal((7, 3, 5, 4)), rng.standard_normal((7, 3, 4))
     v, cache = routing_forward(u_hat, iters=iters, grad=grad)
     du_hat = routing.routing_backward(dv, cache)
-    assert parallel.tile_length(u_hat[0].nbytes, routing.TILE_BYTES) >= len(u_hat)
-    with mock.patch.object(routing, "TILE_BYTES", tile_bytes), \
+    assert parallel.tile_length(u_hat[0].nbytes, tiles.ROUTING_TILE_BYTES) >= len(u_hat)
+    with mock.patch.object(tiles, "ROUTING_TILE_BYTES", tile_bytes), \
             mock.patch.object(parallel, "MIN_ELEMENTS", 1):
-        tiled_v, tiled_cache = routing_forward(u_hat, iters=iters, grad=grad)
-        tiled_du_hat = routing.routing_backward(dv, tiled_cache)
+        tiled_v, tiled_cache = tiles.routing_forward(u_hat, iters=iters, grad=grad)
+        tiled_du_hat = tiles.routing_backward(dv, tiled_cache)
     np.testing.assert_array_equal(tiled_v, v)
-    cached = lambda c: [*c[1], *(a for sc in c[2] for a in sc), *c[3]]  # noqa: E731
+    cached = lambda c: [*c.couplings, *(a for sc in c.squash_caches for a in sc),  # noqa: E731
+                        *c.vs]
     assert len(cached(cache)) == 5 * (iters if grad == "full" else 1)  # c, s, |s|^2, |s|, v
     for tiled, whole in zip(cached(tiled_cache), cached(cache), strict=True):
         np.testing.assert_array_equal(tiled, whole)

@@ -1,5 +1,6 @@
-"""The spectral convolution (minicaps.fast.spectral) against the direct one (im2col), and when
-the network takes it. Its gradients against finite differences: tests/test_gradients.py."""
+"""The spectral convolution (minicaps.fast.spectral) against the direct one (the reference,
+im2col), and when the network takes it. Its gradients against finite differences:
+tests/test_gradients.py."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -7,8 +8,9 @@ from hypothesis import strategies as st
 
 from minicaps import CapsNetConfig
 from minicaps.fast import spectral
-from minicaps.ops.capsules import primary_capsules_forward
-from minicaps.ops.conv import _im2col_backward, _im2col_forward, uses_spectral
+from minicaps.fast.dispatch import primary_capsules_forward, takes_spectral_path
+from minicaps.ops.conv import conv2d_backward_batch_last as im2col_backward
+from minicaps.ops.conv import conv2d_forward_batch_last as im2col_forward
 
 
 def draw_problem(data):
@@ -30,17 +32,17 @@ def test_spectral_convolution_equals_the_direct_one(data, chunk_terms):
     """Output and all three gradients, with the kernel's spectrum in chunks of a few input
     terms (so that chunks split phases and channels unevenly) and need_dx off."""
     xt, w, b, stride, dout = draw_problem(data)
-    expected_out, cache = _im2col_forward(xt, w, b, stride)
+    expected_out, cache = im2col_forward(xt, w, b, stride=stride)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(spectral.Geometry, "chunk", lambda self, itemsize, batch: chunk_terms)
-        out, spectral_cache = spectral.forward(xt, w, b, stride)
+        out, spectral_cache = spectral.forward(xt, w, b, stride=stride)
         gradients = spectral.backward(dout, spectral_cache)
         dxt, dw, db = spectral.backward(dout, spectral_cache, need_dx=False)
     np.testing.assert_allclose(out, expected_out, rtol=1e-9, atol=1e-9)
-    for got, expected in zip(gradients, _im2col_backward(dout, cache)):
+    for got, expected in zip(gradients, im2col_backward(dout, cache)):
         np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
     assert dxt is None
-    np.testing.assert_allclose(dw, _im2col_backward(dout, cache)[1], rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(dw, im2col_backward(dout, cache)[1], rtol=1e-9, atol=1e-9)
 
 
 def test_float32_spectral_convolution_is_as_accurate_as_float32_im2col():
@@ -48,15 +50,15 @@ def test_float32_spectral_convolution_is_as_accurate_as_float32_im2col():
     rng = np.random.default_rng(0)
     xt, w = rng.random((256, 20, 20, 2)), (rng.random((256, 9, 9, 256)) - 0.5) / 50
     b, dout = np.zeros(256), rng.standard_normal((256, 6, 6, 2))
-    exact_out, exact_cache = _im2col_forward(xt, w, b, 2)
-    exact = (exact_out, *_im2col_backward(dout, exact_cache))
+    exact_out, exact_cache = im2col_forward(xt, w, b, stride=2)
+    exact = (exact_out, *im2col_backward(dout, exact_cache))
     single = [a.astype(np.float32) for a in (xt, w, b, dout)]
-    out32, cache32 = spectral.forward(*single[:3], 2)
-    direct_out32, direct_cache32 = _im2col_forward(*single[:3], 2)
+    out32, cache32 = spectral.forward(*single[:3], stride=2)
+    direct_out32, direct_cache32 = im2col_forward(*single[:3], stride=2)
     errors = {}
     for name, results in [("spectral", (out32, *spectral.backward(single[3], cache32))),
-                          ("im2col", (direct_out32, *_im2col_backward(single[3],
-                                                                      direct_cache32)))]:
+                          ("im2col", (direct_out32, *im2col_backward(single[3],
+                                                                     direct_cache32)))]:
         assert all(r.dtype == np.float32 for r in results)
         errors[name] = [np.abs(r - e).max() / np.abs(e).max() for r, e in zip(results, exact)]
     for spectral_error, direct_error in zip(errors["spectral"], errors["im2col"]):
@@ -69,10 +71,11 @@ def test_the_primary_capsules_take_the_spectral_path_where_it_pays():
     config = CapsNetConfig()
     (h, w), k = config.conv1_size, config.kernel_size
     primary = (config.conv_channels, k, k, config.primary_types * config.primary_dim)
-    assert not uses_spectral((config.conv_channels, h, w, 1), primary, 2, on_cpu=True)
-    assert uses_spectral((config.conv_channels, h, w, 32), primary, 2, on_cpu=True)
-    assert not uses_spectral((1, 28, 28, 32), (1, k, k, config.conv_channels), 1, on_cpu=True)
-    assert not uses_spectral((config.conv_channels, h, w, 32), primary, 2, on_cpu=False)
+    assert not takes_spectral_path((config.conv_channels, h, w, 1), primary, stride=2)
+    assert takes_spectral_path((config.conv_channels, h, w, 32), primary, stride=2)
+    assert not takes_spectral_path((1, 28, 28, 32), (1, k, k, config.conv_channels), stride=1)
+    assert not takes_spectral_path((config.conv_channels, h, w, 32), primary, stride=2,
+                                   device="gpu")
     rng = np.random.default_rng(1)
     x = rng.random((config.conv_channels, h, w, 32), dtype=np.float32)
     weights = rng.standard_normal(primary).astype(np.float32) / 100
@@ -121,8 +124,8 @@ def test_non_square_or_oversized_kernels_are_refused():
         spectral.geometry_of((3, 9, 9, 1), (3, 5, 3, 2), 1)
     with pytest.raises(ValueError, match="no larger than"):
         spectral.geometry_of((3, 4, 9, 1), (3, 5, 5, 2), 1)
-    assert not uses_spectral((256, 4, 9, 32), (256, 5, 5, 256), 2, on_cpu=True)
-    assert not uses_spectral((256, 9, 9, 32), (256, 5, 3, 256), 2, on_cpu=True)
+    assert not takes_spectral_path((256, 4, 9, 32), (256, 5, 5, 256), stride=2)
+    assert not takes_spectral_path((256, 9, 9, 32), (256, 5, 3, 256), stride=2)
 
 
 @pytest.mark.parametrize("ny, nx", [(1, 1), (1, 2), (2, 1), (3, 4), (4, 3), (10, 10), (9, 11)])

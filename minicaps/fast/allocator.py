@@ -4,13 +4,12 @@ A training step allocates and frees the same large arrays every step (im2col col
 16 MB, u_hat and routing's temporaries of tens of MB). glibc serves each block above its
 mmap threshold (at most 32 MB) with a fresh mapping and hands it back to the kernel when
 it is freed, and gives heap memory back once enough is free at its top. The next step then
-touches brand-new pages, one page fault each: on the logo configuration that was about a
-seventh of a CPU training step, at batch 128 on the paper's network a third (README,
-"Speed and memory").
+touches brand-new pages, one page fault each: a sizeable share of a CPU training step
+(docs/performance.md).
 
 `reuse_freed_memory()` raises both thresholds so that freed blocks stay in the heap and
 are reused. The memory a training step needs stays the same (a step's blocks are reused,
-not added to; measured within 4 %); only the process no longer shrinks between steps. It
+not added to); only the process no longer shrinks between steps. It
 changes the whole process, so the library never calls it on import: the command line does,
 and a library user may.
 """

@@ -3,10 +3,9 @@
 After each matrix product OpenBLAS keeps its worker threads spinning (a sched_yield loop)
 for 2**28 cycles, about a tenth of a second, in case another product follows. In a
 training step each product is followed by copies and element-wise passes that minicaps
-splits over threads of its own (minicaps.parallel): on a machine with no more cores than
-threads, the spinning worker takes a core from them. On the README's 2-core machine the
-Adam update took 16 ms instead of 10 that way, and a training step of the paper's network
-at batch 32 about 310 ms instead of 272.
+splits over threads of its own (minicaps/fast/parallel.py): on a machine with no more
+cores than threads, the spinning worker takes a core from them, and the update and the
+whole step slow down (docs/performance.md has the figures).
 
 OPENBLAS_THREAD_TIMEOUT=4, the smallest it takes (2**4 cycles), lets the workers sleep
 right after each product; waking them costs microseconds, against products of milliseconds.

@@ -1,44 +1,22 @@
-"""Fused CuPy kernels: the same arithmetic as the portable NumPy/CuPy code, in fewer launches.
+"""Fused CuPy kernels: the same arithmetic as the reference ops, in fewer launches.
 
 On the GPU a step of the paper's network is dominated by launching work, not by doing it:
 col2im adds a kernel's worth of strided slices back one by one (81 for a 9x9 kernel,
 each a Python-side view and a launch), and Adam runs ten element-wise passes per
 parameter. Each kernel here does one of those in a single launch; im2col has one too,
-written when the portable im2col also copied slice by slice (now one copy of a strided
+written when the reference im2col also copied slice by slice (now one copy of a strided
 view: a launch as well, but through CuPy's general strided copy).
 
-im2col, col2im and Adam compute exactly what the portable code computes, operation for
+im2col, col2im and Adam compute exactly what the reference ops compute, operation for
 operation and in the same order (Adam compiled with --fmad=false, so that no multiply-add
 is contracted into one rounding), which makes their results equal bit for bit; squash and
 softmax sum in another order and agree to rounding. tests/test_kernels.py checks both
-against `portable()`. The portable code stays the reference and the only path on the CPU.
-
-MINICAPS_FUSED=0 in the environment turns the kernels off (for comparing the two paths).
+against the reference. Each function here takes and returns what the op it stands in for
+does; minicaps/fast/dispatch.py chooses them for CuPy arrays.
 """
-import os
-from contextlib import contextmanager
 
-from ..backend import get_array_module
-
-_enabled = os.environ.get("MINICAPS_FUSED", "1") != "0"
 _compiled = {}
-_EXACT = ("--fmad=false",)  # round every product on its own, as the portable code does
-
-
-def fused(array):
-    """True when `array` is a CuPy array and the fused kernels are on."""
-    return _enabled and get_array_module(array).__name__ == "cupy"
-
-
-@contextmanager
-def portable():
-    """Run the portable code inside the block, fused kernels or not (for tests, benchmarks)."""
-    global _enabled
-    before, _enabled = _enabled, False
-    try:
-        yield
-    finally:
-        _enabled = before
+_EXACT = ("--fmad=false",)  # round every product on its own, as the reference does
 
 
 def _kernel(name, in_params, out_params, body, *, index="int64", constants=None):
@@ -86,8 +64,8 @@ IM2COL = """
     cols = xt[((c * IN_H + r + STRIDE * y) * IN_W + j + STRIDE * x) * BATCH + b];
 """
 
-# col2im as a gather: one thread per pixel of xt (C, H, W, B) adds up, in the portable
-# code's order (kernel row r, then column j), the column entries that were copied from it.
+# col2im as a gather: one thread per pixel of xt (C, H, W, B) adds up, in the reference's
+# order (kernel row r, then column j), the column entries that were copied from it.
 # No two threads write one pixel, so no atomics, and the sum is deterministic.
 ADD_COLUMNS = """
     idx_t t = i;
@@ -118,7 +96,7 @@ def column_constants(xt_shape, kh, kw, oh, ow, stride):
 
 
 def columns(xt, kh, kw, oh, ow, stride):
-    """minicaps.conv's columns of xt, in one launch."""
+    """minicaps.ops.conv.columns of xt, in one launch."""
     import cupy
     C, _, _, B = xt.shape
     cols = cupy.empty((C, kh, kw, oh, ow, B), dtype=xt.dtype)
@@ -130,7 +108,7 @@ def columns(xt, kh, kw, oh, ow, stride):
 
 
 def add_columns(dxt, dcols, stride):
-    """minicaps.conv's adjoint of `columns`, added into dxt (C, H, W, B) in one launch."""
+    """minicaps.ops.conv.add_columns: dcols added into dxt (C, H, W, B) in one launch."""
     import cupy
     _, kh, kw, oh, ow, _ = dcols.shape
     col2im = _kernel("minicaps_col2im", "raw T dcols", "T dxt", ADD_COLUMNS,
@@ -139,8 +117,8 @@ def add_columns(dxt, dcols, stride):
     col2im(cupy.ascontiguousarray(dcols), dxt)
 
 
-# Adam's update for one element: the same operations, in the same order, as the portable
-# update of minicaps.optim.Adam.
+# Adam's update for one element: the same operations, in the same order, as
+# minicaps.ops.adam.adam_update.
 _ADAM = """
     m = m * beta1;
     m = m + one_minus_beta1 * g;
@@ -151,8 +129,8 @@ _ADAM = """
 
 
 def adam_update(p, g, m, v, *, beta1, beta2, step_size, eps):
-    """Adam's in-place update of p, m, v from g, in one launch. The scalars are rounded
-    to the arrays' dtype first, as NumPy and CuPy do with Python floats."""
+    """minicaps.ops.adam.adam_update of p, m, v from g, in one launch. The scalars are
+    rounded to the arrays' dtype first, as NumPy and CuPy do with Python floats."""
     dtype = p.dtype.type
     update = _kernel("minicaps_adam",
                      "T g, T beta1, T one_minus_beta1, T beta2, T one_minus_beta2, "
@@ -161,9 +139,9 @@ def adam_update(p, g, m, v, *, beta1, beta2, step_size, eps):
            dtype(step_size), dtype(eps), p, m, v)
 
 
-# Squash (minicaps.capsules) of N vectors of length D: one thread per vector. The sums run
-# in order over the vector, where CuPy's reductions pair them up: the results agree with
-# the portable code to rounding, not bit for bit.
+# Squash (minicaps.ops.capsules) of N vectors of length D: one thread per vector. The sums
+# run in order over the vector, where CuPy's reductions pair them up: the results agree
+# with the reference to rounding, not bit for bit.
 _SQUASH = """
     const ptrdiff_t start = i * D;
     T total = 0;
@@ -185,21 +163,22 @@ _SQUASH_BACKWARD = """
 """
 
 
-def squash(s):
-    """(v, |s|^2, |s|) of minicaps.capsules.squash_forward, in one launch; the last two
-    shaped (..., 1) as there."""
+def squash_forward(s):
+    """minicaps.ops.capsules.squash_forward in one launch: v and the cache (s, |s|^2,
+    |s|), the last two shaped (..., 1) as there."""
     import cupy
     s = cupy.ascontiguousarray(s)
     v = cupy.empty_like(s)
     sq, norm = (cupy.empty(s.shape[:-1] + (1,), dtype=s.dtype) for _ in range(2))
     _kernel("minicaps_squash", "raw T s, int64 D", "raw T v, T sq, T norm", _SQUASH)(
         s, s.shape[-1], v, sq, norm)
-    return v, sq, norm
+    return v, (s, sq, norm)
 
 
-def squash_backward(dv, s, sq, norm):
-    """ds of minicaps.capsules.squash_backward, in one launch."""
+def squash_backward(dv, cache):
+    """minicaps.ops.capsules.squash_backward in one launch."""
     import cupy
+    s, sq, norm = cache
     s, dv = cupy.ascontiguousarray(s), cupy.ascontiguousarray(dv)
     ds = cupy.empty_like(s)
     _kernel("minicaps_squash_backward", "raw T s, raw T dv, T sq, T norm, int64 D", "raw T ds",
@@ -238,7 +217,7 @@ def _axis1_shape(x):
 
 
 def softmax_axis1(x):
-    """Softmax over axis 1, as minicaps.routing.softmax(x, axis=1), in one launch."""
+    """Softmax over axis 1, as minicaps.ops.routing.softmax(x, axis=1), in one launch."""
     import cupy
     x = cupy.ascontiguousarray(x)
     A, J, R = _axis1_shape(x)

@@ -1,10 +1,10 @@
-"""Element-wise work on NumPy arrays split over threads.
+"""Work on NumPy arrays split over threads.
 
 NumPy runs each element-wise pass and strided copy on one core, but releases the GIL
 while it does, so threads that work on disjoint parts of an array run in parallel. On the
 CPU this speeds up what the matrix library does not parallelise for us: im2col's copies,
-col2im's sums, the optimizer's update. CuPy arrays (already parallel on the GPU) and small
-arrays run as one piece.
+col2im's sums, the optimizer's update, routing (minicaps/fast/tiles.py). CuPy arrays
+(already parallel on the GPU) and small arrays run as one piece.
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -30,8 +30,8 @@ def in_parts(array, length, work):
         future.result()
 
 
-# Bytes per tile of in_tiles: tiles of 256 KiB stayed in the 2 MiB L2 cache beside the
-# writes they feed (measured best among 1-16 rows of u_hat, batch 8 to 128).
+# Bytes per tile of in_tiles: small enough to stay in a core's L2 cache beside the writes
+# they feed (the best of 1-16 rows of u_hat, batch 8 to 128, on the development machine).
 TILE_BYTES = 256 * 2 ** 10
 
 
@@ -62,10 +62,9 @@ def transposed(array, axes):
     """array.transpose(axes) as a contiguous array (the view itself if it is one already).
 
     NumPy copies a transpose on one core, and in the order of the result, so that its reads
-    jump across the source (for u_hat between the predictions' and routing's layouts, one
-    64-byte run per 82 KiB at batch 128). Here the source is copied in tiles of its first
-    axis, each small enough to stay in cache while it is written out, in parallel threads:
-    u_hat's copy at batch 128 took 52-91 ms that way, 11-17 ms tiled."""
+    jump across the source (for a batch-first image batch made batch-last, one number per
+    image's worth of bytes). Here the source is copied in tiles of its first axis, each
+    small enough to stay in cache while it is written out, in parallel threads."""
     view = array.transpose(axes)
     xp = get_array_module(array)
     if xp is not np or view.flags.c_contiguous:  # the GPU copies in parallel in one launch

@@ -1,7 +1,7 @@
 """Strided convolution through the discrete Fourier transform, in real matrix products.
 
 The primary capsules' convolution (9x9 kernels, stride 2, 256 channels in and out, 6x6
-outputs) is most of a training step's arithmetic. Done directly (minicaps.conv's im2col),
+outputs) is most of a training step's arithmetic. Done directly (minicaps.ops.conv),
 each output costs k*k = 81 multiply-adds per channel pair. Through the DFT it costs far
 fewer, because the kernel's 81 taps collapse into one product per frequency:
 
@@ -30,7 +30,7 @@ It is computed from the weights each step (and again in backward, instead of kee
 in chunks of input terms (Geometry.chunk: CHUNK_BYTES, or the input spectrum's size at a
 large batch), and so is the weights' gradient spectrum. These passes move a fixed amount
 of memory whatever the batch, so the spectral path pays only from some batch size on
-(`pays`: 24 for the paper's network), and the direct one stays for small batches. The DFTs
+(`pays`), and the direct one stays for small batches. The DFTs
 are dense matrices (no FFT), which suits the small grids of capsule networks; `pays`
 leaves larger ones (more than MAX_FREQUENCIES) to the direct path.
 
@@ -40,6 +40,9 @@ last axis the real parts of the batch then the imaginary ones; the kernel's, K, 
 X^T @ K[:, 0] = [Xr^T Kr; Xi^T Kr] and X^T @ K[:, 1] = [Xr^T Ki; Xi^T Ki], from which
 the real and imaginary parts of the output's spectrum (transposed) are a subtraction and
 an addition.
+
+forward and backward take and return what minicaps.ops.conv.conv2d_forward_batch_last
+and conv2d_backward_batch_last do; minicaps/fast/dispatch.py chooses them where `pays`.
 """
 import importlib
 from dataclasses import dataclass
@@ -48,6 +51,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..backend import get_array_module
+from ..ops.conv import pad_spatial
 from .parallel import transposed
 
 CHUNK_BYTES = 32 * 2 ** 20  # of the kernel's spectrum at a time, at least (Geometry.chunk)
@@ -137,23 +141,23 @@ def geometry_of(xt_shape, w_shape, stride):
 # rate (conv1 has one), and the direct path's columns are small there anyway.
 MIN_CHANNELS = 64
 # The dense DFT matrices grow with the square of the grid: measured up to 290 frequencies
-# (56x56 inputs to the paper's network, 1.5x the direct path's speed); larger grids would
-# want an FFT, and stay direct.
+# (56x56 inputs to the paper's network, still faster than the direct path); larger grids
+# would want an FFT, and stay direct.
 MAX_FREQUENCIES = 512
 # The kernel's transforms move its whole spectrum through memory for few FLOPs: counted at
 # this many times their FLOPs against the products' (see `pays`). With it the paper's
-# primary capsules switch at batch 24 and the logo network's at 18, where the two paths
-# measured even (about 25, and 13-18: benchmarks/conv_paths.py).
+# primary capsules switch at batch 24 and the logo network's at 18, near where the two
+# paths measured even (benchmarks/conv_paths.py).
 TRANSFORM_COST = 4.5
 
 
-def pays(geometry, batch, on_cpu):
-    """Whether the spectral path is the faster one: on the CPU (the GPU is not measured
-    yet), for a kernel over many input channels on a grid of at most MAX_FREQUENCIES, when
+def pays(geometry, batch):
+    """Whether the spectral path is the faster one on the CPU (the model is measured there
+    only): for a kernel over many input channels on a grid of at most MAX_FREQUENCIES, when
     its products and transforms, the kernel's at TRANSFORM_COST times their FLOPs, come to
     less than the direct path's products (for the paper's primary capsules, from batch 24
     on; for the logo network's, from 18)."""
-    if (not on_cpu or geometry.C < MIN_CHANNELS or geometry.k < 3
+    if (geometry.C < MIN_CHANNELS or geometry.k < 3
             or geometry.frequencies > MAX_FREQUENCIES):
         return False
     g = geometry
@@ -280,10 +284,11 @@ def _kernel_spectrum(D, w, terms, g):
     return (D @ _phase_taps(w, terms, g)).reshape(g.frequencies, 2, -1, g.O)
 
 
-def forward(xt, w, b, stride):
-    """out (O, oh, ow, B) of xt (C, H, W, B) (already padded) and w (C, k, k, O), through
-    the DFT; the cache keeps the input's spectrum."""
+def forward(xt, w, b, *, stride=1, pad=0):
+    """out (O, oh, ow, B) of xt (C, H, W, B) and w (C, k, k, O), through the DFT; the
+    cache keeps the input's spectrum."""
     xp = get_array_module(xt)
+    xt = pad_spatial(xt, pad)
     g = geometry_of(xt.shape, w.shape, stride)
     B, F, M, O = xt.shape[-1], g.frequencies, g.terms, g.O
     A, D, G = _matrices(g, xp, xt.dtype)
@@ -307,12 +312,12 @@ def forward(xt, w, b, stride):
     out = (G @ Z.reshape(2 * F, B * O)).reshape(g.oh, g.ow, B, O)
     out = transposed(out, (3, 0, 1, 2))
     out += b.reshape(O, 1, 1, 1)
-    return out, (X, w, g, xt.shape[1:3])
+    return out, (X, w, g, xt.shape[1:3], pad)
 
 
 def backward(dout, cache, *, need_dx=True):
     """dxt (C, H, W, B) or None, dw, db from dout (O, oh, ow, B)."""
-    X, w, g, (H, W) = cache
+    X, w, g, (H, W), pad = cache
     xp = get_array_module(dout)
     B, F, M, O = dout.shape[-1], g.frequencies, g.terms, g.O
     A, D, G = _matrices(g, xp, dout.dtype)
@@ -345,4 +350,6 @@ def backward(dout, cache, *, need_dx=True):
     dX = transposed(dX.reshape(F, M, 2, B), (0, 2, 1, 3)).reshape(2 * F, M * B)
     dxt = xp.zeros((g.C, H, W, B), dtype=dout.dtype)
     _add_phases(dxt, A.T @ dX, g)
+    if pad:
+        dxt = dxt[:, pad:-pad, pad:-pad]
     return dxt, dw, db

@@ -1,12 +1,12 @@
 """What a gradient check differentiates: a network of a configuration at a point where
 every path carries gradient, and the function whose exact gradient its backward pass is."""
 import dataclasses
-import sys
 from contextlib import contextmanager
 
 import numpy as np
 
 from ..backend import get_array_module
+from ..fast import dispatch
 from ..nets.kinds import build, kind_of
 from ..ops.capsules import squash_forward
 from ..ops.routing import routing_forward, softmax
@@ -73,13 +73,14 @@ def differentiated_function(net, x):
     constants (minicaps/ops/routing.py), so it is the gradient of the loss with them held at
     their values at the checked point, and finite differences must measure that function.
 
-    The network module's routing is swapped for one with those coefficients for the
-    duration (its caches are not needed: finite differences run no backward pass)."""
+    The routing the network calls (minicaps.fast.dispatch's) is swapped for one with those
+    coefficients for the duration (its caches are not needed: finite differences run no
+    backward pass)."""
     cfg = net.config
     if getattr(cfg, "routing_grad", "full") == "full" or cfg.routing_iters == 1:
         yield
         return
-    module = sys.modules[type(net).__module__]
+    module = dispatch
     real = module.routing_forward
     seen = []
 

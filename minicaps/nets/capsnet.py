@@ -10,26 +10,28 @@
 
 The backward pass is the forward pass read in reverse. Parameters are laid out inputs
 first: conv weights (in, kh, kw, out), the decoder's linear weights (in, out).
+
+The ops with a fast path (the convolutions, the capsule ops, routing) are called through
+minicaps/fast/dispatch.py, which runs each one's reference in minicaps/ops or a substitute
+with the same inputs and outputs; the others come from minicaps/ops directly.
 """
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..backend import get_array_module
-from ..ops.capsules import (length_backward, length_forward, predictions_backward,
-                       predictions_forward, primary_capsules_backward,
-                       primary_capsules_forward)
-from ..ops.conv import (conv2d_backward_batch_last, conv2d_forward_batch_last, output_size,
-                   to_batch_last)
 from ..errors import MinicapsError
+from ..fast import dispatch  # the convolutions, capsule ops and routing, fast or reference
+from ..ops.capsules import length_backward, length_forward
+from ..ops.conv import output_size
 from ..ops.layers import (linear_backward, linear_forward, relu_backward, relu_forward,
-                     sigmoid_backward, sigmoid_forward)
+                          sigmoid_backward, sigmoid_forward)
 from ..ops.losses import (margin_loss_backward, margin_loss_forward, one_hot,
-                     reconstruction_loss_backward, reconstruction_loss_forward)
+                          reconstruction_loss_backward, reconstruction_loss_forward)
+from ..ops.routing import ROUTING_GRADS, gradient_path_norms
+from ..option import check, option
 from .network import (Network, check_input_options, contrast_window_option, fan_in_uniform,
                       in_shape_option, input_channels, n_classes_option)
-from ..option import check, option
-from ..ops.routing import ROUTING_GRADS, gradient_path_norms, routing_backward, routing_forward
 
 DECODER_WIDTHS = (512, 1024)
 
@@ -163,16 +165,16 @@ class CapsNet(Network):
         """The class capsules v (B, J, E) of a prepared batch, with the caches for backward.
         Feature maps stay batch-last (C, H, W, B) from conv1 to the primary capsules."""
         p, cfg = self.params, self.config
-        h, conv_cache = conv2d_forward_batch_last(to_batch_last(self._prepared(x)),
-                                                  p["conv1.w"], p["conv1.b"],
-                                                  stride=cfg.conv_stride)
+        xt = dispatch.to_batch_last(self._prepared(x))  # (C, H, W, B)
+        h, conv_cache = dispatch.conv2d_forward_batch_last(xt, p["conv1.w"], p["conv1.b"],
+                                                           stride=cfg.conv_stride)
         h, relu_cache = relu_forward(h)  # (conv_channels, H1, W1, B)
-        u, primary_cache = primary_capsules_forward(
+        u, primary_cache = dispatch.primary_capsules_forward(
             h, p["primary.w"], p["primary.b"], types=cfg.primary_types,
             stride=cfg.primary_stride)  # (B, I, D)
-        u_hat, pred_cache = predictions_forward(u, p["caps.w"])  # (B, J', I, E)
-        v, routing_cache = routing_forward(u_hat, iters=cfg.routing_iters,
-                                           grad=cfg.routing_grad)  # (B, J', E)
+        u_hat, pred_cache = dispatch.predictions_forward(u, p["caps.w"])  # (B, J', I, E)
+        v, routing_cache = dispatch.routing_forward(u_hat, iters=cfg.routing_iters,
+                                                    grad=cfg.routing_grad)  # (B, J', E)
         v = v[:, :cfg.n_classes]  # (B, J, E): without the none-of-the-above capsule
         return v, (conv_cache, relu_cache, primary_cache, pred_cache, routing_cache)
 
@@ -181,15 +183,16 @@ class CapsNet(Network):
         dict `caches`. Routing's cache and the predictions' are dropped as soon as they
         have been used, and so is du_hat: u_hat and du_hat (B x J x I x E each, the largest
         arrays of a step) are then freed before the primary capsules' backward allocates
-        its columns (the paper's net at batch 32: 4.2 -> 2.5 MiB per image at the peak)."""
+        its columns."""
         conv_cache, relu_cache, primary_cache, pred_cache, routing_cache = caches.pop("capsules")
-        du_hat = routing_backward(self._all_parents(dv), routing_cache)
+        du_hat = dispatch.routing_backward(self._all_parents(dv), routing_cache)
         del routing_cache
-        du, grads["caps.w"] = predictions_backward(du_hat, pred_cache)
+        du, grads["caps.w"] = dispatch.predictions_backward(du_hat, pred_cache)
         del du_hat, pred_cache
-        dh, grads["primary.w"], grads["primary.b"] = primary_capsules_backward(du, primary_cache)
+        dh, grads["primary.w"], grads["primary.b"] = dispatch.primary_capsules_backward(
+            du, primary_cache)
         dh = relu_backward(dh, relu_cache)
-        _, grads["conv1.w"], grads["conv1.b"] = conv2d_backward_batch_last(
+        _, grads["conv1.w"], grads["conv1.b"] = dispatch.conv2d_backward_batch_last(
             dh, conv_cache, need_dx=False)
 
     def _decode(self, v, mask):
@@ -279,8 +282,9 @@ class CapsNet(Network):
         return kinks
 
     def class_capsules(self, x):
-        """The class capsules v (B, n_classes, class_dim) and the routing cache (which holds
-        the coupling coefficients of each iteration)."""
+        """The class capsules v (B, n_classes, class_dim) and the routing cache (a
+        minicaps.ops.routing.RoutingCache: `couplings` holds the coupling coefficients of
+        each iteration kept for backward)."""
         v, caches = self._capsules(self._as_input(x))
         return v, caches[-1]
 

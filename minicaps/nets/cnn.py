@@ -13,15 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ops.conv import conv2d_backward, conv2d_forward
 from ..errors import MinicapsError
+from ..fast import dispatch
 from ..ops.layers import linear_backward, linear_forward, relu_backward, relu_forward
 from ..ops.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from .network import (Network, check_input_options, contrast_window_option, fan_in_uniform,
                       in_shape_option, input_channels, n_classes_option)
 from ..option import check, option
 from ..ops.pooling import maxpool_backward, maxpool_forward
-from ..ops.routing import softmax
 
 POOLED_LAYERS = 2  # max pooling after the first two convolutions
 
@@ -99,7 +98,7 @@ class PoolingCNN(Network):
         p, cfg = self.params, self.config
         caches, h = [], self._prepared(x)
         for n in range(len(cfg.channels)):
-            h, conv_cache = conv2d_forward(h, p[f"conv{n}.w"], p[f"conv{n}.b"],
+            h, conv_cache = dispatch.conv2d_forward(h, p[f"conv{n}.w"], p[f"conv{n}.b"],
                                            pad=cfg.kernel_size // 2)
             h, relu_cache = relu_forward(h)
             pool_cache = None
@@ -139,7 +138,7 @@ class PoolingCNN(Network):
             if pool_cache is not None:
                 dh = maxpool_backward(dh, pool_cache)
             dh = relu_backward(dh, relu_cache)
-            dh, grads[f"conv{n}.w"], grads[f"conv{n}.b"] = conv2d_backward(
+            dh, grads[f"conv{n}.w"], grads[f"conv{n}.b"] = dispatch.conv2d_backward(
                 dh, conv_cache, need_dx=n > 0)
         return grads
 
@@ -160,4 +159,4 @@ class PoolingCNN(Network):
     def predict(self, x):
         """Softmax probabilities (B, n_classes)."""
         logits, _ = self._logits(self._as_input(x))
-        return softmax(logits, axis=1)
+        return dispatch.softmax(logits, axis=1)

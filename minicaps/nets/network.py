@@ -127,7 +127,7 @@ class Network:
     def _prepared(self, x):
         """What the first layer sees of pixels x in [0, 1]: (x - input_mean) / input_std per
         channel (x itself when the config has no statistics), followed, when the config has
-        a contrast_window, by the local contrast of each channel (minicaps/contrast.py).
+        a contrast_window, by the local contrast of each channel (minicaps/ops/contrast.py).
         No gradient is ever needed with respect to the input."""
         cfg = self.config
         xp = get_array_module(x)

@@ -12,27 +12,31 @@ Two backward passes, both exact for what they define:
 - grad="last": the coupling coefficients are treated as constants (as if chosen by a
   separate process); gradient reaches u_hat only through the last weighted sum,
   du_hat = c_last * ds_last. Cheaper, and what many implementations do by detaching c.
-"""
-import numpy as np
 
-from ..fast import kernels
+Routing is built from two smaller ops, softmax over J and squash. Both are keyword
+arguments, this package's own by default (the one place that passes others is
+minicaps/fast/dispatch.py).
+"""
+from typing import NamedTuple
+
 from ..backend import get_array_module
 from .capsules import squash_backward, squash_forward
-from ..fast.parallel import THREADS, in_tiles, tile_length
 
 ROUTING_GRADS = ("full", "last")
-# Routing is separate for every example, so the CPU routes a batch in tiles of examples,
-# split over threads (minicaps.parallel.in_tiles): a tile's u_hat (about 3 MiB, four
-# examples of the paper's network) stays in cache through every iteration, where the whole
-# batch's (24 MB at batch 32) went out to memory and back at each of its passes. On the
-# 2-core CPU, routing forward took 3.3 ms instead of 6.6 at batch 32, 13 instead of 35 at
-# 128; backward 4.4 instead of 7.6, 21 instead of 41. The GPU routes the batch at once.
-TILE_BYTES = 3 * 2 ** 20
+
+
+class RoutingCache(NamedTuple):
+    """What routing_forward keeps for backward: one entry per kept iteration in each list
+    (every iteration for grad="full", the last only for grad="last")."""
+    u_hat: object  # (B, J, I, E)
+    couplings: list  # c, (B, J, I) each
+    squash_caches: list  # squash_forward's (s, |s|^2, |s|) each
+    vs: list  # v, (B, J, E) each
+    grad: str
+    iters: int
 
 
 def softmax(x, axis):
-    if axis == 1 and kernels.fused(x):
-        return kernels.softmax_axis1(x)
     xp = get_array_module(x)
     e = xp.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
@@ -40,12 +44,10 @@ def softmax(x, axis):
 
 def softmax_backward(c, dc, axis):
     """The gradient reaching softmax's input, from its output c and output gradient dc."""
-    if axis == 1 and kernels.fused(c):
-        return kernels.softmax_axis1_backward(c, dc)
     return c * (dc - (dc * c).sum(axis=axis, keepdims=True))
 
 
-def routing_forward(u_hat, *, iters=3, grad="full"):
+def routing_forward(u_hat, *, iters=3, grad="full", softmax=softmax, squash=squash_forward):
     """Class capsules v (B, J, E) from predictions u_hat (B, J, I, E).
 
     Logits start at 0 for every example; c is the softmax of b over the J class capsules,
@@ -56,52 +58,23 @@ def routing_forward(u_hat, *, iters=3, grad="full"):
     if iters < 1:
         raise ValueError(f"routing needs at least one iteration, not {iters}")
     xp = get_array_module(u_hat)
-    B, J, I, E = u_hat.shape
-    kept = iters if grad == "full" else 1  # "last": backward needs only the last iteration
-
-    def per_kept_iteration(last_axis):  # the whole batch's arrays, filled tile by tile
-        return [xp.empty((B, J, last_axis), dtype=u_hat.dtype) for _ in range(kept)]
-
-    couplings, vs = per_kept_iteration(I), per_kept_iteration(E)
-    squash_caches = list(zip(per_kept_iteration(E), per_kept_iteration(1),
-                             per_kept_iteration(1)))  # s, |s|^2, |s|
-
-    def route(first, last):  # examples first..last-1, every iteration
-        u = u_hat[first:last]
-        b = xp.zeros(u.shape[:3], dtype=u.dtype)
-        for r in range(iters):
-            c = softmax(b, axis=1)  # (n, J, I), sums to 1 over J
-            s = (c[:, :, None, :] @ u)[:, :, 0, :]  # (n, J, E)
-            v, squash_cache = squash_forward(s)
-            k = r - (iters - kept)  # its place among the kept iterations, if kept
-            if k >= 0:
-                for whole, part in zip((couplings[k], vs[k], *squash_caches[k]),
-                                       (c, v, *squash_cache)):
-                    whole[first:last] = part
-            if r < iters - 1:
-                b = b + (u @ v[..., None])[..., 0]  # agreement <u_hat, v>, (n, J, I)
-
-    in_tiles(u_hat, B, u_hat[0].nbytes, route, tile_bytes=TILE_BYTES)
-    return vs[-1], (u_hat, couplings, squash_caches, vs, grad, iters)
+    cache = RoutingCache(u_hat, [], [], [], grad, iters)
+    b = xp.zeros(u_hat.shape[:3], dtype=u_hat.dtype)  # (B, J, I)
+    for r in range(iters):
+        c = softmax(b, axis=1)  # (B, J, I), sums to 1 over J
+        s = (c[:, :, None, :] @ u_hat)[:, :, 0, :]  # (B, J, E)
+        v, squash_cache = squash(s)
+        if grad == "full" or r == iters - 1:  # "last": backward needs the last one only
+            cache.couplings.append(c)
+            cache.squash_caches.append(squash_cache)
+            cache.vs.append(v)
+        if r < iters - 1:
+            b = b + (u_hat @ v[..., None])[..., 0]  # agreement <u_hat, v>, (B, J, I)
+    return v, cache
 
 
-def examples_at_once(batch_size, example_bytes, device):
-    """The most examples whose routing temporaries exist at once (example_bytes of u_hat
-    each): on the CPU a tile per thread, on the GPU the whole batch."""
-    if device == "gpu":
-        return batch_size
-    return min(batch_size, THREADS * tile_length(example_bytes, TILE_BYTES))
-
-
-def _examples(cache, first, last):
-    """The routing cache of examples first..last-1 (views)."""
-    u_hat, couplings, squash_caches, vs, grad, iters = cache
-    return (u_hat[first:last], [c[first:last] for c in couplings],
-            [tuple(a[first:last] for a in sc) for sc in squash_caches],
-            [v[first:last] for v in vs], grad, iters)
-
-
-def _gradient_paths(dv, cache):
+def _gradient_paths(dv, cache, softmax_backward=softmax_backward,
+                    squash_backward=squash_backward):
     """The outer-product terms left (B, J, I) x right (B, J, E) whose sum is du_hat, with
     the path each belongs to: ("sum", r) for iteration r's weighted sum (through c_r, as
     constants), ("agreement", r) for the logit update that feeds iteration r (the
@@ -127,36 +100,22 @@ def _gradient_paths(dv, cache):
     return terms
 
 
-def routing_backward(dv, cache):
-    """du_hat (B, J, I, E) from dv (B, J, E).
+def routing_backward(dv, cache, *, softmax_backward=softmax_backward,
+                     squash_backward=squash_backward, out=None):
+    """du_hat (B, J, I, E) from dv (B, J, E), written into `out` if given (as NumPy's
+    out=).
 
     Every path into u_hat is an outer product left (B, J, I) x right (B, J, E): c_r x ds_r
-    for the weighted sums, db_r x v_(r-1) for the agreements. They are collected and
-    summed with one batched matrix product, tile of examples by tile as in the forward pass.
-    On the CPU du_hat is a (B, J, I, E) view of an array laid out (I, B, J, E).
+    for the weighted sums, db_r x v_(r-1) for the agreements. They are summed with one
+    batched matrix product over the K paths.
     """
-    u_hat = cache[0]
     xp = get_array_module(dv)
-    B, J, I, E = u_hat.shape
-    if xp is np:
-        # Laid out (I, B, J, E), as the predictions' backward pass reads it capsule by
-        # capsule: that spares it a transposing copy (on the 2-core CPU at batch 128, it
-        # took 17 ms instead of 43, for 6 ms more here).
-        du_hat = np.empty((I, B, J, E), dtype=u_hat.dtype).transpose(1, 2, 0, 3)
-    else:
-        du_hat = xp.empty_like(u_hat)
-
-    def backward(first, last):
-        terms = _gradient_paths(dv[first:last], _examples(cache, first, last))
-        left = xp.stack([t[1] for t in terms], axis=-1)  # (n, J, I, K)
-        right = xp.stack([t[2] for t in terms], axis=2)  # (n, J, K, E)
-        if len(terms) == 1:  # the same numbers, 1.3x faster (NumPy's product of K = 1 is a loop)
-            xp.multiply(left, right, out=du_hat[first:last])
-        else:
-            xp.matmul(left, right, out=du_hat[first:last])
-
-    in_tiles(u_hat, B, u_hat[0].nbytes, backward, tile_bytes=TILE_BYTES)
-    return du_hat
+    terms = _gradient_paths(dv, cache, softmax_backward, squash_backward)
+    left = xp.stack([t[1] for t in terms], axis=-1)  # (B, J, I, K)
+    right = xp.stack([t[2] for t in terms], axis=2)  # (B, J, K, E)
+    if len(terms) == 1:  # the same numbers: NumPy's product over K = 1 is a slow loop
+        return xp.multiply(left, right, out=out)
+    return xp.matmul(left, right, out=out)
 
 
 def gradient_path_norms(dv, cache):

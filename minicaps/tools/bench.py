@@ -12,9 +12,10 @@ import tracemalloc
 import numpy as np
 
 from ..backend import xp_for
+from ..fast import dispatch
 from ..nets.capsnet import CapsNet
+from ..ops.conv import largest_group
 from ..optim import Adam
-from ..ops.conv import _columns, largest_group
 from .plan import main_convolution, plan, spectral_geometry
 
 
@@ -185,7 +186,7 @@ def _convolution_rates(config, batch_size, device, repeats):
         (g * k2, oh * ow * batch), (g * k2, conv.out_channels),
         (conv.out_channels, oh * ow * batch)])
 
-    def products():  # as minicaps.conv multiplies: output, weight gradient, column gradient
+    def products():  # as minicaps.ops.conv multiplies: output, weight gradient, column gradient
         w.T @ cols, cols @ dout.T, w @ dout
 
     products()
@@ -219,14 +220,14 @@ def _columns_rate(config, batch_size, xp, repeats):
             evict.sum()
 
     def build():
-        return _columns(xt, conv.kernel, conv.kernel, oh, ow, conv.stride)
+        return dispatch.columns(xt, conv.kernel, conv.kernel, oh, ow, conv.stride)
 
     nbytes = build().nbytes
     return nbytes / _seconds(xp, build, repeats, before=evict_caches) / 1e9
 
 
 def _spectral_rate(g, batch_size, xp, dtype, repeats):
-    """GFLOP/s of the spectral convolution's matrix products (minicaps.spectral), timed on
+    """GFLOP/s of the spectral convolution's matrix products (minicaps.fast.spectral), timed on
     one chunk of its input terms at this batch (halved until the chunk's input spectrum
     fits in SPECTRAL_CALIBRATION_BYTES): per frequency the output's two products, the input
     gradient's two and the kernel gradient's two; the kernel's three transforms; and the
@@ -247,7 +248,7 @@ def _spectral_rate(g, batch_size, xp, dtype, repeats):
         (F, m, 2 * B), (F, 2, m, O), (F, 2 * B, 2 * O), (2 * F, g.taps ** 2),
         (g.taps ** 2, m * O), (2 * F, g.ny * g.nx), (g.ny * g.nx, m * B)])
 
-    def products():  # as minicaps.spectral multiplies, each result dropped at once
+    def products():  # as minicaps.fast.spectral multiplies, each result dropped at once
         XT = X.transpose(0, 2, 1)
         for part in (0, 1):
             XT @ K[:, part]

@@ -14,13 +14,13 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..nets.cnn import POOLED_LAYERS
-from ..ops.conv import largest_group, output_size, uses_spectral
 from ..errors import MinicapsError
-from ..nets.network import input_channels
-from ..nets.kinds import kind_of
-from ..ops.routing import examples_at_once
+from ..fast.dispatch import examples_routed_at_once, takes_spectral_path
 from ..fast.spectral import geometry_of
+from ..nets.cnn import POOLED_LAYERS
+from ..nets.kinds import kind_of
+from ..nets.network import input_channels
+from ..ops.conv import largest_group, output_size
 
 GIB = 2 ** 30
 
@@ -62,7 +62,7 @@ class Plan:
 
 @dataclass(frozen=True)
 class Convolution:
-    """One convolution as minicaps.conv runs it: its input already padded."""
+    """One convolution as minicaps.ops.conv runs it: its input already padded."""
     out_channels: int
     in_channels: int
     kernel: int
@@ -136,14 +136,14 @@ def _group_elements(config, batch_size, conv):
 
 
 def spectral_geometry(config, batch_size, device="cpu"):
-    """The minicaps.spectral.Geometry of the primary capsules' convolution where a step of
-    this batch takes the spectral path (minicaps.conv.uses_spectral), else None."""
+    """The minicaps.fast.spectral.Geometry of the primary capsules' convolution where a
+    step of this batch takes the spectral path (dispatch.takes_spectral_path), else None."""
     if kind_of(config) == "cnn":
         return None
     conv = main_convolution(config)
     xt_shape = (conv.in_channels, conv.in_h, conv.in_w, batch_size)
     w_shape = (conv.in_channels, conv.kernel, conv.kernel, conv.out_channels)
-    if not uses_spectral(xt_shape, w_shape, conv.stride, on_cpu=device == "cpu"):
+    if not takes_spectral_path(xt_shape, w_shape, stride=conv.stride, device=device):
         return None
     return geometry_of(xt_shape, w_shape, conv.stride)
 
@@ -175,7 +175,7 @@ def step_bytes(config, batch_size, device="cpu", spectral=None):
     n = _sizes(config, batch_size)
     itemsize = np.dtype(config.dtype).itemsize
     # Routing's gradient paths exist for the examples routed at once, not the whole batch.
-    routed = examples_at_once(batch_size, n["u_hat"] // batch_size * itemsize, device)
+    routed = examples_routed_at_once(batch_size, n["u_hat"] // batch_size * itemsize, device)
     paths = n["routing_left"] // batch_size * routed
     cols1 = _group_elements(config, batch_size, "conv1")
     cols2 = _group_elements(config, batch_size, "primary")
@@ -252,7 +252,7 @@ def traffic_per_image(config, batch_size=1, spectral=None):
     4R + 2 times (2R + 3 with routing_grad "last"): five of them go to memory (the
     predictions write u_hat, routing reads it forward and again backward, writes its
     gradient, the predictions read that), the rest are routing's iterations over a tile of
-    examples held in cache (minicaps.routing.TILE_BYTES), counted at half a pass each:
+    examples held in cache (minicaps.fast.tiles.ROUTING_TILE_BYTES), counted at half a pass each:
     routing in tiles took half the time it took passing over the whole batch (a CPU
     figure; the GPU routes the batch at once)."""
     n = _sizes(config, 1)
@@ -320,7 +320,7 @@ def _cnn_plan(config, batch_size):
 def plan(config, batch_size, device="cpu"):
     """The Plan of a training step of `config` (a CapsNetConfig or CNNConfig) on `device`.
     Both devices build the columns in groups of the same size; only the CPU routes in tiles
-    of examples (minicaps.routing.examples_at_once)."""
+    of examples (minicaps.fast.dispatch.examples_routed_at_once)."""
     if kind_of(config) == "cnn":
         return _cnn_plan(config, batch_size)
     n = config.n_params()

@@ -90,8 +90,8 @@ def coupling_map(net, x, iteration=-1):
     _, routing_cache = net.class_capsules(x[None])
     # Routed again, keeping every iteration's couplings: with routing_grad "last" the
     # network's own pass keeps only the last one's.
-    _, routing_cache = routing_forward(routing_cache[0], iters=iters, grad="full")
-    c = to_host(routing_cache[1][iteration][0])  # (J, I)
+    _, routing_cache = routing_forward(routing_cache.u_hat, iters=iters, grad="full")
+    c = to_host(routing_cache.couplings[iteration][0])  # (J, I)
     T = net.config.primary_types
     gh, gw = net.config.grid
     tiles = c.reshape(c.shape[0], T, gh, gw)

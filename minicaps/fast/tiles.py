@@ -1,0 +1,135 @@
+"""CPU substitutes that run a reference op over parts of its arrays, in threads.
+
+Each function here takes and returns what the op of the same name in minicaps.ops does,
+and computes every part with that op's own code (for a layout, copies it; for Adam, does
+its arithmetic operation for operation): the results equal the reference's bit for bit
+(tests/test_fast_paths.py). The parts run in the threads of minicaps.fast.parallel.
+
+- to_batch_last, to_batch_first: transposing copies in tiles (parallel.transposed).
+- columns, add_columns: im2col's copy and col2im's sums, over ranges of input channels.
+- adam_update: Adam's update in chunks, through two scratch arrays of a chunk made once
+  per thread. The reference's temporaries would be fresh arrays at every step (21 MB
+  each for the primary capsules' weights), each a new mapping with a page fault per page
+  unless the allocator keeps freed memory (minicaps/fast/allocator.py).
+- routing_forward, routing_backward: routing in tiles of examples. Routing is separate for
+  every example, and a tile's u_hat stays in cache through every iteration, where the
+  whole batch's goes out to memory and back at each of its passes.
+"""
+import numpy as np
+
+from ..backend import get_array_module
+from ..ops import conv, routing
+from ..ops.routing import RoutingCache
+from .parallel import THREADS, in_parts, in_tiles, tile_length, transposed
+
+ADAM_CHUNK = 1 << 18  # elements of a parameter per pass of the update
+# Bytes of u_hat per tile of routing: four examples of the paper's network.
+ROUTING_TILE_BYTES = 3 * 2 ** 20
+
+
+def to_batch_last(x):
+    return transposed(x, (1, 2, 3, 0))
+
+
+def to_batch_first(xt):
+    return transposed(xt, (3, 0, 1, 2))
+
+
+def columns(xt, kh, kw, oh, ow, stride):
+    """conv.columns: the window view copied a range of input channels per thread."""
+    C, _, _, B = xt.shape
+    cols = np.empty((C, kh, kw, oh, ow, B), dtype=xt.dtype)
+
+    def copy(c0, c1):
+        cols[c0:c1] = conv.windows(xt[c0:c1], kh, kw, oh, ow, stride)
+
+    in_parts(xt, C, copy)
+    return cols
+
+
+def add_columns(dxt, dcols, stride):
+    """conv.add_columns over ranges of input channels, one per thread."""
+    def add(c0, c1):
+        conv.add_columns(dxt[c0:c1], dcols[c0:c1], stride)
+
+    in_parts(dxt, dxt.shape[0], add)
+
+
+def adam_update(p, g, m, v, *, beta1, beta2, step_size, eps):
+    """minicaps.ops.adam.adam_update, operation for operation, in chunks split over
+    threads. p, m and v are updated through flat views: they must be contiguous."""
+    flat = [a.reshape(-1) for a in (p, g, m, v)]
+
+    def update(start, stop):
+        xp = get_array_module(flat[0])
+        size = min(ADAM_CHUNK, stop - start)
+        t_chunk, u_chunk = (xp.empty(size, flat[0].dtype) for _ in range(2))
+        for first in range(start, stop, ADAM_CHUNK):
+            p, g, m, v = (a[first:min(stop, first + ADAM_CHUNK)] for a in flat)
+            t, u = t_chunk[:p.size], u_chunk[:p.size]
+            m *= beta1
+            m += xp.multiply(1 - beta1, g, out=t)
+            v *= beta2
+            xp.multiply(g, g, out=t)
+            v += xp.multiply(1 - beta2, t, out=t)
+            xp.multiply(step_size, m, out=t)
+            xp.add(xp.sqrt(v, out=u), eps, out=u)
+            p -= xp.divide(t, u, out=t)  # p - step_size m / (sqrt(v) + eps)
+
+    in_parts(flat[0], flat[0].size, update)
+
+
+def _per_example_arrays(cache):
+    """The arrays of a RoutingCache that have one entry per example, but u_hat, in order."""
+    return [*cache.couplings, *(a for sc in cache.squash_caches for a in sc), *cache.vs]
+
+
+def _examples(cache, first, last):
+    """The RoutingCache of examples first..last-1 (views)."""
+    return RoutingCache(cache.u_hat[first:last], [c[first:last] for c in cache.couplings],
+                        [tuple(a[first:last] for a in sc) for sc in cache.squash_caches],
+                        [v[first:last] for v in cache.vs], cache.grad, cache.iters)
+
+
+def routing_forward(u_hat, *, iters=3, grad="full"):
+    """routing.routing_forward, a tile of examples at a time; each tile's cached arrays
+    are copied into the whole batch's while they are still in cache."""
+    B, J, I, E = u_hat.shape
+    kept = iters if grad == "full" else 1
+
+    def per_kept_iteration(last_axis):
+        return [np.empty((B, J, last_axis), dtype=u_hat.dtype) for _ in range(kept)]
+
+    cache = RoutingCache(u_hat, per_kept_iteration(I),
+                         list(zip(per_kept_iteration(E), per_kept_iteration(1),
+                                  per_kept_iteration(1))),  # s, |s|^2, |s|
+                         per_kept_iteration(E), grad, iters)
+
+    def route(first, last):
+        _, part = routing.routing_forward(u_hat[first:last], iters=iters, grad=grad)
+        for whole, of_part in zip(_per_example_arrays(cache), _per_example_arrays(part)):
+            whole[first:last] = of_part
+
+    in_tiles(u_hat, B, u_hat[0].nbytes, route, tile_bytes=ROUTING_TILE_BYTES)
+    return cache.vs[-1], cache
+
+
+def routing_backward(dv, cache):
+    """routing.routing_backward, a tile of examples at a time. du_hat (B, J, I, E) is a
+    view of an array laid out (I, B, J, E): the predictions' backward reads it capsule by
+    capsule (minicaps/fast/predictions.py), which spares it a transposing copy."""
+    B, J, I, E = cache.u_hat.shape
+    du_hat = np.empty((I, B, J, E), dtype=cache.u_hat.dtype).transpose(1, 2, 0, 3)
+
+    def backward(first, last):
+        routing.routing_backward(dv[first:last], _examples(cache, first, last),
+                                 out=du_hat[first:last])
+
+    in_tiles(cache.u_hat, B, cache.u_hat[0].nbytes, backward, tile_bytes=ROUTING_TILE_BYTES)
+    return du_hat
+
+
+def examples_routed_at_once(batch_size, example_bytes):
+    """The most examples whose routing temporaries exist at once (example_bytes of u_hat
+    each): a tile per thread."""
+    return min(batch_size, THREADS * tile_length(example_bytes, ROUTING_TILE_BYTES))
