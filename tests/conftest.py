@@ -1,10 +1,7 @@
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-from minicaps import CapsNet
 
 
 @pytest.fixture
@@ -14,35 +11,3 @@ def data_root():
     if not root:
         pytest.skip("MINICAPS_DATA is not set")
     return Path(root)
-
-
-def small_net(*, in_shape=(1, 14, 12), n_classes=3, routing_iters=3, routing_grad="full",
-              reconstruction=True, share_transforms=False, none_capsule=False, seed=1):
-    """A float64 CapsNet small enough for finite differences, with its weights scaled so
-    that the class capsules have lengths of 0.5-0.8: the regime training works in, where
-    every loss term has gradients well above the rounding of finite differences (at the
-    tiny initial weights the decoder's gradients are ~1e-11)."""
-    net = CapsNet(in_shape=in_shape, n_classes=n_classes, conv_channels=4, kernel_size=3,
-                  primary_types=2, primary_dim=4, class_dim=5, routing_iters=routing_iters,
-                  routing_grad=routing_grad, reconstruction=reconstruction,
-                  share_transforms=share_transforms, none_capsule=none_capsule,
-                  dtype="float64", seed=seed)
-    net.params["conv1.w"] *= 3
-    net.params["primary.w"] *= 3
-    net.params["caps.w"] *= 30
-    return net
-
-
-def batch(net, B=2, seed=0):
-    """A random batch for `net`: the first, from `seed` on, whose conv1 pre-activations all
-    keep 1e-3 clear of the ReLU kink. conv1 has few weights per unit, so any step along them
-    moves every pre-activation of a channel; the checker would have to discard it."""
-    from minicaps.ops.conv import conv2d_forward
-    for s in range(seed, seed + 100):
-        rng = np.random.default_rng(s)
-        x = rng.random((B, *net.config.in_shape))
-        pre, _ = conv2d_forward(x, net.params["conv1.w"], net.params["conv1.b"],
-                                stride=net.config.conv_stride)
-        if np.abs(pre).min() > 1e-3:
-            return x, rng.integers(0, net.config.n_classes, B)
-    raise AssertionError("no kink-free batch in 100 seeds")

@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from hypothesis import given, settings, HealthCheck, strategies as st
 from test_gradients import OPS, check_op
-from conftest import small_net, batch
+from helpers import small_net, batch
 from minicaps.gradcheck import check_model, directional_check
 worst = {}
 for name, (draw, fwd, bwd, wrt) in sorted(OPS.items()):

@@ -21,7 +21,7 @@ from minicaps.fast import dispatch, parallel, predictions, spectral, tiles
 from minicaps.nets.cnn import PoolingCNN
 from minicaps.ops import adam, capsules, conv
 
-from conftest import batch, small_net
+from helpers import batch, small_net
 from test_kernels import column_problems
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from minicaps.backend import gpu_available, to_device, to_host
 
-from conftest import batch, small_net
+from helpers import batch, small_net
 from test_gradients import OPS
 
 pytestmark = pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")

@@ -9,7 +9,7 @@ from minicaps.ops import capsules, conv, layers, losses, pooling, routing
 from minicaps.fast import spectral
 from minicaps.gradcheck import H, check_model, check_op, directional_check
 
-from conftest import batch, small_net
+from helpers import batch, small_net
 
 TOLERANCE = 1e-6
 KINK_MARGIN = 10 * H  # the stencil reaches 2h: stay well clear of every kink

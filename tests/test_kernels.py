@@ -17,7 +17,7 @@ from minicaps.fast.dispatch import (add_columns, columns, softmax, softmax_backw
                                     squash_backward, squash_forward)
 from minicaps.ops.conv import output_size
 
-from conftest import batch, small_net
+from helpers import batch, small_net
 
 needs_gpu = pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA device")
 DTYPES = [np.float32, np.float64]

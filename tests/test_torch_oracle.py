@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
-from conftest import batch, small_net  # noqa: E402
+from helpers import batch, small_net  # noqa: E402
 from torch_capsnet import TorchCapsNet  # noqa: E402
 
 
