@@ -35,3 +35,9 @@ def batch(net, B=2, seed=0):
         if np.abs(pre).min() > 1e-3:
             return x, rng.integers(0, net.config.n_classes, B)
     raise AssertionError("no kink-free batch in 100 seeds")
+
+
+def tiny_net(**kwargs):
+    base = dict(in_shape=(1, 16, 16), n_classes=4, conv_channels=8, kernel_size=5,
+                primary_types=4, primary_dim=4, class_dim=6)
+    return CapsNet(**{**base, **kwargs})

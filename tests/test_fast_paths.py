@@ -1,7 +1,7 @@
 """Every CPU fast path against the reference op it stands in for (minicaps/fast/dispatch.py):
 bit for bit where the arithmetic is the same (tiles and threads running the reference on
 each part), to rounding where it is not (the predictions' matrix products; the DFT
-convolution: tests/test_spectral.py). Routing in tiles: tests/test_properties.py. The fused
+convolution: tests/test_spectral.py). The fused
 CuPy kernels: tests/test_kernels.py. Then whole networks, fast paths on against the
 reference switch, and the switch itself."""
 import json
@@ -15,11 +15,12 @@ from unittest import mock
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from minicaps import Adam, CapsNet
 from minicaps.fast import dispatch, parallel, predictions, spectral, tiles
 from minicaps.nets.cnn import PoolingCNN
-from minicaps.ops import adam, capsules, conv
+from minicaps.ops import adam, capsules, conv, routing
 
 from helpers import batch, small_net
 from test_kernels import column_problems
@@ -240,3 +241,57 @@ def test_the_switch_is_restored_after_a_block_even_on_error():
             raise RuntimeError
     assert dispatch.using_reference() is before
     assert dispatch.use_reference(before) is before  # returns the setting it replaced
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_transposed_copies_equal_numpys(data):
+    """minicaps.fast.parallel.transposed, tiled and threaded, against NumPy's own transposing
+    copy, for tiles of one row to all of them and arrays split over threads or not."""
+    shape = data.draw(st.lists(st.integers(1, 6), min_size=1, max_size=4), label="shape")
+    axes = tuple(data.draw(st.permutations(range(len(shape))), label="axes"))
+    array = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    with mock.patch.object(parallel, "TILE_BYTES", data.draw(st.integers(1, 2000))), \
+            mock.patch.object(parallel, "MIN_ELEMENTS", data.draw(st.integers(1, 64))):
+        out = parallel.transposed(array, axes)
+    assert out.flags.c_contiguous
+    np.testing.assert_array_equal(out, np.ascontiguousarray(array.transpose(axes)))
+
+
+@pytest.mark.parametrize("tile_bytes", [1, 700, 10 ** 9])  # a capsule a tile, some, all
+def test_predictions_in_tiles_of_capsules_equal_their_definition(tile_bytes):
+    """u_hat[b, j, i] = W_ij u_i and its gradients, computed tile by tile in threads."""
+    from minicaps.fast.predictions import predictions_backward, predictions_forward
+    rng = np.random.default_rng(0)
+    u, w = rng.standard_normal((3, 7, 4)), rng.standard_normal((7, 5, 6, 4))
+    du_hat = rng.standard_normal((3, 5, 7, 6))
+    with mock.patch.object(parallel, "TILE_BYTES", tile_bytes), \
+            mock.patch.object(parallel, "MIN_ELEMENTS", 1):
+        u_hat, cache = predictions_forward(u, w)
+        du, dw = predictions_backward(du_hat, cache)
+    np.testing.assert_allclose(u_hat, np.einsum("bid,ijed->bjie", u, w), rtol=1e-12)
+    np.testing.assert_allclose(du, np.einsum("bjie,ijed->bid", du_hat, w), rtol=1e-12)
+    np.testing.assert_allclose(dw, np.einsum("bjie,bid->ijed", du_hat, u), rtol=1e-12)
+
+
+@pytest.mark.parametrize("grad,iters", [("full", 1), ("full", 3), ("last", 3)])
+@pytest.mark.parametrize("tile_bytes", [1, 5000])  # an example a tile; a few, unevenly
+def test_routing_in_tiles_of_examples_equals_the_whole_batch(grad, iters, tile_bytes):
+    """Routing forward (v and every cached array) and backward, tile by tile in threads
+    (minicaps.fast.tiles), against the batch routed at once by the reference."""
+    rng = np.random.default_rng(iters)
+    u_hat, dv = rng.standard_normal((7, 3, 5, 4)), rng.standard_normal((7, 3, 4))
+    v, cache = routing.routing_forward(u_hat, iters=iters, grad=grad)
+    du_hat = routing.routing_backward(dv, cache)
+    assert parallel.tile_length(u_hat[0].nbytes, tiles.ROUTING_TILE_BYTES) >= len(u_hat)
+    with mock.patch.object(tiles, "ROUTING_TILE_BYTES", tile_bytes), \
+            mock.patch.object(parallel, "MIN_ELEMENTS", 1):
+        tiled_v, tiled_cache = tiles.routing_forward(u_hat, iters=iters, grad=grad)
+        tiled_du_hat = tiles.routing_backward(dv, tiled_cache)
+    np.testing.assert_array_equal(tiled_v, v)
+    cached = lambda c: [*c.couplings, *(a for sc in c.squash_caches for a in sc),  # noqa: E731
+                        *c.vs]
+    assert len(cached(cache)) == 5 * (iters if grad == "full" else 1)  # c, s, |s|^2, |s|, v
+    for tiled, whole in zip(cached(tiled_cache), cached(cache), strict=True):
+        np.testing.assert_array_equal(tiled, whole)
+    np.testing.assert_array_equal(tiled_du_hat, du_hat)
