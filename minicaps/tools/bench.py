@@ -235,7 +235,7 @@ def _spectral_rate(g, batch_size, xp, dtype, repeats):
     That is the spectral part of Plan.gemm_flops_train, chunk for chunk (the output's small
     transforms left out): the products run at a rate set by their depth and width, the
     input's transforms (deep: ny*nx terms) at another, and their shares change with the grid
-    (at 56x56 inputs the transforms are 40 % of it). At a batch large enough to halve, the
+    (on large inputs the transforms are a large part of it). At a batch large enough to halve, the
     chunk is the halved batch's, shallower than the step's."""
     dtype = np.dtype(dtype)
     F, O, B = g.frequencies, g.O, batch_size

@@ -139,9 +139,9 @@ def _score(record):
     validation frame accuracy for frame data, ties broken by the validation accuracy of
     the corner examples; else validation accuracy.
 
-    Why the tie-break: 240 validation frames score in steps of 0.4 %, and epochs tie often
-    (a seed-1 logo run tied at 92.92 % in epochs 13, 17 and 20, whose corner accuracies
-    were 94.86, 94.44 and 95.42 %); the first of a tie is no better evidence than the others."""
+    Why the tie-break: a few hundred validation frames score in coarse steps, so epochs tie
+    often, and the first of a tie is no better evidence than the others; the corners,
+    several per frame, tell them apart."""
     if record.get("val_accuracy") is None:
         return None
     return (record.get("val_frame_accuracy", 0.0), record["val_accuracy"])
