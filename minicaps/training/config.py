@@ -8,7 +8,7 @@ import numpy as np
 from ..nets.cnn import CNNConfig
 from ..data import RSCrop
 from ..errors import MinicapsError
-from .evaluate import NOLOGO
+from ..data.rs_index import NOLOGO
 from ..nets.capsnet import CapsNetConfig
 
 ARCH_FIELDS = ("conv_channels", "kernel_size", "conv_stride", "primary_types", "primary_dim",

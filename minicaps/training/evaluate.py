@@ -5,15 +5,17 @@ The network's class-capsule lengths are collected on its device and copied to th
 per evaluation (one sync), where the small bookkeeping is done with NumPy.
 """
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ..backend import get_array_module, to_host
-from ..data import RSCrop, frame_examples
-from ..data.common import IMAGE_ERRORS, RESAMPLE, to_chw
+from ..data import RSCrop, frame_examples, load_dataset
+from ..data.common import IMAGE_EXTS, RESAMPLE, image_files, map_images, to_chw
 from ..errors import MinicapsError
+from .config import TrainConfig
 
 NOLOGO = "nologo"
 # A network without a nologo capsule (train --no-nologo-capsule) says "nologo" for a corner
@@ -130,19 +132,22 @@ def evaluate(net, x, y, *, batch_size=256, frame=None, frame_y=None, classes=Non
 
 
 def report(ev, classes, *, frames=False):
-    """A plain-text report: accuracy, per-class accuracy and the confusion matrix (of the
-    examples, or of the frames)."""
+    """A plain-text report: accuracy, per-class accuracy with the class each is most often
+    mistaken for, and the confusion matrix (of the examples, or of the frames)."""
     y, pred = (ev.frame_y, ev.frame_pred) if frames else (ev.y, ev.pred)
     what = "frames" if frames else "examples"
     m = ev.confusion(len(classes), frames=frames)
     n_right = int(np.trace(m))
     lines = [f"accuracy ({what}): {n_right / max(len(y), 1):.2%} ({n_right}/{len(y)})", ""]
     name_w = max(len("class"), *(len(c) for c in classes))
-    lines.append(f"  {'#':>3}  {'class':<{name_w}}  {'n':>6}  accuracy")
+    lines.append(f"  {'#':>3}  {'class':<{name_w}}  {'n':>6}  accuracy  most often wrong as")
     for k, c in enumerate(classes):
         n = int(m[k].sum())
         acc = f"{m[k, k] / n:.2%}" if n else "-"
-        lines.append(f"  {k:>3}  {c:<{name_w}}  {n:>6}  {acc:>8}")
+        wrong = m[k].copy()
+        wrong[k] = 0
+        often = f"{classes[wrong.argmax()]} ({wrong.max()})" if wrong.any() else ""
+        lines.append(f"  {k:>3}  {c:<{name_w}}  {n:>6}  {acc:>8}  {often}".rstrip())
     cell = max(3, len(str(int(m.max()) if m.size else 0)))
     lines += ["", f"confusion matrix ({what}; rows: true class, columns: predicted class #)",
               "  " + " " * (name_w + 1) + " ".join(f"{k:>{cell}}" for k in range(len(classes)))]
@@ -151,56 +156,111 @@ def report(ev, classes, *, frames=False):
     return "\n".join(lines)
 
 
-def _open(path):
-    try:
-        im = Image.open(path)
-        im.load()
-        return im
-    except IMAGE_ERRORS as e:
-        raise MinicapsError(f"{path}: not a readable image ({e})") from None
+def checkpoint_data(ckpt, path, data=None):
+    """The test split of the data the checkpoint at `path` was trained on (or of the folder
+    `data` instead), made as in training and labelled with the checkpoint's classes; its
+    image shape checked. The training frames of R&S data are not decoded: a folder that
+    holds only frames to score (or frames in folders named for no split) is scored whole."""
+    options = {**ckpt.train_config, "limit": None}
+    if data is not None:
+        options["data"] = data
+    elif options["data"] is not None and not Path(options["data"]).exists():
+        raise MinicapsError(f"{options['data']}, the data {path} was trained on, is not "
+                            f"there: pass --data")
+    config = TrainConfig.from_json(options)
+    ds = load_dataset(config.data, rs_crop=config.crop, merge_variants=config.merge_variants,
+                      test_only=True, classes=ckpt.classes).padded(config.pad)
+    if ds.classes != ckpt.classes:
+        raise MinicapsError(f"the data's classes ({', '.join(ds.classes[:5])}...) are not the "
+                            f"checkpoint's ({', '.join(ckpt.classes[:5])}...)")
+    if ds.in_shape != ckpt.model_config.in_shape:
+        raise MinicapsError(f"the data's images are {ds.in_shape}, the network takes "
+                            f"{ckpt.model_config.in_shape}")
+    return ds
+
+
+def image_files_of(paths):
+    """The image files named by `paths`: each file itself, each folder's images (recursive,
+    sorted); a folder without any is refused."""
+    out = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = image_files(path)
+            if not found:
+                raise MinicapsError(f"{path}: no images in this folder "
+                                    f"({', '.join(IMAGE_EXTS)})")
+            out += found
+        else:
+            out.append(path)
+    return out
 
 
 def image_examples(path, in_shape, data_info):
     """The example(s) (K, C, H, W) uint8 the network sees for an image file: for a network
     trained on TV frames, the frame's corner crops; otherwise the image in the trained
     colour mode, resized to the trained size (as the folder loader resizes). Either is
-    padded as in training (train --pad)."""
-    path = Path(path)
+    padded as in training (train --pad). Pillow's errors (IMAGE_ERRORS) pass through."""
     pad = data_info.get("pad", 0)
     if data_info.get("layout") == "rs":
-        crop = RSCrop(**{**data_info["crop"], "corners": tuple(data_info["crop"]["corners"])})
-        try:
-            x = frame_examples(_open(path), crop)
-        except IMAGE_ERRORS as e:
-            raise MinicapsError(f"{path}: not a readable image ({e})") from None
+        x = frame_examples(path, _crop(data_info))
     else:
         C, H, W = in_shape
-        im = _open(path).convert("L" if C == 1 else "RGB")
+        with Image.open(path) as im:
+            im = im.convert("L" if C == 1 else "RGB")
         if im.size != (W - 2 * pad, H - 2 * pad):
             im = im.resize((W - 2 * pad, H - 2 * pad), RESAMPLE)
         x = to_chw(im)[None]  # (1, C, H - 2 pad, W - 2 pad)
     return np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
 
 
+def _crop(data_info):
+    return RSCrop(**{**data_info["crop"], "corners": tuple(data_info["crop"]["corners"])})
+
+
 @dataclass
 class Prediction:
     path: str
     label: str  # the class (for a frame: the frame decision)
+    confidence: float  # the capsule length behind it (a CNN's: a probability); see predict_files
+    corner: str  # the corner the frame's channel was found in; "" for a plain image or nologo
     lengths: np.ndarray  # (K, J): one row per example (a frame's corners), K = 1 for an image
     corners: tuple = ()  # corner names of a frame's rows
 
 
-def predict_files(net, paths, classes, data_info, threshold=PRESENT):
-    """A Prediction for each image file (frames decided at `threshold`)."""
-    out = []
-    for path in paths:
-        x = image_examples(path, net.config.in_shape, data_info)
-        lengths = class_lengths(net, x, n_classes=len(classes))
-        if data_info.get("layout") == "rs":
-            _, decided = frame_decision(lengths, np.zeros(len(x), np.int64),
-                                        classes.index(NOLOGO), threshold)
-            corners = tuple(data_info["crop"]["corners"])
-            out.append(Prediction(str(path), classes[int(decided[0])], lengths, corners))
-        else:
-            out.append(Prediction(str(path), classes[int(lengths[0].argmax())], lengths))
-    return out
+def predict_files(net, paths, classes, data_info, threshold=PRESENT, *, chunk=256):
+    """A Prediction for each readable image file, yielded in order, `chunk` files decoded at
+    a time (on a few threads; a few unreadable files are skipped with a warning, more are
+    an error, as when loading data). A frame is decided at `threshold`: its channel, the
+    length of that channel's capsule in the corner where it is longest, and that corner;
+    or nologo, with 1 minus the longest channel capsule's length (how clearly no channel
+    capsule is present) and no corner. A plain image: its longest capsule and its length."""
+    is_frame = data_info.get("layout") == "rs"
+    corners = tuple(data_info["crop"]["corners"]) if is_frame else ()
+    read = partial(image_examples, in_shape=net.config.in_shape, data_info=data_info)
+    for start in range(0, len(paths), chunk):
+        part = paths[start:start + chunk]
+        examples, kept = map_images(read, part, what=f"{len(part)} images from {part[0]}")
+        if not examples:
+            continue
+        K = len(examples[0])
+        lengths = class_lengths(net, np.concatenate(examples), n_classes=len(classes))
+        lengths = lengths.reshape(len(kept), K, -1)  # (files, K, J)
+        for i, frame_lengths in zip(kept, lengths):
+            path = str(part[i])
+            if is_frame:
+                yield _frame_prediction(path, frame_lengths, classes, corners, threshold)
+            else:
+                k = int(frame_lengths[0].argmax())
+                yield Prediction(path, classes[k], float(frame_lengths[0, k]), "",
+                                 frame_lengths)
+
+
+def _frame_prediction(path, lengths, classes, corners, threshold):
+    nologo = classes.index(NOLOGO)
+    channels = lengths.astype(float)
+    channels[:, nologo] = -np.inf
+    corner, channel = np.unravel_index(channels.argmax(), channels.shape)
+    top = float(channels[corner, channel])
+    if top >= threshold:
+        return Prediction(path, classes[channel], top, corners[corner], lengths, corners)
+    return Prediction(path, NOLOGO, 1 - top, "", lengths, corners)

@@ -59,25 +59,6 @@ def load_data(config):
                         limit=config.limit).padded(config.pad)
 
 
-def checkpoint_data(ckpt, path, data=None):
-    """The whole dataset the checkpoint at `path` was trained on (or `data` instead),
-    checked to have the checkpoint's classes and image shape."""
-    options = {**ckpt.train_config, "limit": None}
-    if data is not None:
-        options["data"] = data
-    elif options["data"] is not None and not Path(options["data"]).exists():
-        raise MinicapsError(f"{options['data']}, the data {path} was trained on, is not "
-                            f"there: pass --data")
-    ds = load_data(TrainConfig.from_json(options))
-    if ds.classes != ckpt.classes:
-        raise MinicapsError(f"the data's classes ({', '.join(ds.classes[:5])}...) are not the "
-                            f"checkpoint's ({', '.join(ckpt.classes[:5])}...)")
-    if ds.in_shape != ckpt.model_config.in_shape:
-        raise MinicapsError(f"the data's images are {ds.in_shape}, the network takes "
-                            f"{ckpt.model_config.in_shape}")
-    return ds
-
-
 def split_validation(ds, fraction, seed):
     """(train, val, test) Splits. The validation part is a seeded `fraction` of each class of
     the training data; for frame data whole frames are held out, so their corners stay together."""
