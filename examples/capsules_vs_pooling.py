@@ -20,7 +20,8 @@ import time
 
 from minicaps.training import checkpoint
 from minicaps.tools import transforms
-from minicaps.training.evaluate import checkpoint_data, evaluate, stored_threshold
+from minicaps.training.evaluate import checkpoint_data, evaluate
+from minicaps.training.frames import stored_threshold
 from minicaps.nets.kinds import build, kind_of
 
 TRANSFORMS = ("rotate:15", "rotate:30", "rotate:45", "rotate:90", "rotate:180", "flip",

@@ -25,7 +25,7 @@ from .options import UserError
 from ..errors import MinicapsError
 from ..training.evaluate import checkpoint_data, image_files_of, predict_files, report
 from ..training.evaluate import evaluate as evaluate_split
-from ..training.evaluate import stored_threshold
+from ..training.frames import stored_threshold
 from ..nets.kinds import build
 
 

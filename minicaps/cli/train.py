@@ -12,7 +12,7 @@ from ..backend import require_gpu
 from .options import CONTRAST_HELP, UserError, parse_widths
 from ..data import detect_layout
 from ..errors import MinicapsError
-from ..training.evaluate import PRESENT
+from ..training.frames import PRESENT
 from ..training.presets import RS_DEFAULTS as RS
 from ..training.presets import layout_defaults
 from ..training.config import ARCH_FIELDS

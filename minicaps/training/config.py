@@ -8,7 +8,7 @@ import numpy as np
 from ..nets.cnn import CNNConfig
 from ..data import RSCrop
 from ..errors import MinicapsError
-from ..data.rs_index import NOLOGO
+from .frames import NOLOGO, capsule_count
 from ..nets.capsnet import CapsNetConfig
 
 ARCH_FIELDS = ("conv_channels", "kernel_size", "conv_stride", "primary_types", "primary_dim",
@@ -106,11 +106,7 @@ def model_config(config, dataset):
     if config.model != "capsnet":
         raise MinicapsError(f"model must be capsnet or cnn, not {config.model!r}")
     base = BUNDLED_ARCH if config.data is None else {}
-    n_classes = dataset.n_classes
-    if not config.nologo_capsule and NOLOGO in dataset.classes:
-        if dataset.classes[-1] != NOLOGO:
-            raise MinicapsError(f"without a nologo capsule, {NOLOGO!r} must be the last class")
-        n_classes -= 1  # nologo examples train every capsule towards absent
+    n_classes = capsule_count(dataset.classes, config.nologo_capsule)
     arch = {f: getattr(config, f) if getattr(config, f) is not None
             else base.get(f, getattr(CapsNetConfig, f)) for f in ARCH_FIELDS}
     return CapsNetConfig(in_shape=dataset.in_shape, n_classes=n_classes,

@@ -1,5 +1,6 @@
-"""Scoring a trained network: accuracy, per-class accuracy, the confusion matrix, the frame
-decision for TV frames cut into corner crops, and predictions for image files.
+"""Scoring a trained network: accuracy, per-class accuracy, the confusion matrix, frame
+scores for TV frames cut into corner crops (their rules: minicaps/training/frames.py), and
+predictions for image files.
 
 The network's class-capsule lengths are collected on its device and copied to the host once
 per evaluation (one sync), where the small bookkeeping is done with NumPy.
@@ -16,26 +17,7 @@ from ..data import RSCrop, frame_examples, load_dataset
 from ..data.common import IMAGE_EXTS, RESAMPLE, image_files, map_images, to_chw
 from ..errors import MinicapsError
 from .config import TrainConfig
-
-NOLOGO = "nologo"
-# A network without a nologo capsule (train --no-nologo-capsule) says "nologo" for a corner
-# when no class capsule is longer than this, the margin loss's midpoint: its nologo column
-# is this constant. It is also the frame threshold where none was chosen on validation.
-PRESENT = 0.5
-# The frame thresholds training chooses from, on the validation frames, after every epoch.
-THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))
-
-
-def with_nologo(lengths, n_classes):
-    """lengths (N, J) of a network with one capsule fewer than `n_classes` (no capsule for
-    the last class, nologo) with that class's column appended as the constant PRESENT, so
-    argmax says nologo exactly when no capsule is present; other lengths are returned as
-    they are."""
-    if lengths.shape[1] != n_classes - 1:
-        return lengths
-    xp = get_array_module(lengths)
-    return xp.concatenate([lengths, xp.full((len(lengths), 1), PRESENT, lengths.dtype)], axis=1)
-
+from .frames import NOLOGO, PRESENT, frame_decision, nologo_index, strongest_channels, with_nologo
 
 def class_lengths(net, x, *, batch_size=256, n_classes=None):
     """The class-capsule lengths (N, J) of the uint8 images x, as a host array; with
@@ -47,44 +29,6 @@ def class_lengths(net, x, *, batch_size=256, n_classes=None):
         xp = get_array_module(chunks[0])
         lengths = to_host(xp.concatenate(chunks))  # (N, J), the one sync
     return lengths if n_classes is None else with_nologo(lengths, n_classes)
-
-
-def frame_decision(lengths, frame, nologo, threshold=PRESENT):
-    """Frame ids (F,) and their predicted class (F,) from the lengths (N, J) of their corner
-    examples, `frame` (N,) giving each example's frame. A frame shows the channel whose
-    capsule is the longest over all its corners when that length reaches `threshold`, and
-    is `nologo` otherwise; the nologo capsule takes no part.
-
-    Why not each corner's argmax: a frame has at most one logo, so each channel capsule can
-    act as a detector of its logo, wherever it is. Asking each corner whether a channel
-    beats nologo lost the faint logos (sat1gold, prosiebenmaxx) to nologo, the class of
-    two corners in three: on a logo net after 4 epochs, 84.0 % of test frames that way,
-    86.8 % this way at 0.5 (README, "Logo frames")."""
-    channels = lengths.astype(float)  # a copy
-    channels[:, nologo] = -np.inf
-    best, top = channels.argmax(axis=1), channels.max(axis=1)  # (N,)
-    order = np.lexsort((top, frame))  # by frame, then by the longest channel capsule
-    f = frame[order]
-    last = order[np.r_[f[1:] != f[:-1], True]]  # each frame's corner with the longest one
-    return frame[last], np.where(top[last] >= threshold, best[last], nologo)
-
-
-def frame_accuracy(lengths, frame, frame_y, nologo, threshold=PRESENT):
-    """The fraction of frames (those present in `frame`) whose decision is right."""
-    ids, pred = frame_decision(lengths, np.asarray(frame), nologo, threshold)
-    return float(np.mean(pred == np.asarray(frame_y)[ids]))
-
-
-def choose_threshold(lengths, frame, frame_y, nologo):
-    """The entry of THRESHOLDS with the best frame accuracy (ties: the nearest to PRESENT);
-    for the validation frames only."""
-    return max(THRESHOLDS, key=lambda t: (frame_accuracy(lengths, frame, frame_y, nologo, t),
-                                          -abs(t - PRESENT)))
-
-
-def stored_threshold(history):
-    """The frame threshold of a checkpoint: chosen on validation in its last epoch."""
-    return history[-1].get("frame_threshold", PRESENT) if history else PRESENT
 
 
 @dataclass
@@ -123,10 +67,8 @@ def evaluate(net, x, y, *, batch_size=256, frame=None, frame_y=None, classes=Non
                             n_classes=None if classes is None else len(classes))
     ev = Evaluation(y=np.asarray(y), pred=lengths.argmax(axis=1), lengths=lengths)
     if frame is not None and frame_y is not None:
-        if classes is None or NOLOGO not in classes:
-            raise MinicapsError(f"frame scores need a class named {NOLOGO!r}")
-        ids, ev.frame_pred = frame_decision(lengths, np.asarray(frame), classes.index(NOLOGO),
-                                            threshold)
+        ids, ev.frame_pred = frame_decision(lengths, np.asarray(frame),
+                                            nologo_index(classes or []), threshold)
         ev.frame_y = np.asarray(frame_y)[ids]
     return ev
 
@@ -256,11 +198,8 @@ def predict_files(net, paths, classes, data_info, threshold=PRESENT, *, chunk=25
 
 
 def _frame_prediction(path, lengths, classes, corners, threshold):
-    nologo = classes.index(NOLOGO)
-    channels = lengths.astype(float)
-    channels[:, nologo] = -np.inf
-    corner, channel = np.unravel_index(channels.argmax(), channels.shape)
-    top = float(channels[corner, channel])
+    _, (corner,), (channel,), (top,) = strongest_channels(lengths, np.zeros(len(lengths), int),
+                                                          classes.index(NOLOGO))
     if top >= threshold:
-        return Prediction(path, classes[channel], top, corners[corner], lengths, corners)
-    return Prediction(path, NOLOGO, 1 - top, "", lengths, corners)
+        return Prediction(path, classes[channel], float(top), corners[corner], lengths, corners)
+    return Prediction(path, NOLOGO, 1 - float(top), "", lengths, corners)

@@ -27,7 +27,8 @@ from ..backend import get_array_module, require_gpu, to_host
 from ..data import detect_layout, load_dataset
 from ..errors import MinicapsError
 from .epochs import epoch_order, epoch_size
-from .evaluate import NOLOGO, PRESENT, choose_threshold, evaluate, frame_accuracy, with_nologo
+from .evaluate import evaluate
+from . import frames
 from ..nets.kinds import build, kind_of
 from ..optim import SGD, Adam, ExponentialDecay, WeightAverage
 from ..tools.plan import check_fits
@@ -93,38 +94,21 @@ def _split_scores(net, val, test, config, classes):
     """Accuracy on the validation and test splits; for frame data also the frame accuracy,
     at the frame threshold that does best on the validation frames (recorded)."""
     batch_size = max(config.batch_size, 256)
-    out, threshold = {"val_accuracy": None, "test_accuracy": None}, PRESENT
+    out = {"val_accuracy": None, "test_accuracy": None}
     if len(val.y):
         ev = evaluate(net, val.x, val.y, batch_size=batch_size, classes=classes)
         out["val_accuracy"] = ev.accuracy
         if val.frame is not None:
-            if NOLOGO not in classes:
-                raise MinicapsError(f"frame scores need a class named {NOLOGO!r}")
-            nologo = classes.index(NOLOGO)
-            threshold = choose_threshold(ev.lengths, val.frame, val.frame_y, nologo)
-            out["frame_threshold"] = threshold
-            out["val_frame_accuracy"] = frame_accuracy(ev.lengths, val.frame, val.frame_y,
-                                                       nologo, threshold)
+            out.update(frames.validation_frame_scores(ev.lengths, val.frame, val.frame_y,
+                                                      classes))
     if len(test.y):
         ev = evaluate(net, test.x, test.y, batch_size=batch_size, frame=test.frame,
-                      frame_y=test.frame_y, classes=classes, threshold=threshold)
+                      frame_y=test.frame_y, classes=classes,
+                      threshold=out.get("frame_threshold", frames.PRESENT))
         out["test_accuracy"] = ev.accuracy
         if ev.frame_accuracy is not None:
             out["test_frame_accuracy"] = ev.frame_accuracy
     return out
-
-
-def _score(record):
-    """What best.npz is chosen by (higher is better; None without validation data):
-    validation frame accuracy for frame data, ties broken by the validation accuracy of
-    the corner examples; else validation accuracy.
-
-    Why the tie-break: 240 validation frames score in steps of 0.4 %, and epochs tie often
-    (a seed-1 logo run tied at 92.92 % in epochs 13, 17 and 20, whose corner accuracies
-    were 94.86, 94.44 and 95.42 %); the first of a tie is no better evidence than the others."""
-    if record.get("val_accuracy") is None:
-        return None
-    return (record.get("val_frame_accuracy", 0.0), record["val_accuracy"])
 
 
 def _finite(params):
@@ -170,7 +154,7 @@ def train_epoch(net, opt, train, config, rng, progress, epoch, nologo, n_classes
         loss, grads, parts = net.loss_and_grads(xb, train.y[idx], return_parts=True)
         xp = get_array_module(loss)
         loss_sum = loss_sum + loss * len(idx)
-        lengths = with_nologo(parts["lengths"], n_classes)  # (B, classes)
+        lengths = frames.with_nologo(parts["lengths"], n_classes)  # (B, classes)
         hits = hits + (lengths.argmax(axis=1) == xp.asarray(train.y[idx])).sum()
         if (step + 1) % check_every == 0 or step + 1 == steps:
             if not math.isfinite(float(loss_sum)):
@@ -241,7 +225,7 @@ def _run(config, progress, dataset, resume):
         raise MinicapsError("no training examples left after the validation split")
     if config.background_swap:
         train.swap_sources()  # refused before anything is built
-    nologo = ds.classes.index(NOLOGO) if NOLOGO in ds.classes else None
+    nologo = ds.classes.index(frames.NOLOGO) if frames.NOLOGO in ds.classes else None
     n_epoch = epoch_size(train.y, nologo, config.nologo_ratio)
     steps_per_epoch = math.ceil(n_epoch / config.batch_size)
     net = build(mconfig, resume.params if resume else None, seed=config.seed,
@@ -270,7 +254,7 @@ def _run(config, progress, dataset, resume):
     out.mkdir(parents=True, exist_ok=True)
     if resume:
         _write_metrics(out / "metrics.jsonl", history)
-    best = max((s for s in map(_score, history) if s is not None), default=None)
+    best = max((s for s in map(frames.selection_score, history) if s is not None), default=None)
     elapsed0 = history[-1]["elapsed_s"] if history else 0.0
     t_start = time.perf_counter()
     for epoch in range(start + 1, config.epochs + 1):
@@ -293,7 +277,7 @@ def _run(config, progress, dataset, resume):
             rng_state=rng.bit_generator.state, model_config=mconfig,
             train_config=config.to_json(), classes=ds.classes, history=history,
             data_info=data_info)
-        score = _score(record)
+        score = frames.selection_score(record)
         if score is not None and (best is None or score > best):
             best = score  # best first: a crash between the two writes leaves best.npz
             checkpoint.save(out / "best.npz", ckpt)  # ahead of last.npz, never behind
