@@ -131,6 +131,19 @@ class Progress:
                    "training corner; a logo-free corner gets a patch of another one, in a "
                    "logo-sized box.",
               show_default=_rs("0", "background_swap"))
+@click.option("--logo-scale", type=click.FloatRange(0.1, 1), default=1.0,
+              help="R&S layout: a logo the background swap pastes is shrunk by a factor "
+                   "drawn from this..1 (1: never): logos smaller than the training frames'.",
+              show_default=_rs("1", "logo_scale"))
+@click.option("--logo-recolour", type=click.FloatRange(0, 1), default=0.0,
+              help="R&S layout: fraction of logo corners whose logo pixels (found inside "
+                   "its box) get other colours: hue turned, inverted, grey or one colour.",
+              show_default=_rs("0", "logo_recolour"))
+@click.option("--text-distractors", type=click.FloatRange(0, 1), default=0.0,
+              help="R&S layout: fraction of training corners given random text: beside the "
+                   "logo (as an \"HD\" or a region), or anywhere in a corner without one "
+                   "(as a programme's title); labels unchanged.",
+              show_default=_rs("0", "text_distractors"))
 @click.option("--flip", is_flag=True, help="Random horizontal flips (training only).")
 @click.option("--nologo-ratio", type=click.FloatRange(min=0), default=None,
               help="R&S layout: each epoch shows every logo corner once and this many "

@@ -48,6 +48,9 @@ class TrainConfig:
     colour_jitter: float = 0.0  # random contrast, brightness, colour gains (training only)
     blur: float = 0.0  # fraction of training images blurred
     background_swap: float = 0.0  # R&S: fraction of training corners put on another photograph
+    logo_scale: float = 1.0  # R&S: swapped logos shrunk by a factor drawn from this..1
+    logo_recolour: float = 0.0  # R&S: fraction of logo corners whose logo is recoloured
+    text_distractors: float = 0.0  # R&S: fraction of corners given text (logo_augment.py)
     balance: bool = False  # draw each epoch's examples with equal weight per class
     nologo_ratio: float = None  # R&S: nologo examples per logo example in an epoch (None: all)
     nologo_capsule: bool = True  # False: no capsule for nologo; it means "no capsule present"

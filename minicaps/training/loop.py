@@ -23,6 +23,7 @@ import numpy as np
 
 from . import checkpoint
 from .augment import augment, swap_backgrounds
+from .logo_augment import recolour_logos, text_distractors
 from ..backend import get_array_module, require_gpu, to_host
 from ..data import detect_layout, load_dataset
 from ..errors import MinicapsError
@@ -50,8 +51,9 @@ class Split:
         swap draws from; one clear error where there is not both."""
         has_logo = self.box[:, 0] >= 0 if self.box is not None else None
         if has_logo is None or has_logo.all() or not has_logo.any():
-            raise MinicapsError("--background-swap needs frames with logo boxes and corners "
-                                "without a logo (the R&S layout)")
+            raise MinicapsError("--background-swap, --logo-recolour and --text-distractors "
+                                "need frames with logo boxes and corners without a logo "
+                                "(the R&S layout)")
         return np.flatnonzero(~has_logo), self.box[has_logo]
 
 
@@ -145,9 +147,13 @@ def train_epoch(net, opt, train, config, rng, progress, epoch, nologo, n_classes
     for step in range(steps):
         idx = order[step * B:(step + 1) * B]
         xb = train.x[idx]
+        if config.logo_recolour:
+            xb = recolour_logos(xb, train.box[idx], config.logo_recolour, rng)
         if config.background_swap:
             xb = swap_backgrounds(xb, train.box[idx], train.x, empty, box_pool,
-                                  config.background_swap, rng)
+                                  config.background_swap, rng, config.logo_scale)
+        if config.text_distractors:
+            xb = text_distractors(xb, train.box[idx], config.text_distractors, rng)
         xb = augment(xb, rng, max_shift=config.shift, hflip=config.flip,
                      max_degrees=config.rotate, max_scale=config.scale_jitter,
                      colour=config.colour_jitter, blur_p=config.blur)
@@ -223,7 +229,7 @@ def _run(config, progress, dataset, resume):
     train, val, test = split_validation(ds, config.val_fraction, config.seed)
     if not len(train.y):
         raise MinicapsError("no training examples left after the validation split")
-    if config.background_swap:
+    if config.background_swap or config.logo_recolour or config.text_distractors:
         train.swap_sources()  # refused before anything is built
     nologo = ds.classes.index(frames.NOLOGO) if frames.NOLOGO in ds.classes else None
     n_epoch = epoch_size(train.y, nologo, config.nologo_ratio)
