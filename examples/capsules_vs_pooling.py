@@ -20,9 +20,9 @@ import time
 
 from minicaps.training import checkpoint
 from minicaps.tools import transforms
-from minicaps.training.evaluate import evaluate, stored_threshold
+from minicaps.training.evaluate import checkpoint_data, evaluate
+from minicaps.training.frames import stored_threshold
 from minicaps.nets.kinds import build, kind_of
-from minicaps.training.loop import checkpoint_data
 
 TRANSFORMS = ("rotate:15", "rotate:30", "rotate:45", "rotate:90", "rotate:180", "flip",
               "shift:3", "shift:6", "scale:0.8", "scale:1.2", "affine:0")

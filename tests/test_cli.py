@@ -1,6 +1,10 @@
 """The command line end to end: train, evaluate, predict, and one clear line per user error."""
+import csv
+import io
+import json
 import os
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -71,12 +75,34 @@ def test_predict_prints_class_and_lengths(run_dir, tmp_path):
     rgb = tmp_path / "big.jpg"  # another size and mode: resized and converted
     Image.fromarray(np.repeat(np.kron(ds.test_x[0, 0], np.ones((2, 2), np.uint8))[..., None],
                               3, axis=2)).save(rgb)
-    result = invoke("predict", run_dir / "last.npz", *paths, rgb)
+    result = invoke("predict", run_dir / "last.npz", *paths, rgb, "--lengths")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert len(lines) == 6 and lines[0].startswith(f"{paths[0]}: ")
-    assert lines[0].split(": ")[1] in [str(d) for d in range(10)] + ds.classes
+    assert len(lines) == 6 and lines[0].split("\t")[0] == str(paths[0])
+    path, label, confidence, corner = lines[0].split("\t")
+    assert label in ds.classes and 0 < float(confidence) < 1 and corner == ""
     assert len(lines[1].split()) == 20  # every class with its length
+    assert float(lines[1].split()[1]) == pytest.approx(float(confidence), abs=1e-3)
+
+
+def test_predict_reads_folders_and_writes_csv_or_json_lines(run_dir, tmp_path):
+    ds = load_dataset(limit=20)
+    for i in range(5):  # two folders deep; a file that is no image is passed over
+        (tmp_path / "in" / str(i % 2)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(ds.test_x[i, 0]).save(tmp_path / "in" / str(i % 2) / f"d{i}.png")
+    (tmp_path / "in" / "notes.txt").write_text("not an image")
+    result = invoke("predict", run_dir / "last.npz", tmp_path / "in", "--csv")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [r["path"] for r in rows] == sorted(str(p) for p in (tmp_path / "in").rglob("*.png"))
+    assert all(r["label"] in ds.classes and r["corner"] == "" for r in rows)
+    result = invoke("predict", run_dir / "last.npz", tmp_path / "in", "--json", "--lengths")
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["path"] for r in records] == [r["path"] for r in rows]
+    assert all(set(r["lengths"][""]) == set(ds.classes) for r in records)
+    assert [r["label"] for r in records] == [r["label"] for r in rows]
+    (tmp_path / "empty").mkdir()
+    assert_user_error(invoke("predict", run_dir / "last.npz", tmp_path / "empty"), "no images")
 
 
 # user errors: one line on stderr, exit status 1 (click's usage errors: status 2)
@@ -182,11 +208,38 @@ def test_rs_frames_end_to_end(data_root, tmp_path):
     assert result.exit_code == 0, result.output
     assert "accuracy (frames)" in result.output and "nologo" in result.output
     frame = next((data / "zdf").glob("*/*.jpg"))
-    result = invoke("predict", out / "last.npz", frame)
+    result = invoke("predict", out / "last.npz", frame, "--lengths")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert len(lines) == 4 and [line.split(":")[0].strip() for line in lines[1:]] == \
         ["tl", "tr", "bl"]  # the R&S default corners
+    path, label, confidence, corner = lines[0].split("\t")
+    assert path == str(frame) and label in checkpoint.load(out / "last.npz").classes
+    assert corner in ("tl", "tr", "bl") if label != "nologo" else corner == ""
+
+    # a folder of frames to score, none for training: zdf frames in folders named for no
+    # split, one wdr frame, two nologo frames; scored whole, per channel, on the net's classes
+    new = tmp_path / "new"
+    for k, d in enumerate(sorted((data / "zdf").glob("test-*"))[:3]):
+        shutil.copytree(d, new / "zdf" / f"clip{k}")
+    shutil.copytree(data / "wdr" / "test-0000", new / "wdr" / "test-0000")
+    (new / "nologo" / "frames").mkdir(parents=True)
+    for f in sorted((data / "nologo" / "test").glob("*.jpg"))[:2]:
+        shutil.copy(f, new / "nologo" / "frames")
+    result = invoke("evaluate", out / "last.npz", "--data", new)
+    assert result.exit_code == 0, result.output
+    assert "(6 frames)" in result.output or "/6)" in result.output
+    per_class = {}  # the frames' table, which comes first
+    for line in result.output.splitlines():
+        if line.strip()[:1].isdigit() and len(line.split()) >= 4:
+            per_class.setdefault(line.split()[1], line.split()[2])
+    assert (per_class["zdf"], per_class["wdr"], per_class["nologo"], per_class["ard"]) == \
+        ("3", "1", "2", "0")
+    (new / "zdf" / "clip0" / "metadata.txt").write_text("arte,10,10,40,20\n")
+    assert_user_error(invoke("evaluate", out / "last.npz", "--data", new), "arte")
+    result = invoke("predict", out / "last.npz", new, "--json")
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 6 and "predicting" not in result.stdout
 
 
 def test_rs_layout_defaults_apply_unless_given(data_root, tmp_path, monkeypatch):

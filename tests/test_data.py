@@ -276,6 +276,28 @@ def test_rs_raw_folders(tmp_path):
     assert load_dataset(root, merge_variants=False).classes == ["BR", "ard", "n24", "nologo"]
 
 
+def test_rs_frames_to_score_only(tmp_path):
+    """A folder of frames to score: only its test frames are read, frames in folders named
+    for no split count as test frames, and labels follow the given classes' order."""
+    root = tmp_path / "new"
+    for folder in ("n24", "br"):
+        name, box = LOGOS[folder]
+        write_frame(root / f"{folder}/clip/{folder}.jpg", box)
+        (root / f"{folder}/clip/metadata.txt").write_text(f"{name},{','.join(map(str, box))}\n")
+    write_frame(root / "nologo/frames/empty.jpg")
+    classes = ["n24", "zdf", "br", "ard", "nologo"]  # a network's, in its own order
+    ds = load_dataset(root, test_only=True, classes=classes)
+    assert ds.classes == classes and len(ds.train_x) == 0 and ds.in_shape == (3, 56, 128)
+    assert sorted(ds.test_frame_y.tolist()) == [0, 2, 4]
+    # for training, the same folder holds out a fifth of each class (of one frame: none)
+    assert len(load_dataset(root).train_frame_y) == 3
+    with pytest.raises(MinicapsError, match="br are none of the classes"):
+        load_dataset(root, test_only=True, classes=["n24", "nologo"])
+    full = make_raw_rs(tmp_path / "logos")
+    ds = load_dataset(full, test_only=True)
+    assert len(ds.train_x) == 0 and ds.test_y.reshape(-1, 4).tolist() == EXPECTED_CORNERS
+
+
 @pytest.fixture
 def fake_lib(monkeypatch):
     """A stand-in `lib.dataset_interface` so the test can pickle Records like the challenge did."""

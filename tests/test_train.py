@@ -12,8 +12,7 @@ from minicaps.training import checkpoint, loop as train
 from minicaps.training.augment import augment, blur, flip, jitter, rotate, shift, swap_backgrounds, zoom
 from minicaps.data import Dataset, load_dataset
 from minicaps.errors import MinicapsError
-from minicaps.training.evaluate import (PRESENT, choose_threshold, evaluate, frame_accuracy,
-                               frame_decision, with_nologo)
+from minicaps.training.evaluate import evaluate
 from minicaps.nets.capsnet import CapsNet
 
 TINY = dict(conv_channels=8, primary_types=4, primary_dim=4, class_dim=8, kernel_size=5,
@@ -128,19 +127,6 @@ def test_background_swap_needs_logo_boxes(tmp_path):
 
 # evaluation
 
-def test_a_frame_shows_the_channel_longest_over_its_corners():
-    nologo = 2
-    lengths = np.array([[0.1, 0.2, 0.9],   # frame 0: nologo
-                        [0.6, 0.1, 0.2],   # frame 0: class 0 at 0.6
-                        [0.1, 0.8, 0.3],   # frame 0: class 1 at 0.8 -> wins
-                        [0.1, 0.1, 0.9],   # frame 1: every corner nologo
-                        [0.2, 0.1, 0.7],
-                        [0.7, 0.1, 0.2]])  # frame 2: class 0
-    frame = np.array([0, 0, 0, 1, 1, 2])
-    ids, pred = frame_decision(lengths, frame, nologo)
-    assert dict(zip(ids.tolist(), pred.tolist())) == {0: 1, 1: 2, 2: 0}
-
-
 def test_evaluate_scores_frames():
     ds = synthetic()
     net = CapsNet(in_shape=(1, 12, 12), n_classes=3, conv_channels=4, kernel_size=3,
@@ -151,26 +137,6 @@ def test_evaluate_scores_frames():
                   classes=["a", "b", "nologo"])
     assert len(ev.frame_y) == frame.max() + 1 and 0 <= ev.frame_accuracy <= 1
     assert ev.confusion(3).sum() == len(ds.test_y)
-
-
-def test_frame_decision_threshold_and_the_nologo_column():
-    lengths = np.array([[0.45, 0.2, 0.1], [0.1, 0.3, 0.9]])  # two frames, one corner each
-    assert frame_decision(lengths, np.array([0, 1]), 2)[1].tolist() == [2, 2]  # at 0.5
-    assert frame_decision(lengths, np.array([0, 1]), 2, threshold=0.4)[1].tolist() == [0, 2]
-    # the nologo capsule takes no part: frame 1's channel 1 counts above the threshold
-    assert frame_decision(lengths, np.array([0, 1]), 2, threshold=0.25)[1].tolist() == [0, 1]
-    padded = with_nologo(lengths[:, :2], 3)  # a net without a nologo capsule
-    assert padded.shape == (2, 3) and np.all(padded[:, 2] == PRESENT)
-    assert padded.argmax(axis=1).tolist() == [2, 2]  # no capsule longer than 0.5: nologo
-    assert with_nologo(lengths, 3) is lengths
-
-
-def test_the_frame_threshold_is_the_best_one_on_the_frames_given():
-    lengths = np.array([[0.3, 0.1, 0.9], [0.1, 0.2, 0.9], [0.1, 0.7, 0.1]])
-    frame, frame_y = np.array([0, 1, 2]), np.array([0, 2, 1])  # a faint logo, none, a clear one
-    t = choose_threshold(lengths, frame, frame_y, nologo=2)
-    assert 0.2 < t <= 0.3 and frame_accuracy(lengths, frame, frame_y, 2, t) == 1.0
-    assert frame_accuracy(lengths, frame, frame_y, 2) == pytest.approx(2 / 3)  # at 0.5
 
 
 def test_training_without_a_nologo_capsule_and_with_calibrated_transforms(tmp_path):
@@ -225,15 +191,6 @@ def test_checkpoint_round_trip(tmp_path):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["epoch"] == 1
     assert (tmp_path / "best.npz").is_file()
-
-
-def test_best_checkpoint_breaks_frame_ties_by_corner_accuracy():
-    tied = [{"val_frame_accuracy": 0.9292, "val_accuracy": a} for a in (0.9486, 0.9444, 0.9542)]
-    assert max(range(3), key=lambda n: train._score(tied[n])) == 2
-    better_frames = {"val_frame_accuracy": 0.9333, "val_accuracy": 0.90}
-    assert train._score(better_frames) > train._score(tied[2])
-    assert train._score({"val_accuracy": 0.5}) < train._score({"val_accuracy": 0.6})
-    assert train._score({"val_accuracy": None}) is None
 
 
 @pytest.mark.parametrize("make, swap, average", [(synthetic, 0.0, 0.0),

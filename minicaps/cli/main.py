@@ -6,20 +6,26 @@ one line on stderr, `minicaps: error: ...`, and exit status 1; click's usage err
 click's own (exit status 2). This module holds the group, evaluate and predict; train is in
 cli_train.py, the measuring and picture tools in cli_tools.py.
 """
+import csv
+import json
+import os
+import sys
 import time
 import warnings
 
 import click
+import numpy as np
 
 from .. import __version__
-from ..training import checkpoint, loop as train
+from ..training import checkpoint
 from ..tools import transforms
 from ..fast.allocator import reuse_freed_memory
 from ..backend import require_gpu
 from .options import UserError
 from ..errors import MinicapsError
+from ..training.evaluate import checkpoint_data, image_files_of, predict_files, report
 from ..training.evaluate import evaluate as evaluate_split
-from ..training.evaluate import predict_files, report, stored_threshold
+from ..training.frames import stored_threshold
 from ..nets.kinds import build
 
 
@@ -39,6 +45,9 @@ class Group(click.Group):
                 return super().invoke(ctx)
         except MinicapsError as e:
             raise UserError(" ".join(str(e).split())) from None
+        except BrokenPipeError:  # stdout's reader stopped (`predict ... | head`): no error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(1)
         except OSError as e:
             where = f"{e.filename}: " if e.filename else ""
             raise UserError(f"{where}{e.strerror or e}") from None
@@ -63,7 +72,8 @@ def _load_net(path, gpu):
 @main.command("evaluate")
 @click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(exists=True, dir_okay=False))
 @click.option("--data", type=click.Path(exists=True), default=None,
-              help="Dataset to score on (its test split).  [default: the checkpoint's own data]")
+              help="Dataset to score on: its test split; a folder of TV frames that holds no "
+                   "training frames is scored whole.  [default: the checkpoint's own data]")
 @click.option("--gpu", is_flag=True, help="Evaluate on the GPU with CuPy.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, help="Images per batch.")
 @click.option("--transform", "transform_spec", default=None,
@@ -75,7 +85,7 @@ def evaluate_command(checkpoint_path, data, gpu, batch_size, transform_spec):
         transforms.parse(transform_spec)  # a bad spec fails before anything is loaded
     ckpt, net = _load_net(checkpoint_path, gpu)
     t0 = time.perf_counter()
-    ds = train.checkpoint_data(ckpt, checkpoint_path, data)
+    ds = checkpoint_data(ckpt, checkpoint_path, data)
     test_x = ds.test_x if transform_spec is None else transforms.apply(ds.test_x, transform_spec)
     ev = evaluate_split(net, test_x, ds.test_y, batch_size=batch_size, frame=ds.test_frame,
                         frame_y=ds.test_frame_y, classes=ds.classes,
@@ -89,24 +99,72 @@ def evaluate_command(checkpoint_path, data, gpu, batch_size, transform_spec):
     click.echo(report(ev, ds.classes))
 
 
+FIELDS = ("path", "label", "confidence", "corner")
+
+
 @main.command("predict")
 @click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(exists=True, dir_okay=False))
-@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("images", metavar="IMAGES_OR_FOLDERS...", nargs=-1, required=True,
+                type=click.Path(exists=True))
 @click.option("--gpu", is_flag=True, help="Predict on the GPU with CuPy.")
-def predict_command(checkpoint_path, images, gpu):
-    """The class and the class-capsule lengths (a CNN's: softmax probabilities) of each
-    image (a TV frame for a network trained on R&S frames: its corners are cropped as in
-    training)."""
+@click.option("--format", "fmt", type=click.Choice(["text", "csv", "json"]), default="text",
+              help="One line per image: tab-separated text, CSV with a header, or JSON Lines.")
+@click.option("--csv", "fmt", flag_value="csv", help="Short for --format csv.")
+@click.option("--json", "fmt", flag_value="json", help="Short for --format json.")
+@click.option("--lengths", is_flag=True,
+              help="Also every class-capsule length (a CNN's: probability) of every corner.")
+def predict_command(checkpoint_path, images, gpu, fmt, lengths):
+    """The class of each image (a folder: every image in it, recursively), one line each:
+    path, label, confidence, corner. For a network trained on R&S frames an image is a TV
+    frame: its corners are cropped as in training, the label is the frame's channel or
+    nologo, the confidence the length of that channel's capsule and the corner the one it
+    was found in (nologo: 1 minus the longest channel capsule's length, no corner). A
+    progress bar goes to stderr, so stdout stays parseable."""
     ckpt, net = _load_net(checkpoint_path, gpu)
-    width = max(len(c) for c in ckpt.classes)
-    for p in predict_files(net, images, ckpt.classes, ckpt.data_info,
-                           stored_threshold(ckpt.history)):
-        click.echo(f"{p.path}: {p.label}")
-        names = p.corners or ("",)
-        for corner, lengths in zip(names, p.lengths):
-            top = lengths.argsort()[::-1]
-            cells = "  ".join(f"{ckpt.classes[k]:>{width}} {lengths[k]:.3f}" for k in top)
-            click.echo(f"  {corner + ': ' if corner else ''}{cells}")
+    paths = image_files_of(images)
+    corners = tuple(ckpt.data_info["crop"]["corners"]) \
+        if ckpt.data_info.get("layout") == "rs" else ()
+    write = _writer(fmt, ckpt.classes, corners, lengths)
+    bar = click.progressbar(length=len(paths), label="predicting", file=sys.stderr,
+                            show_eta=True, show_pos=True)
+    with bar:
+        for p in predict_files(net, paths, ckpt.classes, ckpt.data_info,
+                               stored_threshold(ckpt.history)):
+            write(p)
+            bar.update(1)
+
+
+def _writer(fmt, classes, corners, with_lengths):
+    """A function that prints one Prediction in `fmt` (CSV: the header first). `corners`:
+    the names of a frame's corners, () for plain images."""
+    def row(p):
+        return [p.path, p.label, f"{p.confidence:.4f}", p.corner]
+
+    if fmt == "json":
+        def write(p):
+            record = dict(zip(FIELDS, [p.path, p.label, round(p.confidence, 4), p.corner]))
+            if with_lengths:
+                record["lengths"] = {corner: dict(zip(classes, np.round(lengths, 4).tolist()))
+                                     for corner, lengths in zip(corners or ("",), p.lengths)}
+            click.echo(json.dumps(record))
+        return write
+    if fmt == "csv":
+        out = csv.writer(click.get_text_stream("stdout"), lineterminator="\n")
+        out.writerow(FIELDS + (tuple(f"{corner}:{c}" if corner else c
+                                     for corner in corners or ("",) for c in classes)
+                               if with_lengths else ()))
+        return lambda p: out.writerow(
+            row(p) + ([f"{v:.4f}" for v in p.lengths.ravel()] if with_lengths else []))
+    width = max(len(c) for c in classes)
+
+    def write(p):
+        click.echo("\t".join(row(p)))
+        if with_lengths:
+            for corner, lengths in zip(corners or ("",), p.lengths):
+                cells = "  ".join(f"{classes[k]:>{width}} {lengths[k]:.3f}"
+                                  for k in lengths.argsort()[::-1])
+                click.echo(f"  {corner + ': ' if corner else ''}{cells}")
+    return write
 
 
 def _register_commands():

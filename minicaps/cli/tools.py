@@ -183,12 +183,13 @@ def gradcheck_command(ctx, batch_size, entries, tolerance, seed, **options):
 
 def _checkpoint_and_examples(path, data):
     """The network of a checkpoint and the test images of its data (or of `data`)."""
-    from ..training import checkpoint, loop as train
+    from ..training import checkpoint
+    from ..training.evaluate import checkpoint_data
     ckpt = checkpoint.load(path)
     if kind_of(ckpt.model_config) != "capsnet":
         raise MinicapsError(f"{path} holds a CNN: these pictures are of capsules")
     net = CapsNet.from_config(ckpt.model_config, ckpt.scored_params)
-    return net, train.checkpoint_data(ckpt, path, data).test_x
+    return net, checkpoint_data(ckpt, path, data).test_x
 
 
 def _save(image, out):

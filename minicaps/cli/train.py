@@ -13,7 +13,7 @@ from ..training import distributed, loop as train
 from .options import UserError, declared_options, with_options
 from ..errors import MinicapsError
 from ..option import declared, default_of, option_name
-from ..training.evaluate import PRESENT
+from ..training.frames import PRESENT
 from ..training.config import TrainConfig
 from ..training.presets import PRESETS
 

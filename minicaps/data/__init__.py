@@ -65,6 +65,8 @@ def load_dataset(
     merge_variants: bool = True,
     limit: int | None = None,
     size: tuple[int, int] | None = None,
+    test_only: bool = False,
+    classes: list[str] | None = None,
 ) -> Dataset:
     """Load the dataset at `path` (None: the bundled MNIST sample).
 
@@ -72,17 +74,21 @@ def load_dataset(
     their channel). size: (H, W) for class folders (default: the most common image size).
     limit: at most this many examples per split (frames for the R&S layout), a seeded
     class-balanced subset, for quick runs and tests.
+    test_only, classes: for scoring a trained network on an R&S folder (see load_rs); other
+    layouts are read whole as they are.
     """
     layout = detect_layout(path)
     if layout == "bundled":
         dataset = load_bundled(limit=limit) if path is None else load_npz(path, limit=limit)
     elif layout == "rs":
-        dataset = load_rs(path, crop=rs_crop, merge_variants=merge_variants, limit=limit)
+        dataset = load_rs(path, crop=rs_crop, merge_variants=merge_variants, limit=limit,
+                          test_only=test_only, classes=classes)
     elif layout == "idx":
         dataset = load_idx(path, limit=limit)
     else:
         dataset = load_folders(path, size=size, limit=limit)
-    check_classes(dataset, path)
+    if not test_only:  # frames to score only: the checkpoint's classes count
+        check_classes(dataset, path)
     return dataset
 
 

@@ -159,15 +159,26 @@ def crop_coverage(root: str | Path, crop: RSCrop = RSCrop()) -> float:
 
 
 def load_rs(
-    root: str | Path, *, crop: RSCrop | None = None, merge_variants: bool = True, limit: int | None = None
+    root: str | Path, *, crop: RSCrop | None = None, merge_variants: bool = True, limit: int | None = None,
+    test_only: bool = False, classes: list[str] | None = None,
 ) -> Dataset:
-    """Corner examples of every frame; `limit` caps the frames per split (class-balanced)."""
+    """Corner examples of every frame; `limit` caps the frames per split (class-balanced).
+
+    To score a trained network on a folder: `test_only` decodes the test frames alone (and
+    counts frames in folders named for no split as test frames), `classes` (the network's,
+    "nologo" last) labels them in that order; a logo name outside `classes` is refused.
+    """
     root = Path(root)
     crop = crop or RSCrop()
-    frames, classes = read_index(root, merge_variants)
+    frames, found = read_index(root, merge_variants, unsplit="test" if test_only else "holdout")
+    if classes is None:
+        classes = found
+    elif set(found) - set(classes):
+        raise MinicapsError(f"{root}: its logos {', '.join(sorted(set(found) - set(classes)))} "
+                            f"are none of the classes {', '.join(classes)}")
     arrays = {}
     for split in ("train", "test"):
-        fs = [f for f in frames if f.split == split]
+        fs = [f for f in frames if f.split == split and not (test_only and split == "train")]
         frame_y = np.array([classes.index(f.logos[0][0] if f.logos else NOLOGO) for f in fs], np.int64)
         keep = balanced_subset(frame_y, limit)
         fs, frame_y = [fs[i] for i in keep], frame_y[keep]
@@ -185,7 +196,9 @@ def load_rs(
             )
         boxes = np.array([corner_boxes(f.logos, crop) for f in fs], np.int64).reshape(-1, 4)
         arrays[split] = (x, y, np.repeat(np.arange(len(fs)), K), frame_y, boxes)
-    if not len(arrays["train"][0]):
+    if test_only and not len(arrays["test"][0]):
+        raise MinicapsError(f"{root}: no readable test frames")
+    if not test_only and not len(arrays["train"][0]):
         raise MinicapsError(f"{root}: no readable training frames")
     (tx, ty, tf, tfy, tb), (vx, vy, vf, vfy, _) = arrays["train"], arrays["test"]
     return Dataset(

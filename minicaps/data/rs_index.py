@@ -9,7 +9,8 @@ Two forms are read:
   anything is called. Plain containers need no global and load as usual.
 - the raw folders: `<channel>/<folder>/*.jpg` with `metadata.txt` (`name,x,y,w,h` per line; every
   line applies to every frame of the folder) and `nologo/<split>/*.jpg`. The split is read from
-  the folder name (`train-*`, `test-*`); folders named otherwise get a seeded 20 % held out.
+  the folder name (`train-*`, `test-*`); folders named otherwise get a seeded 20 % held out,
+  or are all test frames where the folder is only to be scored (`unsplit="test"`).
 
 Label names are the challenge's own (`BR`, `mdrHD`, `sat1Gold-43`, ...); `channel_of` maps the
 59 variants of the real challenge onto its 15 channels.
@@ -159,7 +160,7 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file())
 
 
-def _from_folders(root: Path, merge: bool) -> list[Frame]:
+def _from_folders(root: Path, merge: bool, unsplit: str) -> list[Frame]:
     frames = []
     for meta in sorted(root.rglob("metadata.txt")):
         logos = []
@@ -176,25 +177,33 @@ def _from_folders(root: Path, merge: bool) -> list[Frame]:
     if nologo.is_dir():
         for d in sorted({p.parent for p in nologo.rglob("*") if p.suffix.lower() in IMAGE_EXTS}):
             frames += [Frame(p, _split_of(d.name), []) for p in _images_in(d)]
-    unsplit = [f for f in frames if f.split is None]
-    if unsplit:  # no split in the folder name: hold out a seeded 20 % per class
-        names = [f.logos[0][0] if f.logos else NOLOGO for f in unsplit]
+    pending = [f for f in frames if f.split is None]
+    if pending and unsplit == "test":  # frames to score, not to learn from
+        for f in pending:
+            f.split = "test"
+    elif pending:  # no split in the folder name: hold out a seeded 20 % per class
+        names = [f.logos[0][0] if f.logos else NOLOGO for f in pending]
         ids = {n: k for k, n in enumerate(sorted(set(names)))}
-        for f, is_test in zip(unsplit, holdout_mask([ids[n] for n in names])):
+        for f, is_test in zip(pending, holdout_mask([ids[n] for n in names])):
             f.split = "test" if is_test else "train"
     return frames
 
 
-def read_index(root: str | Path, merge_variants: bool = True) -> tuple[list[Frame], list[str]]:
+def read_index(root: str | Path, merge_variants: bool = True,
+               unsplit: str = "holdout") -> tuple[list[Frame], list[str]]:
     """All frames of the data folder and the class names (channels, then "nologo" last).
 
     With labels.pkl the class order follows its indices; otherwise names sort alphabetically.
+    Frames in folders named for no split: a seeded 20 % of each class held out as test
+    frames (`unsplit="holdout"`), or all of them test frames (`"test"`).
     """
     root = Path(root)
+    if unsplit not in ("holdout", "test"):
+        raise ValueError(f"unsplit must be 'holdout' or 'test', not {unsplit!r}")
     if (root / "master.pkl").is_file():
         frames = _from_master(root, merge_variants)
     else:
-        frames = _from_folders(root, merge_variants)
+        frames = _from_folders(root, merge_variants, unsplit)
     if not frames:
         raise MinicapsError(f"{root}: no frames found (expected master.pkl or <channel>/<folder>/metadata.txt)")
     order = {}

@@ -5,6 +5,7 @@ a resumed one, whose generator state comes from the checkpoint) sees the same ba
 Pixels that come from outside the image are 0, as in the paper's zero-padded shifts.
 """
 import numpy as np
+from PIL import Image
 
 
 def shift(x, max_shift, rng):
@@ -141,30 +142,45 @@ def blur(x, p, rng):
     return out
 
 
-def swap_backgrounds(x, box, images, empty, box_pool, p, rng):
+def swap_backgrounds(x, box, images, empty, box_pool, p, rng, min_scale=1.0):
     """A fraction p of the images (drawn per image) put on another photograph: where image b
     shows a logo (box[b] = (y0, x0, y1, x1), -1s where none), its logo box is pasted into
     a background drawn from images[empty] (the training images without a logo) at the same
     place; an image without a logo instead gets a patch of a background in a box drawn from
     `box_pool` (N, 4), so that the pasted rectangle's edges tell the network nothing about
-    whether a logo is there.
+    whether a logo is there. With `min_scale` < 1 a pasted logo box is first shrunk by a
+    factor drawn from min_scale..1, about its centre: logos smaller than training's.
 
     Why: the logo frames' 150 photographs per channel are few enough to be remembered with
     their logo, and test frames show other photographs."""
     chosen = rng.random(len(x)) < p
     source = empty[rng.integers(len(empty), size=len(x))]
     pooled = rng.integers(len(box_pool), size=len(x))
+    scales = rng.uniform(min_scale, 1, size=len(x)) if min_scale < 1 else np.ones(len(x))
     out = x.copy()
     for b in np.flatnonzero(chosen):
         background = images[source[b]]
         if box[b, 0] >= 0:
-            y0, x0, y1, x1 = box[b]
             out[b] = background
-            out[b, :, y0:y1, x0:x1] = x[b, :, y0:y1, x0:x1]
+            _paste_scaled(out[b], x[b], box[b], scales[b])
         else:
             y0, x0, y1, x1 = box_pool[pooled[b]]
             out[b, :, y0:y1, x0:x1] = background[:, y0:y1, x0:x1]
     return out
+
+
+def _paste_scaled(target, image, box, scale):
+    """image's box (y0, x0, y1, x1) pasted into target (C, H, W) at the same place, or
+    shrunk by `scale` (< 1) about the box's centre."""
+    y0, x0, y1, x1 = box
+    patch = image[:, y0:y1, x0:x1]
+    if scale < 1:
+        h, w = max(int(round((y1 - y0) * scale)), 1), max(int(round((x1 - x0) * scale)), 1)
+        patch = np.stack([np.asarray(Image.fromarray(c).resize((w, h), Image.LANCZOS))
+                          for c in patch])
+        y0, x0 = y0 + (y1 - y0 - h) // 2, x0 + (x1 - x0 - w) // 2
+        y1, x1 = y0 + h, x0 + w
+    target[:, y0:y1, x0:x1] = patch
 
 
 def augment(x, rng, *, max_shift=0, hflip=False, max_degrees=0.0, max_scale=0.0,

@@ -36,6 +36,7 @@ from ..backend import to_host
 from ..errors import MinicapsError
 from ..nets.kinds import config_from_dict, kind_of
 from ..optim import AVERAGE
+from .frames import names_fit
 
 # 2 added model_kind (the CNN baseline); 3 put convolution weights' out axis last
 FORMAT = "minicaps-checkpoint-3"
@@ -180,8 +181,7 @@ def load(path):
             tuple(weights[n].shape) != expected[n] for n in expected)
            for weights in (ckpt.params, ckpt.scored_params)):
         raise MinicapsError(f"{path}: its parameters do not match its model configuration")
-    capsules = ckpt.model_config.n_classes  # a net without a nologo capsule has one fewer
-    if len(ckpt.classes) != capsules and ckpt.classes[capsules:] != ["nologo"]:
+    if not names_fit(ckpt.classes, ckpt.model_config.n_classes):
         raise MinicapsError(f"{path}: {len(ckpt.classes)} class names for "
                             f"{ckpt.model_config.n_classes} classes")
     return ckpt

@@ -17,7 +17,7 @@ from ..data.rs import CORNERS, FRAME_H, FRAME_W
 from ..errors import MinicapsError
 from ..nets.kinds import KINDS
 from ..option import declaration, declared, option_name
-from .evaluate import NOLOGO
+from .frames import capsule_count
 from .presets import SAMPLE_DEFAULTS, preset_values
 
 
@@ -96,6 +96,18 @@ class TrainConfig:
              "only): a logo corner's logo box is pasted into a logo-free training corner; a "
              "logo-free corner gets a patch of another one, in a logo-sized box.",
         minimum=0, maximum=1)
+    logo_scale: float = setting(
+        1.0, "R&S layout: a logo the background swap pastes is shrunk by a factor drawn from "
+             "this..1 (1: never): logos smaller than the training frames'.",
+        minimum=0.1, maximum=1)
+    logo_recolour: float = setting(
+        0.0, "R&S layout: fraction of logo corners whose logo pixels (found inside its box) "
+             "get other colours: hue turned, inverted, grey or one colour.",
+        minimum=0, maximum=1)
+    text_distractors: float = setting(
+        0.0, "R&S layout: fraction of training corners given random text: beside the logo "
+             "(as an \"HD\" or a region), or anywhere in a corner without one (as a "
+             "programme's title); labels unchanged.", minimum=0, maximum=1)
     flip: bool = setting(False, "Random horizontal flips (training only).", flag="--flip")
     nologo_ratio: float = setting(
         None, "R&S layout: each epoch shows every logo corner once and this many nologo "
@@ -212,11 +224,7 @@ def model_config(config, dataset):
     network = {f.metadata["network_field"]: getattr(config, f.name)
                for f in declared(TrainConfig)
                if config.model in f.metadata.get("kinds", ()) and "network_field" in f.metadata}
-    n_classes = dataset.n_classes
-    if not config.nologo_capsule and NOLOGO in dataset.classes:
-        if dataset.classes[-1] != NOLOGO:
-            raise MinicapsError(f"without a nologo capsule, {NOLOGO!r} must be the last class")
-        n_classes -= 1  # nologo examples train every capsule towards absent
+    n_classes = capsule_count(dataset.classes, config.nologo_capsule)
     statistics = channel_statistics(dataset.train_x) if config.standardize else {}
     return KINDS[config.model][0](in_shape=dataset.in_shape, n_classes=n_classes,
                                   **statistics, **network)

@@ -1,39 +1,23 @@
-"""Scoring a trained network: accuracy, per-class accuracy, the confusion matrix, the frame
-decision for TV frames cut into corner crops, and predictions for image files.
+"""Scoring a trained network: accuracy, per-class accuracy, the confusion matrix, frame
+scores for TV frames cut into corner crops (their rules: minicaps/training/frames.py), and
+predictions for image files.
 
 The network's class-capsule lengths are collected on its device and copied to the host once
 per evaluation (one sync), where the small bookkeeping is done with NumPy.
 """
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ..backend import get_array_module, to_host
-from ..data import RSCrop, frame_examples
-from ..data.common import IMAGE_ERRORS, RESAMPLE, to_chw
+from ..data import RSCrop, frame_examples, load_dataset
+from ..data.common import IMAGE_EXTS, RESAMPLE, image_files, map_images, to_chw
 from ..errors import MinicapsError
-
-NOLOGO = "nologo"
-# A network without a nologo capsule (train --no-nologo-capsule) says "nologo" for a corner
-# when no class capsule is longer than this, the margin loss's midpoint: its nologo column
-# is this constant. It is also the frame threshold where none was chosen on validation.
-PRESENT = 0.5
-# The frame thresholds training chooses from, on the validation frames, after every epoch.
-THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))
-
-
-def with_nologo(lengths, n_classes):
-    """lengths (N, J) of a network with one capsule fewer than `n_classes` (no capsule for
-    the last class, nologo) with that class's column appended as the constant PRESENT, so
-    argmax says nologo exactly when no capsule is present; other lengths are returned as
-    they are."""
-    if lengths.shape[1] != n_classes - 1:
-        return lengths
-    xp = get_array_module(lengths)
-    return xp.concatenate([lengths, xp.full((len(lengths), 1), PRESENT, lengths.dtype)], axis=1)
-
+from .config import TrainConfig
+from .frames import NOLOGO, PRESENT, frame_decision, nologo_index, strongest_channels, with_nologo
 
 def class_lengths(net, x, *, batch_size=256, n_classes=None):
     """The class-capsule lengths (N, J) of the uint8 images x, as a host array; with
@@ -45,44 +29,6 @@ def class_lengths(net, x, *, batch_size=256, n_classes=None):
         xp = get_array_module(chunks[0])
         lengths = to_host(xp.concatenate(chunks))  # (N, J), the one sync
     return lengths if n_classes is None else with_nologo(lengths, n_classes)
-
-
-def frame_decision(lengths, frame, nologo, threshold=PRESENT):
-    """Frame ids (F,) and their predicted class (F,) from the lengths (N, J) of their corner
-    examples, `frame` (N,) giving each example's frame. A frame shows the channel whose
-    capsule is the longest over all its corners when that length reaches `threshold`, and
-    is `nologo` otherwise; the nologo capsule takes no part.
-
-    Why not each corner's argmax: a frame has at most one logo, so each channel capsule can
-    act as a detector of its logo, wherever it is. Asking each corner whether a channel
-    beats nologo lost the faint logos (sat1gold, prosiebenmaxx) to nologo, the class of
-    two corners in three: on a logo net after 4 epochs, 84.0 % of test frames that way,
-    86.8 % this way at 0.5 (README, "Logo frames")."""
-    channels = lengths.astype(float)  # a copy
-    channels[:, nologo] = -np.inf
-    best, top = channels.argmax(axis=1), channels.max(axis=1)  # (N,)
-    order = np.lexsort((top, frame))  # by frame, then by the longest channel capsule
-    f = frame[order]
-    last = order[np.r_[f[1:] != f[:-1], True]]  # each frame's corner with the longest one
-    return frame[last], np.where(top[last] >= threshold, best[last], nologo)
-
-
-def frame_accuracy(lengths, frame, frame_y, nologo, threshold=PRESENT):
-    """The fraction of frames (those present in `frame`) whose decision is right."""
-    ids, pred = frame_decision(lengths, np.asarray(frame), nologo, threshold)
-    return float(np.mean(pred == np.asarray(frame_y)[ids]))
-
-
-def choose_threshold(lengths, frame, frame_y, nologo):
-    """The entry of THRESHOLDS with the best frame accuracy (ties: the nearest to PRESENT);
-    for the validation frames only."""
-    return max(THRESHOLDS, key=lambda t: (frame_accuracy(lengths, frame, frame_y, nologo, t),
-                                          -abs(t - PRESENT)))
-
-
-def stored_threshold(history):
-    """The frame threshold of a checkpoint: chosen on validation in its last epoch."""
-    return history[-1].get("frame_threshold", PRESENT) if history else PRESENT
 
 
 @dataclass
@@ -121,28 +67,29 @@ def evaluate(net, x, y, *, batch_size=256, frame=None, frame_y=None, classes=Non
                             n_classes=None if classes is None else len(classes))
     ev = Evaluation(y=np.asarray(y), pred=lengths.argmax(axis=1), lengths=lengths)
     if frame is not None and frame_y is not None:
-        if classes is None or NOLOGO not in classes:
-            raise MinicapsError(f"frame scores need a class named {NOLOGO!r}")
-        ids, ev.frame_pred = frame_decision(lengths, np.asarray(frame), classes.index(NOLOGO),
-                                            threshold)
+        ids, ev.frame_pred = frame_decision(lengths, np.asarray(frame),
+                                            nologo_index(classes or []), threshold)
         ev.frame_y = np.asarray(frame_y)[ids]
     return ev
 
 
 def report(ev, classes, *, frames=False):
-    """A plain-text report: accuracy, per-class accuracy and the confusion matrix (of the
-    examples, or of the frames)."""
+    """A plain-text report: accuracy, per-class accuracy with the class each is most often
+    mistaken for, and the confusion matrix (of the examples, or of the frames)."""
     y, pred = (ev.frame_y, ev.frame_pred) if frames else (ev.y, ev.pred)
     what = "frames" if frames else "examples"
     m = ev.confusion(len(classes), frames=frames)
     n_right = int(np.trace(m))
     lines = [f"accuracy ({what}): {n_right / max(len(y), 1):.2%} ({n_right}/{len(y)})", ""]
     name_w = max(len("class"), *(len(c) for c in classes))
-    lines.append(f"  {'#':>3}  {'class':<{name_w}}  {'n':>6}  accuracy")
+    lines.append(f"  {'#':>3}  {'class':<{name_w}}  {'n':>6}  accuracy  most often wrong as")
     for k, c in enumerate(classes):
         n = int(m[k].sum())
         acc = f"{m[k, k] / n:.2%}" if n else "-"
-        lines.append(f"  {k:>3}  {c:<{name_w}}  {n:>6}  {acc:>8}")
+        wrong = m[k].copy()
+        wrong[k] = 0
+        often = f"{classes[wrong.argmax()]} ({wrong.max()})" if wrong.any() else ""
+        lines.append(f"  {k:>3}  {c:<{name_w}}  {n:>6}  {acc:>8}  {often}".rstrip())
     cell = max(3, len(str(int(m.max()) if m.size else 0)))
     lines += ["", f"confusion matrix ({what}; rows: true class, columns: predicted class #)",
               "  " + " " * (name_w + 1) + " ".join(f"{k:>{cell}}" for k in range(len(classes)))]
@@ -151,56 +98,108 @@ def report(ev, classes, *, frames=False):
     return "\n".join(lines)
 
 
-def _open(path):
-    try:
-        im = Image.open(path)
-        im.load()
-        return im
-    except IMAGE_ERRORS as e:
-        raise MinicapsError(f"{path}: not a readable image ({e})") from None
+def checkpoint_data(ckpt, path, data=None):
+    """The test split of the data the checkpoint at `path` was trained on (or of the folder
+    `data` instead), made as in training and labelled with the checkpoint's classes; its
+    image shape checked. The training frames of R&S data are not decoded: a folder that
+    holds only frames to score (or frames in folders named for no split) is scored whole."""
+    options = {**ckpt.train_config, "limit": None}
+    if data is not None:
+        options["data"] = data
+    elif options["data"] is not None and not Path(options["data"]).exists():
+        raise MinicapsError(f"{options['data']}, the data {path} was trained on, is not "
+                            f"there: pass --data")
+    config = TrainConfig.from_json(options)
+    ds = load_dataset(config.data, rs_crop=config.crop, merge_variants=config.merge_variants,
+                      test_only=True, classes=ckpt.classes).padded(config.pad)
+    if ds.classes != ckpt.classes:
+        raise MinicapsError(f"the data's classes ({', '.join(ds.classes[:5])}...) are not the "
+                            f"checkpoint's ({', '.join(ckpt.classes[:5])}...)")
+    if ds.in_shape != ckpt.model_config.in_shape:
+        raise MinicapsError(f"the data's images are {ds.in_shape}, the network takes "
+                            f"{ckpt.model_config.in_shape}")
+    return ds
+
+
+def image_files_of(paths):
+    """The image files named by `paths`: each file itself, each folder's images (recursive,
+    sorted); a folder without any is refused."""
+    out = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = image_files(path)
+            if not found:
+                raise MinicapsError(f"{path}: no images in this folder "
+                                    f"({', '.join(IMAGE_EXTS)})")
+            out += found
+        else:
+            out.append(path)
+    return out
 
 
 def image_examples(path, in_shape, data_info):
     """The example(s) (K, C, H, W) uint8 the network sees for an image file: for a network
     trained on TV frames, the frame's corner crops; otherwise the image in the trained
     colour mode, resized to the trained size (as the folder loader resizes). Either is
-    padded as in training (train --pad)."""
-    path = Path(path)
+    padded as in training (train --pad). Pillow's errors (IMAGE_ERRORS) pass through."""
     pad = data_info.get("pad", 0)
     if data_info.get("layout") == "rs":
-        crop = RSCrop(**{**data_info["crop"], "corners": tuple(data_info["crop"]["corners"])})
-        try:
-            x = frame_examples(_open(path), crop)
-        except IMAGE_ERRORS as e:
-            raise MinicapsError(f"{path}: not a readable image ({e})") from None
+        x = frame_examples(path, _crop(data_info))
     else:
         C, H, W = in_shape
-        im = _open(path).convert("L" if C == 1 else "RGB")
+        with Image.open(path) as im:
+            im = im.convert("L" if C == 1 else "RGB")
         if im.size != (W - 2 * pad, H - 2 * pad):
             im = im.resize((W - 2 * pad, H - 2 * pad), RESAMPLE)
         x = to_chw(im)[None]  # (1, C, H - 2 pad, W - 2 pad)
     return np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
 
 
+def _crop(data_info):
+    return RSCrop(**{**data_info["crop"], "corners": tuple(data_info["crop"]["corners"])})
+
+
 @dataclass
 class Prediction:
     path: str
     label: str  # the class (for a frame: the frame decision)
+    confidence: float  # the capsule length behind it (a CNN's: a probability); see predict_files
+    corner: str  # the corner the frame's channel was found in; "" for a plain image or nologo
     lengths: np.ndarray  # (K, J): one row per example (a frame's corners), K = 1 for an image
     corners: tuple = ()  # corner names of a frame's rows
 
 
-def predict_files(net, paths, classes, data_info, threshold=PRESENT):
-    """A Prediction for each image file (frames decided at `threshold`)."""
-    out = []
-    for path in paths:
-        x = image_examples(path, net.config.in_shape, data_info)
-        lengths = class_lengths(net, x, n_classes=len(classes))
-        if data_info.get("layout") == "rs":
-            _, decided = frame_decision(lengths, np.zeros(len(x), np.int64),
-                                        classes.index(NOLOGO), threshold)
-            corners = tuple(data_info["crop"]["corners"])
-            out.append(Prediction(str(path), classes[int(decided[0])], lengths, corners))
-        else:
-            out.append(Prediction(str(path), classes[int(lengths[0].argmax())], lengths))
-    return out
+def predict_files(net, paths, classes, data_info, threshold=PRESENT, *, chunk=256):
+    """A Prediction for each readable image file, yielded in order, `chunk` files decoded at
+    a time (on a few threads; a few unreadable files are skipped with a warning, more are
+    an error, as when loading data). A frame is decided at `threshold`: its channel, the
+    length of that channel's capsule in the corner where it is longest, and that corner;
+    or nologo, with 1 minus the longest channel capsule's length (how clearly no channel
+    capsule is present) and no corner. A plain image: its longest capsule and its length."""
+    is_frame = data_info.get("layout") == "rs"
+    corners = tuple(data_info["crop"]["corners"]) if is_frame else ()
+    read = partial(image_examples, in_shape=net.config.in_shape, data_info=data_info)
+    for start in range(0, len(paths), chunk):
+        part = paths[start:start + chunk]
+        examples, kept = map_images(read, part, what=f"{len(part)} images from {part[0]}")
+        if not examples:
+            continue
+        K = len(examples[0])
+        lengths = class_lengths(net, np.concatenate(examples), n_classes=len(classes))
+        lengths = lengths.reshape(len(kept), K, -1)  # (files, K, J)
+        for i, frame_lengths in zip(kept, lengths):
+            path = str(part[i])
+            if is_frame:
+                yield _frame_prediction(path, frame_lengths, classes, corners, threshold)
+            else:
+                k = int(frame_lengths[0].argmax())
+                yield Prediction(path, classes[k], float(frame_lengths[0, k]), "",
+                                 frame_lengths)
+
+
+def _frame_prediction(path, lengths, classes, corners, threshold):
+    _, (corner,), (channel,), (top,) = strongest_channels(lengths, np.zeros(len(lengths), int),
+                                                          classes.index(NOLOGO))
+    if top >= threshold:
+        return Prediction(path, classes[channel], float(top), corners[corner], lengths, corners)
+    return Prediction(path, NOLOGO, 1 - float(top), "", lengths, corners)

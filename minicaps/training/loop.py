@@ -23,11 +23,13 @@ import numpy as np
 
 from . import checkpoint, distributed
 from .augment import augment, swap_backgrounds
+from .logo_augment import recolour_logos, text_distractors
 from ..backend import get_array_module, to_host
 from ..data import detect_layout, load_dataset
 from ..errors import MinicapsError
 from .epochs import epoch_order, epoch_size
-from .evaluate import NOLOGO, PRESENT, choose_threshold, evaluate, frame_accuracy, with_nologo
+from .evaluate import evaluate
+from . import frames
 from ..nets.kinds import build, kind_of
 from ..optim import SGD, Adam, ExponentialDecay, WeightAverage
 from ..option import check
@@ -50,33 +52,15 @@ class Split:
         swap draws from; one clear error where there is not both."""
         has_logo = self.box[:, 0] >= 0 if self.box is not None else None
         if has_logo is None or has_logo.all() or not has_logo.any():
-            raise MinicapsError("--background-swap needs frames with logo boxes and corners "
-                                "without a logo (the R&S layout)")
+            raise MinicapsError("--background-swap, --logo-recolour and --text-distractors "
+                                "need frames with logo boxes and corners without a logo "
+                                "(the R&S layout)")
         return np.flatnonzero(~has_logo), self.box[has_logo]
 
 
 def load_data(config):
     return load_dataset(config.data, rs_crop=config.crop, merge_variants=config.merge_variants,
                         limit=config.limit).padded(config.pad)
-
-
-def checkpoint_data(ckpt, path, data=None):
-    """The whole dataset the checkpoint at `path` was trained on (or `data` instead),
-    checked to have the checkpoint's classes and image shape."""
-    options = {**ckpt.train_config, "limit": None}
-    if data is not None:
-        options["data"] = data
-    elif options["data"] is not None and not Path(options["data"]).exists():
-        raise MinicapsError(f"{options['data']}, the data {path} was trained on, is not "
-                            f"there: pass --data")
-    ds = load_data(TrainConfig.from_json(options))
-    if ds.classes != ckpt.classes:
-        raise MinicapsError(f"the data's classes ({', '.join(ds.classes[:5])}...) are not the "
-                            f"checkpoint's ({', '.join(ckpt.classes[:5])}...)")
-    if ds.in_shape != ckpt.model_config.in_shape:
-        raise MinicapsError(f"the data's images are {ds.in_shape}, the network takes "
-                            f"{ckpt.model_config.in_shape}")
-    return ds
 
 
 def split_validation(ds, fraction, seed):
@@ -113,38 +97,21 @@ def _split_scores(net, val, test, config, classes):
     """Accuracy on the validation and test splits; for frame data also the frame accuracy,
     at the frame threshold that does best on the validation frames (recorded)."""
     batch_size = max(config.batch_size, 256)
-    out, threshold = {"val_accuracy": None, "test_accuracy": None}, PRESENT
+    out = {"val_accuracy": None, "test_accuracy": None}
     if len(val.y):
         ev = evaluate(net, val.x, val.y, batch_size=batch_size, classes=classes)
         out["val_accuracy"] = ev.accuracy
         if val.frame is not None:
-            if NOLOGO not in classes:
-                raise MinicapsError(f"frame scores need a class named {NOLOGO!r}")
-            nologo = classes.index(NOLOGO)
-            threshold = choose_threshold(ev.lengths, val.frame, val.frame_y, nologo)
-            out["frame_threshold"] = threshold
-            out["val_frame_accuracy"] = frame_accuracy(ev.lengths, val.frame, val.frame_y,
-                                                       nologo, threshold)
+            out.update(frames.validation_frame_scores(ev.lengths, val.frame, val.frame_y,
+                                                      classes))
     if len(test.y):
         ev = evaluate(net, test.x, test.y, batch_size=batch_size, frame=test.frame,
-                      frame_y=test.frame_y, classes=classes, threshold=threshold)
+                      frame_y=test.frame_y, classes=classes,
+                      threshold=out.get("frame_threshold", frames.PRESENT))
         out["test_accuracy"] = ev.accuracy
         if ev.frame_accuracy is not None:
             out["test_frame_accuracy"] = ev.frame_accuracy
     return out
-
-
-def _score(record):
-    """What best.npz is chosen by (higher is better; None without validation data):
-    validation frame accuracy for frame data, ties broken by the validation accuracy of
-    the corner examples; else validation accuracy.
-
-    Why the tie-break: a few hundred validation frames score in coarse steps, so epochs tie
-    often, and the first of a tie is no better evidence than the others; the corners,
-    several per frame, tell them apart."""
-    if record.get("val_accuracy") is None:
-        return None
-    return (record.get("val_frame_accuracy", 0.0), record["val_accuracy"])
 
 
 def _finite(params):
@@ -170,7 +137,7 @@ def _gradients(net, x, y, n_classes):
     """(loss, grads, hits) of the batch x, y."""
     loss, grads, parts = net.loss_and_grads(x, y, return_parts=True)
     xp = get_array_module(loss)
-    lengths = with_nologo(parts["lengths"], n_classes)  # (B, classes)
+    lengths = frames.with_nologo(parts["lengths"], n_classes)  # (B, classes)
     return loss, grads, (lengths.argmax(axis=1) == xp.asarray(y)).sum()
 
 
@@ -191,9 +158,13 @@ def train_epoch(net, opt, train, config, rng, progress, epoch, nologo, n_classes
     for step in range(steps):
         idx = order[step * B:(step + 1) * B]
         xb = train.x[idx]
+        if config.logo_recolour:
+            xb = recolour_logos(xb, train.box[idx], config.logo_recolour, rng)
         if config.background_swap:
             xb = swap_backgrounds(xb, train.box[idx], train.x, empty, box_pool,
-                                  config.background_swap, rng)
+                                  config.background_swap, rng, config.logo_scale)
+        if config.text_distractors:
+            xb = text_distractors(xb, train.box[idx], config.text_distractors, rng)
         xb = augment(xb, rng, max_shift=config.shift, hflip=config.flip,
                      max_degrees=config.rotate, max_scale=config.scale_jitter,
                      colour=config.colour_jitter, blur_p=config.blur)
@@ -280,9 +251,9 @@ def _run_in(world, config, progress, dataset, resume):
     train, val, test = split_validation(ds, config.val_fraction, config.seed)
     if not len(train.y):
         raise MinicapsError("no training examples left after the validation split")
-    if config.background_swap:
+    if config.background_swap or config.logo_recolour or config.text_distractors:
         train.swap_sources()  # refused before anything is built
-    nologo = ds.classes.index(NOLOGO) if NOLOGO in ds.classes else None
+    nologo = ds.classes.index(frames.NOLOGO) if frames.NOLOGO in ds.classes else None
     n_epoch = epoch_size(train.y, nologo, config.nologo_ratio)
     steps_per_epoch = math.ceil(n_epoch / config.batch_size)
     world.agree(distributed.fingerprint(config, mconfig, ds, resume.epoch if resume else 0))
@@ -315,7 +286,7 @@ def _run_in(world, config, progress, dataset, resume):
         out.mkdir(parents=True, exist_ok=True)
         if resume:
             _write_metrics(out / "metrics.jsonl", history)
-    best = max((s for s in map(_score, history) if s is not None), default=None)
+    best = max((s for s in map(frames.selection_score, history) if s is not None), default=None)
     elapsed0 = history[-1]["elapsed_s"] if history else 0.0
     t_start = time.perf_counter()
     for epoch in range(start + 1, config.epochs + 1):
@@ -339,7 +310,7 @@ def _run_in(world, config, progress, dataset, resume):
             train_config=config.to_json(), classes=ds.classes, history=history,
             data_info=data_info)
         world.check_same_weights(net.params, epoch)
-        score = _score(record)
+        score = frames.selection_score(record)
         if score is not None and (best is None or score > best):
             best = score  # best first: a crash between the two writes leaves best.npz
             if world.lead:  # ahead of last.npz, never behind

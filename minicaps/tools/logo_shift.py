@@ -1,0 +1,142 @@
+"""A stand-in for frames whose logo renderings training never showed (issue 20), built from
+the test frames of an R&S folder (tvlogos-de) and their boxes, written in the same layout:
+
+    <out>/<channel>/test-<part>-<n>/<frame>.jpg + metadata.txt     (the logo's new box)
+    <out>/nologo/test-overlay/<frame>.jpg
+
+so that `minicaps evaluate CKPT --data <out>` scores it whole and `score_parts` by part.
+The parts, each from every test logo frame unless said otherwise:
+
+- hue, invert, grey, flat: the logo recoloured in place (logo_edits.recolour);
+- badge: a word ("HD", a region) drawn beside the logo;
+- flat+badge: both, as a blue "WDR HD" where training shows a white "WDR";
+- small: the logo shrunk to 11-15 pixels high (the smallest annotated sizes) and pasted
+  onto another photograph (a test frame without a logo, or its mirror image);
+- overlay: test frames without a logo given a programme's overlay in a corner (label
+  nologo), four per photograph;
+- overlay+logo: a third of the test logo frames with an overlay in a corner of their own
+  that holds no logo (label: their channel).
+
+Frames are written as JPEG at quality 60-85, as tvlogos-de's were.
+"""
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..data.rs_index import NOLOGO, read_index
+from ..errors import MinicapsError
+from .logo_edits import RECOLOURS, add_badge, add_overlay, move_logo, recolour
+from .logo_masks import logo_frames, logo_mask, read_frame, rendering_masks
+
+PARTS = (*RECOLOURS, "badge", "flat+badge", "small", "overlay", "overlay+logo")
+SMALL_HEIGHTS = (11, 15)  # pixels: the smallest logos annotated in tvlogos-de and the challenge
+OVERLAYS_PER_PHOTO = 4
+CORNERS = ("tl", "tr", "bl")
+
+
+def _frame_corner(box):
+    x, y, w, h = box
+    return ("t" if y + h / 2 < 405 / 2 else "b") + ("l" if x + w / 2 < 360 else "r")
+
+
+def write_frame(out, channel, folder, name, frame, box, rng):
+    """One frame of the layout: <out>/<channel>/<folder>/<name>.jpg and its metadata.txt
+    (none for nologo, whose frames share one folder)."""
+    where = Path(out) / channel / folder
+    where.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(np.clip(np.rint(frame), 0, 255).astype(np.uint8))
+    image.save(where / f"{name}.jpg", quality=int(rng.integers(60, 86)))
+    if box is not None:
+        (where / "metadata.txt").write_text(f"{channel},{','.join(map(str, box))}\n")
+
+
+def build(root, out, *, seed=0, parts=PARTS, masks=None, progress=None):
+    """Write the stand-in built from the test frames of `root` into the new folder `out`;
+    returns {part: frames written}. `masks`: rendering_masks(root), if already made."""
+    out = Path(out)
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise MinicapsError(f"unknown parts {', '.join(sorted(unknown))}; there are "
+                            f"{', '.join(PARTS)}")
+    if out.exists() and any(out.iterdir()):
+        raise MinicapsError(f"{out} is not empty: the stand-in goes into a new folder")
+    progress = progress or (lambda part, done: None)
+    masks = rendering_masks(root) if masks is None else masks
+    logos = logo_frames(root, "test")
+    frames, _ = read_index(root)
+    empties = [f.path for f in frames if f.split == "test" and not f.logos]
+    if not logos or not empties:
+        raise MinicapsError(f"{root}: the stand-in needs test frames with and without a logo")
+    counts = defaultdict(int)
+    for p, part in enumerate(parts):
+        if part == "overlay":
+            for k, path in enumerate(empties):
+                photo = read_frame(path)
+                for j in range(OVERLAYS_PER_PHOTO):
+                    rng = np.random.default_rng([seed, p, k, j])
+                    corner = CORNERS[(k + j) % len(CORNERS)]
+                    write_frame(out, NOLOGO, "test-overlay", f"{Path(path).stem}-{j}",
+                                add_overlay(photo, corner, rng), None, rng)
+                    counts[part] += 1
+            progress(part, counts[part])
+            continue
+        for k, (path, channel, box) in enumerate(logos):
+            rng = np.random.default_rng([seed, p, k])
+            if part == "overlay+logo" and k % 3:
+                continue
+            frame = read_frame(path)
+            mask = logo_mask(masks, channel, box, frame)
+            if part in RECOLOURS:
+                frame = recolour(frame, box, mask, part, rng)
+            elif part == "badge":
+                frame = add_badge(frame, box, mask, rng)
+            elif part == "flat+badge":
+                frame = add_badge(recolour(frame, box, mask, "flat", rng), box, mask, rng)
+            elif part == "small":
+                background = read_frame(empties[rng.integers(len(empties))])
+                if rng.random() < 0.5:
+                    background = background[:, ::-1].copy()
+                height = min(rng.uniform(*SMALL_HEIGHTS), box[3])
+                frame, box = move_logo(frame, box, mask, background, height)
+            else:  # overlay+logo: in a corner the crops see, not the logo's
+                free = [c for c in CORNERS if c != _frame_corner(box)]
+                frame = add_overlay(frame, free[rng.integers(len(free))], rng)
+            write_frame(out, channel, f"test-{part}-{k:04d}", Path(path).stem, frame, box, rng)
+            counts[part] += 1
+        progress(part, counts[part])
+    labels = Path(root) / "labels.pkl"
+    if labels.is_file():  # the same class order as the source (a plain dict of str -> int)
+        shutil.copy(labels, out / "labels.pkl")
+    return dict(counts)
+
+
+def part_of(path, root):
+    """The part a frame of a stand-in folder belongs to, from its folder's name."""
+    folder = Path(path).relative_to(root).parts[1]
+    name = folder[len("test-"):] if folder.startswith("test-") else folder
+    return name.rsplit("-", 1)[0] if name[-1:].isdigit() else name
+
+
+def score_parts(net, ckpt, folder, threshold, batch_size=256):
+    """{part: (right, frames)}, {(part, class): (right, frames)} and the classes, for the
+    checkpoint's network on a stand-in folder (or any R&S folder: its folders' names
+    make the parts)."""
+    from ..training.evaluate import checkpoint_data, evaluate
+    ds = checkpoint_data(ckpt, "checkpoint", str(folder))
+    frames, _ = read_index(folder, unsplit="test")
+    tested = [f for f in frames if f.split == "test"]
+    if len(tested) != len(ds.test_frame_y):
+        raise MinicapsError(f"{folder}: {len(tested) - len(ds.test_frame_y)} frames unreadable")
+    ev = evaluate(net, ds.test_x, ds.test_y, batch_size=batch_size, frame=ds.test_frame,
+                  frame_y=ds.test_frame_y, classes=ds.classes, threshold=threshold)
+    parts = [part_of(f.path, folder) for f in tested]
+    by_part, by_class = defaultdict(lambda: [0, 0]), defaultdict(lambda: [0, 0])
+    ids = np.unique(ds.test_frame)  # frame_decision's order: frame ids ascending
+    for i, y, pred in zip(ids, ev.frame_y, ev.frame_pred):
+        for key, table in ((parts[i], by_part), ((parts[i], ds.classes[y]), by_class)):
+            table[key][0] += int(y == pred)
+            table[key][1] += 1
+    return dict(by_part), dict(by_class), ds.classes, ev

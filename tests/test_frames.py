@@ -1,0 +1,80 @@
+"""The logo challenge's rules (minicaps/training/frames.py): the frame decision, its
+threshold, networks without a nologo capsule, and which epoch is kept."""
+import numpy as np
+import pytest
+
+from minicaps.errors import MinicapsError
+from minicaps.training.frames import (
+    PRESENT, capsule_count, choose_threshold, frame_accuracy, frame_decision, names_fit,
+    selection_score, strongest_channels, validation_frame_scores, with_nologo,
+)
+
+
+def test_a_frame_shows_the_channel_longest_over_its_corners():
+    nologo = 2
+    lengths = np.array([[0.1, 0.2, 0.9],   # frame 0: nologo
+                        [0.6, 0.1, 0.2],   # frame 0: class 0 at 0.6
+                        [0.1, 0.8, 0.3],   # frame 0: class 1 at 0.8 -> wins
+                        [0.1, 0.1, 0.9],   # frame 1: every corner nologo
+                        [0.2, 0.1, 0.7],
+                        [0.7, 0.1, 0.2]])  # frame 2: class 0
+    frame = np.array([0, 0, 0, 1, 1, 2])
+    ids, pred = frame_decision(lengths, frame, nologo)
+    assert dict(zip(ids.tolist(), pred.tolist())) == {0: 1, 1: 2, 2: 0}
+
+
+def test_frame_decision_threshold_and_the_nologo_column():
+    lengths = np.array([[0.45, 0.2, 0.1], [0.1, 0.3, 0.9]])  # two frames, one corner each
+    assert frame_decision(lengths, np.array([0, 1]), 2)[1].tolist() == [2, 2]  # at 0.5
+    assert frame_decision(lengths, np.array([0, 1]), 2, threshold=0.4)[1].tolist() == [0, 2]
+    # the nologo capsule takes no part: frame 1's channel 1 counts above the threshold
+    assert frame_decision(lengths, np.array([0, 1]), 2, threshold=0.25)[1].tolist() == [0, 1]
+    padded = with_nologo(lengths[:, :2], 3)  # a net without a nologo capsule
+    assert padded.shape == (2, 3) and np.all(padded[:, 2] == PRESENT)
+    assert padded.argmax(axis=1).tolist() == [2, 2]  # no capsule longer than 0.5: nologo
+    assert with_nologo(lengths, 3) is lengths
+
+
+def test_the_frame_threshold_is_the_best_one_on_the_frames_given():
+    lengths = np.array([[0.3, 0.1, 0.9], [0.1, 0.2, 0.9], [0.1, 0.7, 0.1]])
+    frame, frame_y = np.array([0, 1, 2]), np.array([0, 2, 1])  # a faint logo, none, a clear one
+    t = choose_threshold(lengths, frame, frame_y, nologo=2)
+    assert 0.2 < t <= 0.3 and frame_accuracy(lengths, frame, frame_y, 2, t) == 1.0
+    assert frame_accuracy(lengths, frame, frame_y, 2) == pytest.approx(2 / 3)  # at 0.5
+
+
+def test_best_checkpoint_breaks_frame_ties_by_corner_accuracy():
+    tied = [{"val_frame_accuracy": 0.9292, "val_accuracy": a} for a in (0.9486, 0.9444, 0.9542)]
+    assert max(range(3), key=lambda n: selection_score(tied[n])) == 2
+    better_frames = {"val_frame_accuracy": 0.9333, "val_accuracy": 0.90}
+    assert selection_score(better_frames) > selection_score(tied[2])
+    assert selection_score({"val_accuracy": 0.5}) < selection_score({"val_accuracy": 0.6})
+    assert selection_score({"val_accuracy": None}) is None
+
+
+def test_the_strongest_channel_names_its_corner_and_length():
+    lengths = np.array([[0.1, 0.2, 0.9], [0.6, 0.1, 0.2], [0.1, 0.8, 0.3],  # frame 0
+                        [0.3, 0.1, 0.9]])  # frame 1: the nologo capsule is never the answer
+    ids, corner, channel, top = strongest_channels(lengths, np.array([0, 0, 0, 1]), 2)
+    assert ids.tolist() == [0, 1] and corner.tolist() == [2, 3]
+    assert channel.tolist() == [1, 0] and top.tolist() == [0.8, 0.3]
+
+
+def test_validation_scores_choose_the_threshold_and_need_a_nologo_class():
+    lengths = np.array([[0.3, 0.1, 0.9], [0.1, 0.2, 0.9], [0.1, 0.7, 0.1]])
+    frame, frame_y = np.array([0, 1, 2]), np.array([0, 2, 1])
+    scores = validation_frame_scores(lengths, frame, frame_y, ["a", "b", "nologo"])
+    assert scores == {"frame_threshold": choose_threshold(lengths, frame, frame_y, 2),
+                      "val_frame_accuracy": 1.0}
+    with pytest.raises(MinicapsError, match="nologo"):
+        validation_frame_scores(lengths, frame, frame_y, ["a", "b", "c"])
+
+
+def test_a_net_without_a_nologo_capsule_has_one_capsule_fewer():
+    assert capsule_count(["a", "b", "nologo"]) == 3
+    assert capsule_count(["a", "b", "nologo"], nologo_capsule=False) == 2
+    assert capsule_count(["a", "b"], nologo_capsule=False) == 2  # no nologo class: no change
+    with pytest.raises(MinicapsError, match="last class"):
+        capsule_count(["nologo", "a"], nologo_capsule=False)
+    assert names_fit(["a", "b", "nologo"], 3) and names_fit(["a", "b", "nologo"], 2)
+    assert not names_fit(["a", "b", "c"], 2) and not names_fit(["a", "b"], 3)

@@ -1,0 +1,97 @@
+"""Training's logo augmentations (minicaps/training/logo_augment.py, the swap's shrinking in
+augment.py): they change what they say and nothing else, draw from the generator given,
+and a run with them resumes bit for bit."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from minicaps.errors import MinicapsError
+from minicaps.training import checkpoint, loop as train
+from minicaps.training.augment import swap_backgrounds
+from minicaps.training.logo_augment import (beside, draw_text, logo_mask, recolour_logos,
+                                            text_distractors, text_extent)
+
+from test_train import _run, synthetic_logos
+
+
+def crops(n=6, seed=0):
+    """n smooth 3x24x48 crops; the first half show a logo (a red bar with a white stripe)
+    in the box (4, 6, 12, 22), the rest none."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(40, 120, 48)[None, None, :] + np.linspace(0, 30, 24)[None, :, None]
+    x = np.repeat(ramp[None], n, axis=0) + rng.normal(0, 2, (n, 3, 24, 48))
+    x = np.clip(x, 0, 255).astype(np.uint8)
+    box = np.full((n, 4), -1)
+    box[:n // 2] = (4, 6, 12, 22)
+    x[:n // 2, :, 4:12, 6:22] = np.array([220, 30, 30], np.uint8)[:, None, None]
+    x[:n // 2, :, 7:9, 8:20] = 250
+    return x, box
+
+
+def test_the_logo_mask_covers_the_logo_not_the_photograph():
+    x, box = crops()
+    assert logo_mask(x[0], box[0]).min() > 0.9  # the bar fills its box
+    assert logo_mask(x[-1], (4, 6, 12, 22)).max() < 0.1  # an empty box on the ramp
+
+
+def test_recolouring_changes_logo_pixels_only():
+    x, box = crops()
+    out = recolour_logos(x, box, 1.0, np.random.default_rng(0))
+    assert out.dtype == np.uint8 and out.shape == x.shape
+    changed = np.abs(out.astype(int) - x).max(axis=1) > 0  # (B, H, W)
+    inside = np.zeros(x.shape[2:], bool)
+    inside[4:12, 6:22] = True
+    assert changed[:3, inside].any() and not changed[:3][:, ~inside].any()
+    assert not changed[3:].any()  # no logo, nothing to recolour
+    again = recolour_logos(x, box, 1.0, np.random.default_rng(0))
+    assert np.array_equal(out, again)
+    grey = recolour_logos(x[:3, :1], box[:3], 1.0, np.random.default_rng(0))
+    assert grey.shape == (3, 1, 24, 48)  # one-channel images: inversion or one brightness
+
+
+def test_text_never_covers_the_logo_and_goes_anywhere_without_one():
+    x, box = crops(40)
+    out = text_distractors(x, box, 1.0, np.random.default_rng(1))
+    changed = np.abs(out.astype(int) - x).max(axis=1) > 8
+    assert not changed[:20, 4:12, 6:22].any()
+    assert changed[:20].any(axis=(1, 2)).sum() >= 10 and changed[20:].any(axis=(1, 2)).all()
+    w, h = text_extent("HD", 8)
+    assert 5 < h <= 9 and w > h
+    assert beside((4, 6, 12, 22), (10, 5), 2, False, (24, 48)) == (5.5, 24)  # right of it
+    assert beside((4, 30, 12, 46), (10, 5), 2, False, (24, 48)) == (5.5, 18)  # left of it
+    assert beside((4, 6, 12, 22), (10, 5), 2, True, (24, 48)) == (14, 6)  # below it
+    assert beside((4, 6, 20, 42), (10, 5), 2, True, (24, 48)) is None  # no room
+    drawn = draw_text(x[-1], "TEXT", 2, 2, 8, (255, 255, 0), 1.0, bar=((0, 0, 0), 0.8))
+    assert drawn.dtype == np.uint8 and (drawn != x[-1]).any()
+
+
+def test_the_swap_shrinks_logos_about_their_centre_and_replays_without_it():
+    x, box = crops()
+    images = np.concatenate([x, np.full((4, 3, 24, 48), 200, np.uint8)])
+    empty = np.arange(6, 10)
+    out = swap_backgrounds(x, box, images, empty, box[:3], 1.0, np.random.default_rng(2),
+                           min_scale=0.5)
+    for b in range(3):
+        red = np.argwhere((out[b, 0] > 150) & (out[b, 1] < 100))
+        assert 0 < len(red) < 8 * 16  # smaller than the box
+        assert abs(red[:, 0].mean() - 7.5) < 1.5 and abs(red[:, 1].mean() - 13.5) < 1.5
+    plain = swap_backgrounds(x, box, images, empty, box[:3], 1.0, np.random.default_rng(2))
+    default = swap_backgrounds(x, box, images, empty, box[:3], 1.0, np.random.default_rng(2),
+                               min_scale=1.0)
+    assert np.array_equal(plain, default)
+
+
+def test_a_run_with_them_resumes_bit_for_bit(tmp_path):
+    kw = dict(shift=1, background_swap=0.5, logo_scale=0.6, logo_recolour=0.5,
+              text_distractors=0.5)
+    _run(tmp_path / "straight", 2, synthetic_logos(), **kw)
+    _run(tmp_path / "split", 1, synthetic_logos(), **kw)
+    train.resume(tmp_path / "split", epochs=2, dataset=synthetic_logos())
+    a = checkpoint.load(tmp_path / "straight" / "last.npz")
+    b = checkpoint.load(tmp_path / "split" / "last.npz")
+    for name in a.params:
+        assert np.array_equal(a.params[name], b.params[name]), name
+    without_boxes = dataclasses.replace(synthetic_logos(), train_box=None)
+    with pytest.raises(MinicapsError, match="logo-recolour"):
+        _run(tmp_path / "no-boxes", 1, without_boxes, logo_recolour=0.5)
