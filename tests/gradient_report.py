@@ -1,5 +1,5 @@
 """Print the largest relative gradient error of every op over 100 random draws, and of a
-few small models: the numbers in the README. Run: python tests/gradient_report.py"""
+few small models: the numbers in docs/testing.md. Run: python tests/gradient_report.py"""
 import sys
 from pathlib import Path
 

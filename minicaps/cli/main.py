@@ -78,7 +78,7 @@ def _load_net(path, gpu):
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, help="Images per batch.")
 @click.option("--transform", "transform_spec", default=None,
               help=f"Transform every test image first: {', '.join(transforms.KINDS)} (see "
-                   "minicaps/transforms.py; affine draws random affine maps, affNIST-style).")
+                   "minicaps/tools/transforms.py; affine draws random affine maps, affNIST-style).")
 def evaluate_command(checkpoint_path, data, gpu, batch_size, transform_spec):
     """Accuracy, per-class accuracy and confusion matrix of a checkpoint on test data."""
     if transform_spec is not None:
