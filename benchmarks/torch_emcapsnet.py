@@ -100,8 +100,9 @@ class TorchEMCapsNet:
         votes = torch.einsum("bghtxy,tjyz->bjghtxz", poses.reshape(B, gh, gw, T, 4, 4),
                              p["class.w"])  # (B, J, gh, gw, T, 4, 4)
         if cfg.coordinate_addition:
-            rows, cols = (torch.tensor(c, dtype=votes.dtype) for c in cfg.class_coordinates())
-            offsets = torch.zeros(gh, gw, 4, 4, dtype=votes.dtype)
+            rows, cols = (torch.tensor(c, dtype=votes.dtype, device=votes.device)
+                          for c in cfg.class_coordinates())
+            offsets = torch.zeros(gh, gw, 4, 4, dtype=votes.dtype, device=votes.device)
             offsets[:, :, 0, 3] = rows[:, None]
             offsets[:, :, 1, 3] = cols[None, :]
             votes = votes + offsets[:, :, None]

@@ -11,39 +11,24 @@ from minicaps.errors import MinicapsError
 from minicaps.gradcheck import check_model, directional_check
 from minicaps.nets.emcapsnet import EMCapsNet, EMCapsNetConfig
 from minicaps.nets.kinds import build, config_from_dict, kind_of
-from minicaps.ops.conv import conv2d_forward
 from minicaps.ops.em_routing import VARIANCE_FLOOR
+
+from conftest import batch
 
 TOLERANCE = 1e-6
 
 
 def small_em_net(*, seed=1, **fields):
     """A float64 EMCapsNet small enough for finite differences (conv1 3x3 to 4 channels,
-    2 primary types, one convolutional capsule layer of 3 types, 3 classes), in the regime
-    where finite differences resolve every gradient: transforms scaled up 4x, so that the
-    votes spread by about 1 (variances far above the floor, where the likelihood's
-    curvature grows as 1 / variance), and lambda 0.01, so that the class activations stay
-    off the logistic's flat tails (there a gradient sinks below the loss's rounding)."""
+    2 primary types, one convolutional capsule layer of 3 types, 3 classes) in the regime
+    where finite differences resolve every gradient: the initial transforms spread the
+    votes by about 1 (variances far above the floor, where the likelihood's curvature
+    grows as 1 / variance), and lambda 0.01 keeps the class activations off the logistic's
+    flat tails (there a gradient sinks below the loss's rounding)."""
     config = dict(in_shape=(1, 14, 12), n_classes=3, conv_channels=4, kernel_size=3,
                   conv_stride=1, primary_types=2, caps_types=(3,), caps_strides=(2,),
-                  lambda_first=0.01, lambda_last=0.01, dtype="float64")
-    net = EMCapsNet(seed=seed, **{**config, **fields})
-    for name in net.params:
-        if name.startswith(("convcaps", "class")) and name.endswith(".w"):
-            net.params[name] *= 4
-    return net
-
-
-def em_batch(net, B=2, seed=0):
-    """A random batch whose conv1 pre-activations all keep 1e-3 clear of the ReLU kink."""
-    for s in range(seed, seed + 100):
-        rng = np.random.default_rng(s)
-        x = rng.random((B, *net.config.in_shape))
-        pre, _ = conv2d_forward(x, net.params["conv1.w"], net.params["conv1.b"],
-                                stride=net.config.conv_stride)
-        if np.abs(pre).min() > 1e-3:
-            return x, rng.integers(0, net.config.n_classes, B)
-    raise AssertionError("no kink-free batch in 100 seeds")
+                  routing_iters=3, lambda_first=0.01, lambda_last=0.01, dtype="float64")
+    return EMCapsNet(seed=seed, **{**config, **fields})
 
 
 def smallest_variance(net, x):
@@ -76,7 +61,7 @@ def test_em_network_gradients(case):
     """Sampled single entries of every parameter, then each parameter along a direction
     and all together. The checker skips steps that cross a ReLU or spread-loss kink."""
     net = small_em_net(**EM_CASES[case])
-    x, y = em_batch(net)
+    x, y = batch(net)
     # Away from the variance floor (see test_em_ops.assume_above_variance_floor). On nets
     # this small, four iterations, or three with the fields of kernel 2, route some parent
     # to a single child; the op table covers those (with hypothesis-drawn iterations up to
@@ -94,7 +79,7 @@ def test_the_checker_catches_a_wrong_em_gradient(monkeypatch):
     """The whole-network check must be able to fail: break the E-step's backward a little."""
     import minicaps.ops.em_routing as em
     net = small_em_net()
-    x, y = em_batch(net)
+    x, y = batch(net)
     real = em.e_step_backward
 
     def off(dassignments, cache):
@@ -144,7 +129,7 @@ def test_a_few_adam_steps_lower_the_loss_on_a_fixed_batch():
 
 def test_the_margin_follows_training_progress():
     net = small_em_net()
-    x, y = em_batch(net)
+    x, y = batch(net)
     assert net.margin == 0.2
     losses = []
     for progress in (0.0, 0.5, 1.0):
@@ -163,7 +148,7 @@ def test_kind_registry_and_config_round_trip():
     net = build(config, seed=3)
     assert isinstance(net, EMCapsNet)
     again = build(config, {n: p.copy() for n, p in net.params.items()})
-    x, y = em_batch(net)
+    x, y = batch(net)
     assert float(again.loss(x, y)) == float(net.loss(x, y))
 
 
@@ -177,3 +162,19 @@ def test_kind_registry_and_config_round_trip():
 def test_bad_configurations_are_refused_in_one_line(fields, message):
     with pytest.raises(MinicapsError, match=message):
         EMCapsNetConfig(**fields)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    """A checkpoint of an EMCapsNet stores its kind and config and rebuilds the same net."""
+    from minicaps.training import checkpoint
+    net = small_em_net()
+    opt = Adam(net.params)
+    ckpt = checkpoint.Checkpoint(params=net.params, optimizer=opt.state_dict(), epoch=1,
+                                 rng_state={}, model_config=net.config, train_config={},
+                                 classes=["a", "b", "c"])
+    checkpoint.save(tmp_path / "em.npz", ckpt)
+    loaded = checkpoint.load(tmp_path / "em.npz")
+    assert loaded.model_config == net.config
+    again = build(loaded.model_config, loaded.params)
+    x, y = batch(net)
+    np.testing.assert_array_equal(again.predict(x), net.predict(x))

@@ -79,9 +79,9 @@ def test_a_net_with_contrast_channels_runs_the_same_on_the_gpu():
                                      "caps_strides": (1, 2)}])
 def test_em_network_runs_the_same_on_the_gpu(fields):
     """EMCapsNet (matrix capsules, EM routing): loss, gradients and activations."""
-    from test_em_network import em_batch, small_em_net
+    from test_em_network import small_em_net
     net = small_em_net(**fields)
-    x, y = em_batch(net, B=3)
+    x, y = batch(net, B=3)
     loss, grads = net.loss_and_grads(x, y)
     net.to("gpu")
     loss_gpu, grads_gpu = net.loss_and_grads(x, y)

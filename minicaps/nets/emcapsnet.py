@@ -37,7 +37,11 @@ from ..ops.matrix_capsules import (POSE, Windows, coordinate_addition_backward,
 from .network import Network, check_input_options, fan_in_uniform, input_channels
 
 H = POSE * POSE
-TRANSFORM_STD = 0.5  # a vote entry sums 4 products: std 0.5 keeps votes at the poses' scale
+# Transforms' initial std. A vote entry sums 4 products, so std 0.5 would keep votes at the
+# poses' scale, but the primary poses start small and the cost's log sigma then starts far
+# below 0: the class activations began on the logistic's flat top. With 2 the votes spread
+# by 0.5 to 2 on the bundled sample, log sigma starts near 0, activations near 1/2.
+TRANSFORM_STD = 2.0
 
 
 def _help(default, text):
@@ -57,7 +61,9 @@ class EMCapsNetConfig:
     caps_types: tuple = _help((16, 16), "types of each convolutional capsule layer (C, D)")
     caps_kernel: int = _help(3, "K: the convolutional capsule layers' kernel")
     caps_strides: tuple = _help((2, 1), "stride of each convolutional capsule layer")
-    routing_iters: int = _help(3, "EM iterations in every capsule layer")
+    routing_iters: int = _help(2, "EM iterations in every capsule layer (three collapsed "
+                                  "parents onto single children and did not learn in our "
+                                  "first epoch: docs/studies/em.md)")
     routing_grad: str = _help("full", "'full': backward through every M- and E-step; "
                                       "'last': the last assignments held constant")
     lambda_first: float = _help(0.01, "inverse temperature of the first M-step")
