@@ -178,3 +178,16 @@ def test_checkpoint_round_trip(tmp_path):
     again = build(loaded.model_config, loaded.params)
     x, y = batch(net)
     np.testing.assert_array_equal(again.predict(x), net.predict(x))
+
+
+def test_the_default_network_gradients_along_directions_on_bundled_images():
+    """The paper's small network itself, at its initialisation, in float64, on two images
+    of the bundled MNIST sample: every parameter along a direction and all together."""
+    from minicaps.data.bundled import BUNDLED
+    with np.load(BUNDLED) as f:
+        x, y = f["train_x"][:2] / 255.0, f["train_y"][:2]
+    net = EMCapsNet(dtype="float64", seed=0)
+    assert smallest_variance(net, x) > 10 * VARIANCE_FLOOR
+    directional = directional_check(net, x, y)
+    assert set(directional) == set(net.params) | {"*"}
+    assert max(directional.values()) < TOLERANCE, directional
