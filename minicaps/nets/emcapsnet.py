@@ -4,7 +4,7 @@ pass written out, over one dict of parameters.
     x (B, C, H, W)
     -> conv1 K x K, stride, ReLU               (B, A, g0, g0)
     -> primary capsules, 1x1                   poses (B, g0, g0, T0, 16), activations
-    -> convolutional capsules, EM routing      (B, g1, g1, T1, 16), ... one layer per type
+    -> convolutional capsules, EM routing      (B, g1, g1, T1, 16), one layer per caps_types
     -> class capsules: votes through transforms shared over positions, coordinate
        addition, EM routing                    activations (B, n_classes)
     -> spread loss, its margin growing from margin_start to margin_end over training
