@@ -72,3 +72,20 @@ def test_a_net_with_contrast_channels_runs_the_same_on_the_gpu():
     assert float(loss_gpu) == pytest.approx(float(loss), rel=1e-10)
     for name in grads:
         np.testing.assert_allclose(to_host(grads_gpu[name]), grads[name], rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("fields", [{}, {"routing_grad": "last"},
+                                    {"in_shape": (1, 12, 12), "caps_types": (3, 2),
+                                     "caps_strides": (1, 2)}])
+def test_em_network_runs_the_same_on_the_gpu(fields):
+    """EMCapsNet (matrix capsules, EM routing): loss, gradients and activations."""
+    from test_em_network import small_em_net
+    net = small_em_net(**fields)
+    x, y = batch(net, B=3)
+    loss, grads = net.loss_and_grads(x, y)
+    net.to("gpu")
+    loss_gpu, grads_gpu = net.loss_and_grads(x, y)
+    assert float(loss_gpu) == pytest.approx(float(loss), rel=1e-10)
+    for name in grads:
+        np.testing.assert_allclose(to_host(grads_gpu[name]), grads[name], rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(to_host(net.predict(x)), net.to("cpu").predict(x), rtol=1e-10)

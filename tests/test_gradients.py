@@ -10,6 +10,7 @@ from minicaps.fast import spectral
 from minicaps.gradcheck import H, check_model, check_op, directional_check
 
 from helpers import batch, small_net
+from test_em_ops import EM_OPS
 
 TOLERANCE = 1e-6
 KINK_MARGIN = 10 * H  # the stencil reaches 2h: stay well clear of every kink
@@ -162,6 +163,7 @@ OPS = {
     "reconstruction_loss": (draw_reconstruction, losses.reconstruction_loss_forward,
                             losses.reconstruction_loss_backward, (0,)),
 }
+OPS.update(EM_OPS)  # matrix capsules and EM routing: tests/test_em_ops.py
 
 
 @pytest.mark.parametrize("name", sorted(OPS))

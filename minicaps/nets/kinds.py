@@ -10,8 +10,10 @@ import dataclasses
 from .cnn import CNNConfig, PoolingCNN
 from ..errors import MinicapsError
 from .capsnet import CapsNet, CapsNetConfig
+from .emcapsnet import EMCapsNet, EMCapsNetConfig
 
-KINDS = {"capsnet": (CapsNetConfig, CapsNet), "cnn": (CNNConfig, PoolingCNN)}
+KINDS = {"capsnet": (CapsNetConfig, CapsNet), "cnn": (CNNConfig, PoolingCNN),
+         "em": (EMCapsNetConfig, EMCapsNet)}  # matrix capsules with EM routing
 
 
 def kind_of(config):

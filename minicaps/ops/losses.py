@@ -58,3 +58,35 @@ def softmax_cross_entropy_forward(logits, y):
 def softmax_cross_entropy_backward(dloss, cache):
     probs, t = cache
     return dloss * (probs - t) / probs.shape[0]
+
+
+# The spread loss's margin: the paper starts it at 0.2 and grows it linearly to 0.9 over
+# training, so that early on, while every activation sits near the others, fewer classes
+# lie inside the margin and the network is not pushed to separate all of them at once.
+SPREAD_MARGIN_START, SPREAD_MARGIN_END = 0.2, 0.9
+
+
+def spread_margin(progress, start=SPREAD_MARGIN_START, end=SPREAD_MARGIN_END):
+    """The spread loss's margin at `progress` (0 at the start of training, 1 at its end)."""
+    p = min(max(float(progress), 0.0), 1.0)
+    return (1 - p) * start + p * end  # exactly start at 0 and end at 1
+
+
+def spread_loss_forward(activations, y, *, margin):
+    """Spread loss (Matrix Capsules with EM Routing, Section 3.1):
+    L = sum over the classes i != t of max(0, m - (a_t - a_i))^2, averaged over the batch.
+
+    activations (B, J), y (B,) ints. Not differentiable where a_t - a_i = m; there the
+    gradient is taken as 0 (the flat side)."""
+    xp = get_array_module(activations)
+    B, J = activations.shape
+    t = one_hot(y, J, activations.dtype)
+    target = (activations * t).sum(axis=1, keepdims=True)  # a_t (B, 1)
+    hinge = xp.maximum(0, margin - (target - activations)) * (1 - t)  # (B, J), 0 at i = t
+    return (hinge * hinge).sum() / B, (t, hinge)
+
+
+def spread_loss_backward(dloss, cache):
+    t, hinge = cache
+    g = 2 * hinge / t.shape[0]  # d/da_i for i != t; a_t gets minus their sum
+    return dloss * (g - t * g.sum(axis=1, keepdims=True))
