@@ -17,7 +17,6 @@ its arithmetic operation for operation): the results equal the reference's bit f
 """
 import numpy as np
 
-from ..backend import get_array_module
 from ..ops import conv, routing
 from ..ops.routing import RoutingCache
 from .parallel import THREADS, in_parts, in_tiles, tile_length, transposed
@@ -61,20 +60,19 @@ def adam_update(p, g, m, v, *, beta1, beta2, step_size, eps):
     flat = [a.reshape(-1) for a in (p, g, m, v)]
 
     def update(start, stop):
-        xp = get_array_module(flat[0])
         size = min(ADAM_CHUNK, stop - start)
-        t_chunk, u_chunk = (xp.empty(size, flat[0].dtype) for _ in range(2))
+        t_chunk, u_chunk = (np.empty(size, flat[0].dtype) for _ in range(2))
         for first in range(start, stop, ADAM_CHUNK):
             p, g, m, v = (a[first:min(stop, first + ADAM_CHUNK)] for a in flat)
             t, u = t_chunk[:p.size], u_chunk[:p.size]
             m *= beta1
-            m += xp.multiply(1 - beta1, g, out=t)
+            m += np.multiply(1 - beta1, g, out=t)
             v *= beta2
-            xp.multiply(g, g, out=t)
-            v += xp.multiply(1 - beta2, t, out=t)
-            xp.multiply(step_size, m, out=t)
-            xp.add(xp.sqrt(v, out=u), eps, out=u)
-            p -= xp.divide(t, u, out=t)  # p - step_size m / (sqrt(v) + eps)
+            np.multiply(g, g, out=t)
+            v += np.multiply(1 - beta2, t, out=t)
+            np.multiply(step_size, m, out=t)
+            np.add(np.sqrt(v, out=u), eps, out=u)
+            p -= np.divide(t, u, out=t)  # p - step_size m / (sqrt(v) + eps)
 
     in_parts(flat[0], flat[0].size, update)
 
