@@ -185,3 +185,14 @@ def test_a_rendering_held_out_of_training(tmp_path):
     assert all(f.split == "test" for f in held)
     ds = load_dataset(tmp_path / "split" / "train")
     assert len(ds.train_frame_y) == 8 + 1
+
+
+def test_kmeans_groups_separate_clusters_and_follow_the_seed():
+    rng = np.random.default_rng(0)
+    features = np.r_[rng.normal(0, 0.1, (20, 3)), rng.normal(5, 0.1, (10, 3)),
+                     rng.normal((5, 0, 5), 0.1, (6, 3))]
+    labels = rendering_groups.groups_of(features, 3, seed=1)
+    assert sorted(np.bincount(labels)) == [6, 10, 20]
+    for cluster in (slice(0, 20), slice(20, 30), slice(30, 36)):
+        assert len(set(labels[cluster])) == 1
+    assert np.array_equal(labels, rendering_groups.groups_of(features, 3, seed=1))

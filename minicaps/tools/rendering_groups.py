@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy.cluster.vq import kmeans2
 
 from ..data.rs_index import read_index
 from ..errors import MinicapsError
@@ -39,10 +38,31 @@ def appearance(path, channel, box, masks):
                            [ASPECT_WEIGHT * np.log(w / h)]])
 
 
-def groups_of(features, k, seed):
-    """Group labels (N,) of the feature rows: k-means, seeded."""
+def groups_of(features, k, seed, iterations=50):
+    """Group labels (N,) of the feature rows (N, F): k-means, seeded. Centres start as
+    k-means++ draws them (each next one far from those drawn, with probability growing as
+    the squared distance), then Lloyd's steps until no row changes group."""
+    rng = np.random.default_rng(seed)
+    features = np.asarray(features, dtype=np.float64)
     k = min(k, len(features))
-    _, labels = kmeans2(features, k, seed=seed, minit="++")
+    centres = [features[rng.integers(len(features))]]
+    for _ in range(1, k):
+        distance = ((features[:, None] - np.array(centres)[None]) ** 2).sum(-1).min(1)
+        total = distance.sum()
+        pick = rng.choice(len(features), p=distance / total) if total > 0 else \
+            rng.integers(len(features))
+        centres.append(features[pick])
+    centres = np.array(centres)
+    labels = None
+    for _ in range(iterations):
+        distance = ((features[:, None] - centres[None]) ** 2).sum(-1)  # (N, k)
+        new = distance.argmin(1)
+        if labels is not None and np.array_equal(new, labels):
+            break
+        labels = new
+        for g in range(k):
+            if (labels == g).any():  # an emptied group keeps its centre
+                centres[g] = features[labels == g].mean(0)
     return labels
 
 
