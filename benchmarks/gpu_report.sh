@@ -54,12 +54,12 @@ pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
 PY
 }
 
-portable() {  # fused kernels against the portable code, alternated, three rounds
+portable() {  # the fast paths (fused kernels) against the reference ops, alternated, three rounds
     for round in 1 2 3; do
-        for fused in 1 0; do
+        for reference in 0 1; do
             for batch in 32 128; do
-                MINICAPS_FUSED=$fused $py -m minicaps bench --gpu --batch-size $batch \
-                    --steps 20 --json | tail -n 1 | sed "s/^/fused=$fused /"
+                MINICAPS_REFERENCE=$reference $py -m minicaps bench --gpu --batch-size $batch \
+                    --steps 20 --json | tail -n 1 | sed "s/^/reference=$reference /"
             done
         done
     done
