@@ -30,14 +30,14 @@ from ..ops.losses import (margin_loss_backward, margin_loss_forward, one_hot,
                           reconstruction_loss_backward, reconstruction_loss_forward)
 from ..ops.routing import ROUTING_GRADS, gradient_path_norms
 from ..option import check, option
-from .network import (Network, check_input_options, contrast_window_option, fan_in_uniform,
-                      in_shape_option, input_channels, n_classes_option)
+from .network import (Network, NetworkConfig, check_input_options, contrast_window_option,
+                      fan_in_uniform, in_shape_option, input_channels, n_classes_option)
 
 DECODER_WIDTHS = (512, 1024)
 
 
 @dataclass(frozen=True)
-class CapsNetConfig:
+class CapsNetConfig(NetworkConfig):
     """Everything that fixes the network's shape and behaviour. Defaults: the paper's MNIST net.
     Each option is declared here once (minicaps/option.py): the command line and the
     training options take their help and range from these declarations."""
@@ -124,9 +124,6 @@ class CapsNetConfig:
                 shapes[f"decoder.{n}.w"] = (n_in, n_out)
                 shapes[f"decoder.{n}.b"] = (n_out,)
         return shapes
-
-    def n_params(self):
-        return sum(int(np.prod(s)) for s in self.param_shapes().values())
 
     @staticmethod
     def conv_weight_names():

@@ -17,8 +17,8 @@ from ..errors import MinicapsError
 from ..fast import dispatch
 from ..ops.layers import linear_backward, linear_forward, relu_backward, relu_forward
 from ..ops.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
-from .network import (Network, check_input_options, contrast_window_option, fan_in_uniform,
-                      in_shape_option, input_channels, n_classes_option)
+from .network import (Network, NetworkConfig, check_input_options, contrast_window_option,
+                      fan_in_uniform, in_shape_option, input_channels, n_classes_option)
 from ..option import check, option
 from ..ops.pooling import maxpool_backward, maxpool_forward
 
@@ -26,7 +26,7 @@ POOLED_LAYERS = 2  # max pooling after the first two convolutions
 
 
 @dataclass(frozen=True)
-class CNNConfig:
+class CNNConfig(NetworkConfig):
     """The CNN's shape; defaults: the paper's MNIST baseline. Options declared as
     CapsNetConfig's are."""
     in_shape: tuple = in_shape_option()
@@ -71,9 +71,6 @@ class CNNConfig:
         for n, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):
             shapes[f"fc{n}.w"], shapes[f"fc{n}.b"] = (n_in, n_out), (n_out,)
         return shapes
-
-    def n_params(self):
-        return sum(int(np.prod(s)) for s in self.param_shapes().values())
 
     def conv_weight_names(self):
         """The parameters that are convolution weights, (in, kh, kw, out)."""

@@ -34,7 +34,8 @@ from ..ops.matrix_capsules import (POSE, Windows, coordinate_addition_backward,
                                    coordinate_addition_forward, primary_backward,
                                    primary_forward, receptive_field_centres, votes_backward,
                                    votes_forward, windows_backward, windows_forward)
-from .network import Network, check_input_options, fan_in_uniform, input_channels
+from .network import (Network, NetworkConfig, check_input_options, fan_in_uniform,
+                      input_channels)
 
 H = POSE * POSE
 # Transforms' initial std. A vote entry sums 4 products, so std 0.5 would keep votes at the
@@ -49,7 +50,7 @@ def _help(default, text):
 
 
 @dataclass(frozen=True)
-class EMCapsNetConfig:
+class EMCapsNetConfig(NetworkConfig):
     """Everything that fixes the network's shape and behaviour. Defaults: the paper's small
     MNIST network (A=64, B=8, C=D=16)."""
     in_shape: tuple = _help((1, 28, 28), "input images: (channels, height, width)")
@@ -146,9 +147,6 @@ class EMCapsNetConfig:
             shapes[f"{name}.beta_u"] = (t_out,)
             shapes[f"{name}.beta_a"] = (t_out,)
         return shapes
-
-    def n_params(self):
-        return sum(int(np.prod(s)) for s in self.param_shapes().values())
 
     @staticmethod
     def conv_weight_names():

@@ -13,6 +13,13 @@ from ..errors import MinicapsError
 from ..option import option
 
 
+class NetworkConfig:
+    """What every network config shares: the parameter count of its `param_shapes()`."""
+
+    def n_params(self):
+        return sum(int(np.prod(s)) for s in self.param_shapes().values())
+
+
 def fan_in_uniform(rng, shapes, name):
     """A conv or linear parameter drawn uniformly in +-1/sqrt(fan_in) of its layer
     (PyTorch's default, for weights and biases alike). Conv weights are (in, kh, kw, out),
