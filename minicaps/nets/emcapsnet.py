@@ -19,7 +19,7 @@ The spread loss's margin depends on how far training has got, which the network 
 know: the trainer tells it with set_training_progress(fraction) before each step (until it
 does, the margin stays at margin_start).
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,8 +34,9 @@ from ..ops.matrix_capsules import (POSE, Windows, coordinate_addition_backward,
                                    coordinate_addition_forward, primary_backward,
                                    primary_forward, receptive_field_centres, votes_backward,
                                    votes_forward, windows_backward, windows_forward)
-from .network import (Network, NetworkConfig, check_input_options, fan_in_uniform,
-                      input_channels)
+from ..option import option
+from .network import (Network, NetworkConfig, check_input_options, contrast_window_option,
+                      fan_in_uniform, in_shape_option, input_channels, n_classes_option)
 
 H = POSE * POSE
 # Transforms' initial std. A vote entry sums 4 products, so std 0.5 would keep votes at the
@@ -45,38 +46,42 @@ H = POSE * POSE
 TRANSFORM_STD = 2.0
 
 
-def _help(default, text):
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass(frozen=True)
 class EMCapsNetConfig(NetworkConfig):
     """Everything that fixes the network's shape and behaviour. Defaults: the paper's small
     MNIST network (A=64, B=8, C=D=16)."""
-    in_shape: tuple = _help((1, 28, 28), "input images: (channels, height, width)")
-    n_classes: int = _help(10, "classes, one class capsule each")
-    conv_channels: int = _help(64, "A: channels of the ReLU convolution")
-    kernel_size: int = _help(5, "the ReLU convolution's kernel")
-    conv_stride: int = _help(2, "the ReLU convolution's stride")
-    primary_types: int = _help(8, "B: primary capsule types (1x1 convolution)")
-    caps_types: tuple = _help((16, 16), "types of each convolutional capsule layer (C, D)")
-    caps_kernel: int = _help(3, "K: the convolutional capsule layers' kernel")
-    caps_strides: tuple = _help((2, 1), "stride of each convolutional capsule layer")
-    routing_iters: int = _help(2, "EM iterations in every capsule layer (three collapsed "
-                                  "parents onto single children and did not learn in our "
-                                  "first epoch: docs/studies/em.md)")
-    routing_grad: str = _help("full", "'full': backward through every M- and E-step; "
-                                      "'last': the last assignments held constant")
-    lambda_first: float = _help(0.01, "inverse temperature of the first M-step")
-    lambda_last: float = _help(0.01, "inverse temperature of the last M-step (linear between)")
-    coordinate_addition: bool = _help(True, "add each class vote's scaled receptive-field "
-                                            "centre to its pose's right-hand column")
-    margin_start: float = _help(0.2, "the spread loss's margin at the start of training")
-    margin_end: float = _help(0.9, "the spread loss's margin at the end of training")
-    input_mean: tuple = _help(None, "per-channel input mean to subtract (None: raw pixels)")
-    input_std: tuple = _help(None, "per-channel input std to divide by (with input_mean)")
-    contrast_window: int = _help(0, "odd window of extra local-contrast channels (0: none)")
-    dtype: str = _help("float32", "float32 to train, float64 to check gradients")
+    in_shape: tuple = in_shape_option()
+    n_classes: int = n_classes_option()
+    conv_channels: int = option(64, "A: channels of the ReLU convolution.", minimum=1)
+    kernel_size: int = option(5, "Kernel size of the ReLU convolution.", minimum=1)
+    conv_stride: int = option(2, "Stride of the ReLU convolution.", minimum=1)
+    primary_types: int = option(8, "B: primary capsule types (a 1x1 convolution).", minimum=1)
+    caps_types: tuple = option((16, 16), "Types of each convolutional capsule layer (C, D).",
+                               minimum=1)
+    caps_kernel: int = option(3, "K: kernel of the convolutional capsule layers.", minimum=1)
+    caps_strides: tuple = option((2, 1), "Stride of each convolutional capsule layer.",
+                                 minimum=1)
+    # Three iterations collapsed parents onto single children in our first runs
+    # (docs/studies/em.md), hence two.
+    routing_iters: int = option(2, "EM iterations in every capsule layer.", minimum=1)
+    routing_grad: str = option("full", "Backpropagate through every M- and E-step, or hold "
+                                       "the last assignments constant.", choices=EM_GRADS)
+    lambda_first: float = option(0.01, "Inverse temperature of the first M-step.",
+                                 minimum=0, min_open=True)
+    lambda_last: float = option(0.01, "Inverse temperature of the last M-step (linear "
+                                      "between).", minimum=0, min_open=True)
+    coordinate_addition: bool = option(True, "Add each class vote's scaled receptive-field "
+                                             "centre to its pose's right-hand column.")
+    margin_start: float = option(0.2, "The spread loss's margin at the start of training.",
+                                 minimum=0, maximum=1)
+    margin_end: float = option(0.9, "The spread loss's margin at the end of training.",
+                               minimum=0, maximum=1)
+    # Per-channel input statistics, (x - mean) / std before the convolution (None: raw
+    # pixels); set by training from its data (train --standardize).
+    input_mean: tuple = None
+    input_std: tuple = None
+    contrast_window: int = contrast_window_option()
+    dtype: str = "float32"  # float32 to train, float64 to check gradients
 
     def __post_init__(self):
         for name in ("in_shape", "caps_types", "caps_strides"):  # JSON gives lists

@@ -151,6 +151,11 @@ class Network:
         xp = get_array_module(next(iter(self.params.values())))
         return xp.asarray(y).astype(np.int64)
 
+    def set_training_progress(self, fraction):
+        """How far training has got (0 at the first step, 1 at the last): the trainer says
+        it before every step, for a network whose loss follows a schedule (EMCapsNet's
+        spread-loss margin). Most networks' losses do not."""
+
     def loss(self, x, y):
         """The total loss alone (no backward pass)."""
         return self._forward_loss(x, y)[0]

@@ -132,7 +132,7 @@ class TrainConfig:
         False, "Feed the network (x - mean) / std per channel, from the training data "
                "(stored in the checkpoint), or raw [0, 1] pixels as the paper.",
         flag="--standardize/--raw-pixels")
-    contrast_window: int = network_option(("capsnet", "cnn"), "contrast_window")
+    contrast_window: int = network_option(("capsnet", "cnn", "em"), "contrast_window")
     none_capsule: bool = network_option("capsnet", "none_capsule")
     share_transforms: bool = network_option("capsnet", "share_transforms")
     conv_channels: int = network_option("capsnet", "conv_channels")
@@ -145,6 +145,20 @@ class TrainConfig:
     cnn_channels: tuple = network_option("cnn", "channels")
     cnn_kernel_size: int = network_option("cnn", "kernel_size")
     cnn_hidden: tuple = network_option("cnn", "hidden")
+    em_conv_channels: int = network_option("em", "conv_channels")
+    em_kernel_size: int = network_option("em", "kernel_size")
+    em_conv_stride: int = network_option("em", "conv_stride")
+    em_primary_types: int = network_option("em", "primary_types")
+    em_caps_types: tuple = network_option("em", "caps_types")
+    em_caps_kernel: int = network_option("em", "caps_kernel")
+    em_caps_strides: tuple = network_option("em", "caps_strides")
+    em_routing_iters: int = network_option("em", "routing_iters")
+    em_routing_grad: str = network_option("em", "routing_grad")
+    em_lambda_first: float = network_option("em", "lambda_first")
+    em_lambda_last: float = network_option("em", "lambda_last")
+    em_coordinate_addition: bool = network_option("em", "coordinate_addition")
+    em_margin_start: float = network_option("em", "margin_start")
+    em_margin_end: float = network_option("em", "margin_end")
     # The crop of R&S frames: the three corners where the challenge's logos are (the two
     # top ones alone miss n24; the bottom right holds almost none), at half size.
     crop_corners: tuple = setting(("tl", "tr", "bl"), "R&S layout: corners cut from each "

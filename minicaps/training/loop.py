@@ -156,6 +156,7 @@ def train_epoch(net, opt, train, config, rng, progress, epoch, nologo, n_classes
     loss_sum = hits = 0
     progress("epoch_start", epoch=epoch, steps=steps)
     for step in range(steps):
+        net.set_training_progress(((epoch - 1) * steps + step) / (config.epochs * steps))
         idx = order[step * B:(step + 1) * B]
         xb = train.x[idx]
         if config.logo_recolour:
@@ -187,6 +188,9 @@ def describe(mconfig):
     """'4,897,408 parameters, 1728 primary capsules' (or the CNN's layers)."""
     if kind_of(mconfig) == "capsnet":
         return f"{mconfig.n_params():,} parameters, {mconfig.n_primary} primary capsules"
+    if kind_of(mconfig) == "em":
+        return (f"matrix capsules with EM routing, types {mconfig.primary_types},"
+                f"{','.join(map(str, mconfig.caps_types))}: {mconfig.n_params():,} parameters")
     return (f"CNN with max pooling, conv {','.join(map(str, mconfig.channels))}, "
             f"FC {','.join(map(str, mconfig.hidden))}: {mconfig.n_params():,} parameters")
 
