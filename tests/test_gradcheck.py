@@ -197,3 +197,19 @@ def test_capsule_options_are_refused_for_the_cnn():
     result = run("--model", "cnn", "--routing-iters", 2)
     assert result.exit_code == 1
     assert "--routing-iters" in result.output and "--model cnn" in result.output
+
+
+EM = ["--model", "em", "--in-shape", "1,20,20", "--n-classes", "4", "--entries", 3]
+
+
+def test_gradcheck_checks_the_em_network_and_catches_a_broken_em_backward(monkeypatch):
+    import minicaps.nets.emcapsnet as emcapsnet
+    result = run(*EM)
+    assert result.exit_code == PASS and "class.beta_a" in result.output, result.output
+    changed = [False]
+    monkeypatch.setattr(emcapsnet, "em_routing_backward",
+                        off_by_a_few_percent(emcapsnet.em_routing_backward, changed))
+    result = run(*EM)
+    assert changed[0] and result.exit_code == FAIL and "FAIL" in result.output, result.output
+    refused = run(*EM, "--conv-channels", 8)
+    assert refused.exit_code != 0 and "not an option of --model em" in refused.output

@@ -12,6 +12,7 @@ from ..gradcheck import check_network, network_under_check
 from ..errors import MinicapsError
 from ..nets.capsnet import CapsNet
 from ..nets.cnn import CNNConfig
+from ..nets.emcapsnet import EMCapsNetConfig
 from ..nets.kinds import kind_of
 from ..tools.plan import available_bytes, plan
 from ..training.config import TrainConfig
@@ -104,7 +105,8 @@ _kind_options = with_options(
 
 def _gradcheck_config(ctx, options):
     """The network config of gradcheck's options: a CapsNet's, or with --model cnn the
-    CNN's, refusing capsule options given for it (they would be ignored)."""
+    CNN's (its --cnn-* options), or with --model em the EM network's defaults, refusing
+    capsule options given for another kind (they would be ignored)."""
     model, none_capsule = options.pop("model"), options.pop("none_capsule")
     cnn = {name: options.pop(f"cnn_{name}") for name in ("channels", "kernel_size", "hidden")}
     if model == "capsnet":
@@ -114,7 +116,9 @@ def _gradcheck_config(ctx, options):
              if name not in shared and
              ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
     if given:
-        raise MinicapsError(f"{', '.join(given)}: not an option of --model cnn")
+        raise MinicapsError(f"{', '.join(given)}: not an option of --model {model}")
+    if model == "em":
+        return EMCapsNetConfig(**{name: options[name] for name in shared})
     return CNNConfig(**{name: options[name] for name in shared}, **cnn)
 
 
