@@ -5,6 +5,7 @@ import pytest
 from minicaps import Adam, CapsNet, CapsNetConfig, MinicapsError
 from minicaps.tools.bench import peak_step_bytes
 from minicaps.nets.cnn import PoolingCNN
+from minicaps.nets.emcapsnet import EMCapsNet
 from minicaps.tools.plan import (Convolution, check_fits, flops_per_image, largest_batch,
                            main_convolution, plan)
 
@@ -27,6 +28,17 @@ def test_predicted_memory_is_within_15_percent_of_the_measured_peak(kwargs, B):
 ])
 def test_the_cnn_baseline_is_planned_like_the_capsnet(kwargs):
     assert_memory_prediction(PoolingCNN(**kwargs), 16)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(),  # the paper's small network, two EM iterations backward through both
+    dict(routing_iters=1),  # no E-step to go back through
+    dict(routing_iters=3, routing_grad="last"),
+    dict(in_shape=(3, 40, 52), n_classes=5, caps_types=(8,), caps_strides=(1,),
+         caps_kernel=5),
+])
+def test_the_em_network_is_planned_like_the_capsnet(kwargs):
+    assert_memory_prediction(EMCapsNet(**kwargs), 8)
 
 
 def assert_memory_prediction(net, B):

@@ -43,3 +43,31 @@ def test_bad_shape_is_one_clear_line():
     result = run("plan", "--in-shape", "28,28")
     assert result.exit_code == 2
     assert "C,H,W" in result.output and "Traceback" not in result.output
+
+
+def test_bench_and_plan_know_the_em_network_and_its_options():
+    em = ["--model", "em", "--in-shape", "1,20,20", "--n-classes", "3", "--em-conv-channels",
+          "8", "--em-primary-types", "2", "--em-caps-types", "4,4"]
+    planned = run("plan", *em, "--batch-size", "4", "--json")
+    assert planned.exit_code == 0, planned.output
+    plan_numbers = json.loads(planned.output.strip().splitlines()[-1])
+    benched = run("bench", *em, "--batch-size", "4", "--steps", "2", "--warmup", "1", "--json")
+    assert benched.exit_code == 0, benched.output
+    bench_numbers = json.loads(benched.output.strip().splitlines()[-1])
+    assert plan_numbers["n_params"] == bench_numbers["n_params"]
+    assert bench_numbers["predicted_mem_bytes"] == plan_numbers["step_bytes"]
+    # one more EM iteration: more memory and more arithmetic, planned
+    deeper = run("plan", *em, "--batch-size", "4", "--em-routing-iters", "3", "--json")
+    deeper_numbers = json.loads(deeper.output.strip().splitlines()[-1])
+    assert deeper_numbers["step_bytes"] > plan_numbers["step_bytes"]
+    assert deeper_numbers["flops_train"] > plan_numbers["flops_train"]
+
+
+def test_an_option_of_another_network_kind_is_refused_by_name():
+    for args, refused in [(["plan", "--model", "em", "--conv-channels", "8"], "--conv-channels"),
+                          (["plan", "--em-routing-iters", "3"], "--em-routing-iters"),
+                          (["bench", "--model", "cnn", "--em-caps-kernel", "5"],
+                           "--em-caps-kernel")]:
+        result = run(*args)
+        assert result.exit_code == 1, args
+        assert f"{refused}: not an option of --model" in result.output

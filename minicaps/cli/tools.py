@@ -11,11 +11,10 @@ from .options import declared_options, network_config, network_options, with_opt
 from ..gradcheck import check_network, network_under_check
 from ..errors import MinicapsError
 from ..nets.capsnet import CapsNet
-from ..nets.cnn import CNNConfig
-from ..nets.emcapsnet import EMCapsNetConfig
-from ..nets.kinds import kind_of
+from ..nets.kinds import KINDS, kind_of
+from ..option import declared
 from ..tools.plan import available_bytes, plan
-from ..training.config import TrainConfig
+from ..training.config import CAPSULES_ONLY, TrainConfig
 
 GIB, MIB = 2 ** 30, 2 ** 20
 
@@ -24,8 +23,45 @@ def _device(gpu):
     return "gpu" if gpu else "cpu"
 
 
+# bench, plan and gradcheck take every network kind as training does: its --model, and the
+# --cnn-* and --em-* options, as TrainConfig declares them (gradcheck also the
+# none-of-the-above capsule, which plan's memory model does not count).
+_OTHER_KINDS = [f for f in declared(TrainConfig)
+                if f.metadata.get("kinds", CAPSULES_ONLY) != CAPSULES_ONLY
+                and "network_field" in f.metadata and f.name != "contrast_window"]
+_TRAIN_OPTIONS = declared_options(TrainConfig)
+_model_options = with_options([_TRAIN_OPTIONS["model"]]
+                              + [_TRAIN_OPTIONS[f.name] for f in _OTHER_KINDS])
+_none_capsule_option = with_options([_TRAIN_OPTIONS["none_capsule"]])
+_SHARED = ("in_shape", "n_classes", "contrast_window")  # options of every kind
+
+
+def _kind_config(ctx, options):
+    """The network config of the options of network_options and _model_options (removed
+    from them): a CapsNet's, or with --model cnn or em that kind's (its --cnn-* or --em-*
+    options and the shared ones), refusing an option given for another kind (it would be
+    ignored)."""
+    model = options.pop("model")
+    others = {f.name: options.pop(f.name) for f in _OTHER_KINDS}
+    none_capsule = options.pop("none_capsule", False)
+    given = lambda names: [f"--{name.replace('_', '-')}" for name in names  # noqa: E731
+                           if ctx.get_parameter_source(name) ==
+                           click.core.ParameterSource.COMMANDLINE]
+    foreign = given([f.name for f in _OTHER_KINDS if model not in f.metadata["kinds"]]
+                    + ([] if model == "capsnet" else
+                       [name for name in [*options, "none_capsule"] if name not in _SHARED]))
+    if foreign:
+        raise MinicapsError(f"{', '.join(foreign)}: not an option of --model {model}")
+    if model == "capsnet":
+        return dataclasses.replace(network_config(options), none_capsule=none_capsule)
+    network = {f.metadata["network_field"]: others[f.name] for f in _OTHER_KINDS
+               if model in f.metadata["kinds"]}
+    return KINDS[model][0](**{name: options[name] for name in _SHARED}, **network)
+
+
 @click.command("bench")
 @network_options
+@_model_options
 @click.option("--gpu", is_flag=True, help="Benchmark on the GPU with CuPy.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, help="Images per step.")
 @click.option("--steps", type=click.IntRange(min=1), default=10,
@@ -33,11 +69,12 @@ def _device(gpu):
 @click.option("--warmup", type=click.IntRange(min=0), default=2, help="Untimed steps first.")
 @click.option("--json", "as_json", is_flag=True,
               help="End with one JSON object of all the numbers.")
-def bench_command(gpu, batch_size, steps, warmup, as_json, **options):
+@click.pass_context
+def bench_command(ctx, gpu, batch_size, steps, warmup, as_json, **options):
     """Training and inference speed, peak memory and achieved GFLOP/s of a configuration.
 
     A training step is forward, backward and an Adam update; random inputs."""
-    config = network_config(options)
+    config = _kind_config(ctx, options)
     r = benchmark(config, batch_size=batch_size, steps=steps, warmup=warmup,
                   device=_device(gpu))
     click.echo(f"{r['n_params']:,} parameters, {r['flops_per_image'] / 1e9:.2f} GFLOP per "
@@ -53,18 +90,22 @@ def bench_command(gpu, batch_size, steps, warmup, as_json, **options):
 
 @click.command("plan")
 @network_options
+@_model_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, help="Images per step.")
 @click.option("--gpu", is_flag=True, help="Compare with the GPU's free memory and speed.")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON object.")
-def plan_command(batch_size, gpu, as_json, **options):
+@click.pass_context
+def plan_command(ctx, batch_size, gpu, as_json, **options):
     """Parameters, memory, FLOPs and a predicted step time, without building the network."""
-    config = network_config(options)
+    config = _kind_config(ctx, options)
     device = _device(gpu)
     p = plan(config, batch_size, device)
     rate, copy, update = step_rates(config, batch_size, device)
     step_s = p.step_seconds(rate, copy, update)
     free = available_bytes(device)
-    click.echo(f"parameters: {p.n_params:,} ({config.n_primary:,} primary capsules)")
+    primary = (f" ({config.n_primary:,} primary capsules)" if kind_of(config) == "capsnet"
+               else "")
+    click.echo(f"parameters: {p.n_params:,}{primary}")
     click.echo(f"memory of a training step at batch {batch_size}: "
                f"{p.total_bytes / GIB:.2f} GiB = weights and Adam's moments "
                f"{p.param_bytes / GIB:.2f} GiB + the step's activations and gradients "
@@ -93,33 +134,6 @@ def plan_command(batch_size, gpu, as_json, **options):
 # none above it but some parameter with nothing that could be measured (3): the check did
 # not happen, which is neither a pass nor a failure of the backward pass.
 PASS, FAIL, UNCHECKED = 0, 1, 3
-
-
-# gradcheck checks either network kind: training's --model and --cnn-* options, and the
-# none-of-the-above capsule that network_options leaves out, as they are declared.
-_TRAIN_OPTIONS = declared_options(TrainConfig)
-_kind_options = with_options(
-    [_TRAIN_OPTIONS[name] for name in ("model", "none_capsule", "cnn_channels",
-                                       "cnn_kernel_size", "cnn_hidden")])
-
-
-def _gradcheck_config(ctx, options):
-    """The network config of gradcheck's options: a CapsNet's, or with --model cnn the
-    CNN's (its --cnn-* options), or with --model em the EM network's defaults, refusing
-    capsule options given for another kind (they would be ignored)."""
-    model, none_capsule = options.pop("model"), options.pop("none_capsule")
-    cnn = {name: options.pop(f"cnn_{name}") for name in ("channels", "kernel_size", "hidden")}
-    if model == "capsnet":
-        return dataclasses.replace(network_config(options), none_capsule=none_capsule)
-    shared = ("in_shape", "n_classes", "contrast_window")
-    given = [f"--{name.replace('_', '-')}" for name in [*options, "none_capsule"]
-             if name not in shared and
-             ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
-    if given:
-        raise MinicapsError(f"{', '.join(given)}: not an option of --model {model}")
-    if model == "em":
-        return EMCapsNetConfig(**{name: options[name] for name in shared})
-    return CNNConfig(**{name: options[name] for name in shared}, **cnn)
 
 
 def _cell(measurement, count_width):
@@ -161,7 +175,8 @@ def _report(rows, tolerance):
 
 @click.command("gradcheck")
 @network_options
-@_kind_options
+@_model_options
+@_none_capsule_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=2, help="Examples.")
 @click.option("--entries", type=click.IntRange(min=1), default=6,
               help="Sampled entries of each parameter.")
@@ -179,7 +194,7 @@ def gradcheck_command(ctx, batch_size, entries, tolerance, seed, **options):
     derivative is too small for finite differences; a line says which). The capsule
     transforms are scaled up until class capsules are ~0.5 long, where every path carries
     gradient well above the rounding of finite differences."""
-    config = _gradcheck_config(ctx, options)
+    config = _kind_config(ctx, options)
     net, x, y = network_under_check(config, batch_size=batch_size, seed=seed)
     rows = check_network(net, x, y, entries=entries, resolution=tolerance / 10, seed=seed)
     ctx.exit(_report(rows, tolerance))

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..backend import xp_for
 from ..fast import dispatch
-from ..nets.capsnet import CapsNet
+from ..nets.kinds import build
 from ..ops.conv import largest_group
 from ..optim import Adam
 from .plan import main_convolution, plan, spectral_geometry
@@ -103,7 +103,7 @@ def benchmark(config, *, batch_size=32, steps=10, warmup=2, device="cpu", seed=0
     the DFT, which does fewer), and the configuration's sizes.
     """
     xp = xp_for(device)
-    net = CapsNet.from_config(config, seed=seed, device=device)
+    net = build(config, seed=seed, device=device)
     optimizer = Adam(net.params, lr=1e-4)
     rng = np.random.default_rng(seed)
     x = xp.asarray(rng.random((batch_size, *config.in_shape), dtype=np.float32))

@@ -21,6 +21,7 @@ from ..nets.cnn import POOLED_LAYERS
 from ..nets.kinds import kind_of
 from ..nets.network import input_channels
 from ..ops.conv import largest_group, output_size
+from .plan_em import em_plan
 
 GIB = 2 ** 30
 
@@ -77,7 +78,12 @@ class Convolution:
 
 def main_convolution(config):
     """The convolution that does most of a training step's arithmetic: the primary
-    capsules' of a CapsNet, a CNN's largest layer."""
+    capsules' of a CapsNet, a CNN's largest layer, an EM network's ReLU convolution."""
+    if kind_of(config) == "em":
+        (h, w), k = config.grids[0], config.kernel_size
+        return Convolution(config.conv_channels, input_channels(config), k,
+                           (h - 1) * config.conv_stride + k, (w - 1) * config.conv_stride + k,
+                           config.conv_stride)
     if kind_of(config) == "cnn":
         pad = config.kernel_size // 2
         C, K, H, W, _ = max(_cnn_layers(config),
@@ -138,7 +144,7 @@ def _group_elements(config, batch_size, conv):
 def spectral_geometry(config, batch_size, device="cpu"):
     """The minicaps.fast.spectral.Geometry of the primary capsules' convolution where a
     step of this batch takes the spectral path (dispatch.takes_spectral_path), else None."""
-    if kind_of(config) == "cnn":
+    if kind_of(config) != "capsnet":
         return None
     conv = main_convolution(config)
     xt_shape = (conv.in_channels, conv.in_h, conv.in_w, batch_size)
@@ -318,9 +324,11 @@ def _cnn_plan(config, batch_size):
 
 
 def plan(config, batch_size, device="cpu"):
-    """The Plan of a training step of `config` (a CapsNetConfig or CNNConfig) on `device`.
-    Both devices build the columns in groups of the same size; only the CPU routes in tiles
-    of examples (minicaps.fast.dispatch.examples_routed_at_once)."""
+    """The Plan of a training step of `config` (a CapsNetConfig, CNNConfig or
+    EMCapsNetConfig) on `device`. Both devices build the columns in groups of the same size;
+    only the CPU routes in tiles of examples (minicaps.fast.dispatch.examples_routed_at_once)."""
+    if kind_of(config) == "em":
+        return em_plan(config, batch_size, Plan)
     if kind_of(config) == "cnn":
         return _cnn_plan(config, batch_size)
     n = config.n_params()
@@ -373,11 +381,7 @@ def largest_batch(config, budget_bytes, device="cpu"):
 
 def check_fits(config, batch_size, device="cpu", *, headroom=0.9):
     """Raise MinicapsError, with a batch size that would fit, when a training step of this
-    configuration needs more than `headroom` of the device's available memory. The planner
-    models the capsule network and the CNN; an EM network's step is not planned yet, and
-    passes unchecked."""
-    if kind_of(config) not in ("capsnet", "cnn"):
-        return
+    configuration needs more than `headroom` of the device's available memory."""
     need = plan(config, batch_size, device).total_bytes
     budget = headroom * available_bytes(device)
     if need <= budget:
