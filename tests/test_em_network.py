@@ -215,6 +215,13 @@ def test_train_model_em_trains_resumes_and_evaluates(tmp_path):
     assert run.exit_code == 0 and checkpoint.load(out / "last.npz").epoch == 2, run.output
     run = CliRunner().invoke(main, ["evaluate", str(out / "last.npz")])
     assert run.exit_code == 0 and "accuracy" in run.output, run.output
+    picture = tmp_path / "assignments.png"
+    run = CliRunner().invoke(main, ["show", "couplings", str(out / "last.npz"), "--out",
+                                    str(picture)])
+    assert run.exit_code == 0 and picture.is_file(), run.output
+    run = CliRunner().invoke(main, ["show", "reconstructions", str(out / "last.npz"),
+                                    "--out", str(tmp_path / "r.png")])
+    assert run.exit_code == 1 and "EM routing" in run.output, run.output
     refused = CliRunner().invoke(main, ["train", "--model", "em", "--conv-channels", "8",
                                         "--out", str(tmp_path / "x")])
     assert refused.exit_code != 0 and "not an option of --model em" in refused.output
@@ -227,3 +234,21 @@ def test_the_spread_margin_follows_training_progress():
     assert net.config.margin_start < net.margin < net.config.margin_end
     net.set_training_progress(1.0)
     assert net.margin == pytest.approx(net.config.margin_end)
+
+
+def test_the_assignment_map_shows_the_class_capsules_assignments():
+    """A row per class, a tile per capsule type of the last grid; the first M-step's
+    assignments are uniform (one flat colour), the last's are not."""
+    from minicaps.tools.show import assignment_map
+    net = small_em_net()
+    x = np.random.default_rng(1).random(net.config.in_shape).astype(np.float32)
+    gh, gw = net.config.grids[-1]
+    last = np.asarray(assignment_map(net, x))
+    zoom, gap = 4, 3
+    assert last.shape[:2] == (net.config.n_classes * (gh * zoom + gap) - gap,
+                              net.config.types[-1] * gw * zoom)
+    assert len(np.unique(last.reshape(-1, 3), axis=0)) > 2
+    first = np.asarray(assignment_map(net, x, iteration=0))[:gh * zoom]
+    assert len(np.unique(first.reshape(-1, 3), axis=0)) == 1
+    with pytest.raises(MinicapsError, match="outside the network's"):
+        assignment_map(net, x, iteration=net.config.routing_iters)

@@ -10,8 +10,7 @@ from ..tools.bench import benchmark, step_rates
 from .options import declared_options, network_config, network_options, with_options
 from ..gradcheck import check_network, network_under_check
 from ..errors import MinicapsError
-from ..nets.capsnet import CapsNet
-from ..nets.kinds import KINDS, kind_of
+from ..nets.kinds import KIND_NAMES, KINDS, build, kind_of
 from ..option import declared
 from ..tools.plan import available_bytes, plan
 from ..training.config import CAPSULES_ONLY, TrainConfig
@@ -200,14 +199,17 @@ def gradcheck_command(ctx, batch_size, entries, tolerance, seed, **options):
     ctx.exit(_report(rows, tolerance))
 
 
-def _checkpoint_and_examples(path, data):
-    """The network of a checkpoint and the test images of its data (or of `data`)."""
+def _checkpoint_and_examples(path, data, kinds=("capsnet",)):
+    """The network of a checkpoint and the test images of its data (or of `data`),
+    refusing a network of a kind the picture is not drawn for."""
     from ..training import checkpoint
     from ..training.evaluate import checkpoint_data
     ckpt = checkpoint.load(path)
-    if kind_of(ckpt.model_config) != "capsnet":
-        raise MinicapsError(f"{path} holds a CNN: these pictures are of capsules")
-    net = CapsNet.from_config(ckpt.model_config, ckpt.scored_params)
+    kind = kind_of(ckpt.model_config)
+    if kind not in kinds:
+        raise MinicapsError(f"{path} holds a {KIND_NAMES[kind]}: this picture is drawn for "
+                            f"a {' or a '.join(KIND_NAMES[k] for k in kinds)}")
+    net = build(ckpt.model_config, ckpt.scored_params)
     return net, checkpoint_data(ckpt, path, data).test_x
 
 
@@ -269,10 +271,12 @@ def show_perturbations(checkpoint_path, data, index, out):
 @click.option("--out", type=click.Path(dir_okay=False), default="couplings.png",
               help="PNG to write.")
 def show_couplings(checkpoint_path, data, index, iteration, out):
-    """Coupling coefficients of one test image: a row per class, a tile per primary type."""
-    from ..tools.show import coupling_map, test_image
-    net, x = _checkpoint_and_examples(checkpoint_path, data)
-    _save(coupling_map(net, test_image(x, index), iteration), out)
+    """Coupling coefficients of one test image: a row per class, a tile per primary type
+    (an EM network: the class capsules' assignments, a tile per type of the last grid)."""
+    from ..tools.show import assignment_map, coupling_map, test_image
+    net, x = _checkpoint_and_examples(checkpoint_path, data, kinds=("capsnet", "em"))
+    draw = assignment_map if kind_of(net.config) == "em" else coupling_map
+    _save(draw(net, test_image(x, index), iteration), out)
 
 
 @show_group.command("curves")

@@ -14,6 +14,9 @@ from .emcapsnet import EMCapsNet, EMCapsNetConfig
 
 KINDS = {"capsnet": (CapsNetConfig, CapsNet), "cnn": (CNNConfig, PoolingCNN),
          "em": (EMCapsNetConfig, EMCapsNet)}  # matrix capsules with EM routing
+# What messages call each kind.
+KIND_NAMES = {"capsnet": "capsule network (dynamic routing)", "cnn": "CNN with pooling",
+              "em": "matrix capsule network (EM routing)"}
 
 
 def kind_of(config):

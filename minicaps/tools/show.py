@@ -8,6 +8,7 @@ from PIL import Image, ImageDraw
 
 from ..backend import to_host
 from ..errors import MinicapsError
+from ..ops.em_routing import em_routing_forward
 from ..ops.routing import routing_forward
 
 # A perceptually ordered dark-blue -> green -> yellow ramp (like matplotlib's viridis).
@@ -84,9 +85,7 @@ def coupling_map(net, x, iteration=-1):
     class j, showing for each primary capsule type its gh x gw map of c_ij, from the
     smallest coefficient (dark) to the largest (bright)."""
     iters = net.config.routing_iters
-    if not -iters <= iteration < iters:
-        raise MinicapsError(f"routing iteration {iteration} is outside the network's "
-                            f"{iters}: 0 to {iters - 1}, or -1 for the last")
+    _check_iteration(iteration, iters)
     _, routing_cache = net.class_capsules(x[None])
     # Routed again, keeping every iteration's couplings: with routing_grad "last" the
     # network's own pass keeps only the last one's.
@@ -94,10 +93,40 @@ def coupling_map(net, x, iteration=-1):
     c = to_host(routing_cache.couplings[iteration][0])  # (J, I)
     T = net.config.primary_types
     gh, gw = net.config.grid
-    tiles = c.reshape(c.shape[0], T, gh, gw)
-    tiles = (tiles - c.min()) / max(c.max() - c.min(), 1e-12)  # darkest to brightest
-    rows = [heat(np.concatenate(list(tiles[j]), axis=1)) for j in range(c.shape[0])]
-    return grid(rows, 1, gap=3)
+    return _tile_rows(c.reshape(c.shape[0], T, gh, gw))
+
+
+def assignment_map(net, x, iteration=-1):
+    """EM routing's assignments R into the class capsules of one example (C, H, W), as the
+    M-step of an iteration weighs them (iteration 0's are uniform): row j is class j,
+    showing for each capsule type of the last grid its gh x gw map of R_ij, from the
+    smallest (dark) to the largest (bright). An EMCapsNet's counterpart of coupling_map."""
+    cfg = net.config
+    _check_iteration(iteration, cfg.routing_iters)
+    _, caches = net._capsules(net._as_input(x[None]))
+    m_caches = caches[-1][1][0]  # the class capsules' routing: its M-steps' caches
+    votes, _, activations = m_caches[-1][:3]
+    # Routed again, keeping every iteration's assignments: with routing_grad "last" the
+    # network's own pass keeps only the last M-step's.
+    _, (m_caches, _, _) = em_routing_forward(
+        votes, activations, net.params["class.beta_u"], net.params["class.beta_a"],
+        inverse_temperatures=cfg.inverse_temperatures(), grad="full")
+    r = to_host(m_caches[iteration][1][0, 0])  # (J, I), child i = (row, column, type)
+    gh, gw = cfg.grids[-1]
+    return _tile_rows(r.reshape(len(r), gh, gw, cfg.types[-1]).transpose(0, 3, 1, 2))
+
+
+def _check_iteration(iteration, iters):
+    if not -iters <= iteration < iters:
+        raise MinicapsError(f"routing iteration {iteration} is outside the network's "
+                            f"{iters}: 0 to {iters - 1}, or -1 for the last")
+
+
+def _tile_rows(tiles):
+    """Rows of heat maps, one per parent: tiles (J, T, gh, gw), scaled together from the
+    smallest (dark) to the largest (bright)."""
+    tiles = (tiles - tiles.min()) / max(tiles.max() - tiles.min(), 1e-12)
+    return grid([heat(np.concatenate(list(row), axis=1)) for row in tiles], 1, gap=3)
 
 
 def line_charts(panels, xs, size=(640, 300)):
