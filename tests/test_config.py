@@ -63,6 +63,14 @@ def test_a_given_option_wins_over_the_preset_even_at_the_general_default(tmp_pat
     assert again == config and again.nologo_ratio is None
 
 
+def test_the_em_network_has_its_own_learning_rate_unless_one_is_given(tmp_path):
+    from minicaps.training.presets import MODEL_DEFAULTS
+    assert TrainConfig(model="em").lr == MODEL_DEFAULTS["em"]["lr"] != TrainConfig().lr
+    assert TrainConfig(model="em", lr=3e-3).lr == 3e-3
+    assert TrainConfig(model="em", data=make_raw_rs(tmp_path / "logos")).lr == \
+        MODEL_DEFAULTS["em"]["lr"]
+
+
 def test_checkpoints_stored_before_the_presets_read_as_they_were_trained():
     """They stored None for the network options left out, and lack later options."""
     stored = TrainConfig(data=None).to_json()

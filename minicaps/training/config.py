@@ -16,7 +16,7 @@ from ..data import RSCrop
 from ..data.rs import CORNERS, FRAME_H, FRAME_W
 from ..errors import MinicapsError
 from ..nets.kinds import KINDS
-from ..option import declaration, declared, option_name
+from ..option import declaration, declared, default_of, option_name
 from .frames import capsule_count
 from .presets import SAMPLE_DEFAULTS, preset_values
 
@@ -181,7 +181,9 @@ class TrainConfig:
             object.__setattr__(self, "data", str(data.resolve() if data.exists() else data))
         options = declared(TrainConfig)
         left_out = [f for f in options if getattr(self, f.name) is UNSET]
-        preset = preset_values(None if self.data is UNSET else self.data) if left_out else {}
+        model = self.model if self.model is not UNSET else default_of(TrainConfig, "model")
+        preset = (preset_values(None if self.data is UNSET else self.data, model)
+                  if left_out else {})
         for f in left_out:
             object.__setattr__(self, f.name, preset.get(f.name, f.metadata["default"]))
         for f in options:  # JSON gives lists
