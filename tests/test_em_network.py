@@ -252,3 +252,20 @@ def test_the_assignment_map_shows_the_class_capsules_assignments():
     assert len(np.unique(first.reshape(-1, 3), axis=0)) == 1
     with pytest.raises(MinicapsError, match="outside the network's"):
         assignment_map(net, x, iteration=net.config.routing_iters)
+
+
+def test_routing_gradient_paths_name_every_path_and_last_keeps_only_the_last_m_step():
+    x = np.random.default_rng(2).random((4, 1, 20, 20)).astype(np.float32)
+    y = np.array([0, 1, 2, 0])
+    shape = dict(in_shape=(1, 20, 20), n_classes=3, routing_iters=3, conv_channels=8,
+                 primary_types=2, caps_types=(4, 4))
+    full = EMCapsNet(routing_grad="full", **shape).routing_gradient_paths(x, y)
+    last = EMCapsNet(routing_grad="last", **shape).routing_gradient_paths(x, y)
+    layers = ("convcaps1", "convcaps2", "class")
+    assert set(full) == {(layer, kind, t) for layer in layers
+                         for kind, ts in (("m-step", (1, 2, 3)), ("e-step", (1, 2)))
+                         for t in ts}
+    assert set(last) == {(layer, "m-step", 3) for layer in layers}
+    assert all(norm > 0 for norm in full.values())
+    # The class layer's last M-step gets the same upstream gradient in both modes.
+    assert last["class", "m-step", 3] == pytest.approx(full["class", "m-step", 3], rel=1e-6)

@@ -159,6 +159,11 @@ class EMCapsNetConfig(NetworkConfig):
         return ("conv1.w", "primary.w")
 
 
+def _layer_paths(paths, layer):
+    """The dict em_routing_backward records `layer`'s gradient paths in (None: none)."""
+    return None if paths is None else paths.setdefault(layer, {})
+
+
 def init_params(config, seed=0):
     """Host arrays from a seeded generator. Convolutions: uniform in +-1/sqrt(fan_in)
     (PyTorch's default), biases likewise; transforms normal with TRANSFORM_STD; betas 0."""
@@ -222,13 +227,14 @@ class EMCapsNet(Network):
         caches = (poses_cache, acts_cache, votes_cache, routing_cache, field_poses.shape)
         return (out_poses.reshape(B, oh, ow, J, H), out_acts.reshape(B, oh, ow, J)), caches
 
-    def _conv_caps_backward(self, dposes, dacts, caches, n, grads):
+    def _conv_caps_backward(self, dposes, dacts, caches, n, grads, paths):
         poses_cache, acts_cache, votes_cache, routing_cache, field_shape = caches
         B, oh, ow, J = dacts.shape
         name = f"convcaps{n}"
         dvotes, dfield_acts, grads[f"{name}.beta_u"], grads[f"{name}.beta_a"] = \
             em_routing_backward((dposes.reshape(B, oh * ow, J, H),
-                                 dacts.reshape(B, oh * ow, J)), routing_cache)
+                                 dacts.reshape(B, oh * ow, J)), routing_cache,
+                                _layer_paths(paths, name))
         dfield_poses, grads[f"{name}.w"] = votes_backward(dvotes, votes_cache)
         return (windows_backward(dfield_poses.reshape(field_shape), poses_cache),
                 windows_backward(dfield_acts.reshape(field_shape[:-1]), acts_cache))
@@ -247,13 +253,14 @@ class EMCapsNet(Network):
             votes, activations.reshape(B, 1, gh * gw * T), "class")
         return out_acts[:, 0], (votes_cache, routing_cache, poses.shape)
 
-    def _class_caps_backward(self, dacts, caches, grads):
+    def _class_caps_backward(self, dacts, caches, grads, paths):
         votes_cache, routing_cache, poses_shape = caches
         B, J = dacts.shape
         # The class capsules' poses reach no loss: their gradient is zero.
         dposes_out = get_array_module(dacts).zeros((B, 1, J, H), dtype=dacts.dtype)
         dvotes, dacts_in, grads["class.beta_u"], grads["class.beta_a"] = \
-            em_routing_backward((dposes_out, dacts[:, None]), routing_cache)
+            em_routing_backward((dposes_out, dacts[:, None]), routing_cache,
+                                _layer_paths(paths, "class"))
         if self.config.coordinate_addition:
             dvotes = coordinate_addition_backward(dvotes, None)
         dposes, grads["class.w"] = votes_backward(dvotes, votes_cache)
@@ -282,19 +289,30 @@ class EMCapsNet(Network):
         return loss, {"spread": loss, "lengths": activations}, \
             {"capsules": caps_caches, "spread": spread_cache}
 
-    def _backward(self, caches):
+    def _backward(self, caches, paths=None):
         grads = {}
         conv_cache, relu_cache, primary_cache, caps_caches, class_cache = caches["capsules"]
         dacts = spread_loss_backward(1.0, caches["spread"])
-        dposes, dacts = self._class_caps_backward(dacts, class_cache, grads)
+        dposes, dacts = self._class_caps_backward(dacts, class_cache, grads, paths)
         for n in range(len(caps_caches), 0, -1):
             dposes, dacts = self._conv_caps_backward(dposes, dacts, caps_caches[n - 1], n,
-                                                     grads)
+                                                     grads, paths)
         dh, grads["primary.w"], grads["primary.b"] = primary_backward((dposes, dacts),
                                                                       primary_cache)
         dh = relu_backward(dh, relu_cache)
         _, grads["conv1.w"], grads["conv1.b"] = conv2d_backward(dh, conv_cache, need_dx=False)
         return grads
+
+    def routing_gradient_paths(self, x, y):
+        """How the loss's gradient reaches each routing layer's votes on this batch:
+        {(layer, "m-step" | "e-step", t): norm}, through M-step t's means and variances
+        directly and through E-step t's assignments (minicaps.ops.em_routing's paths);
+        layers "convcaps1", ..., "class"."""
+        _, _, caches = self._forward_loss(self._as_input(x), y)
+        by_layer = {}
+        self._backward(caches, by_layer)
+        return {(layer, kind, t): norm for layer, paths in by_layer.items()
+                for (kind, t), norm in paths.items()}
 
     def _kinks(self, caches):
         """Sides of conv1's ReLU units and of the spread loss's hinges, by group."""

@@ -203,27 +203,35 @@ def em_routing_forward(votes, activations, beta_u, beta_a, *, inverse_temperatur
         if t < iters - 1:
             assignments, e_cache = e_step_forward(votes, mean, variance, log_a,
                                                   children=children)
-            if grad == "full":
-                e_caches.append(e_cache)
+            e_caches.append(e_cache if grad == "full" else None)  # "last": none read back
     out_activations = xp.exp(log_a)
     return (mean, out_activations), (m_caches, e_caches, out_activations)
 
 
-def em_routing_backward(dout, cache):
+def em_routing_backward(dout, cache, paths=None):
     """dvotes, dactivations, dbeta_u, dbeta_a from dout = (dposes, dactivations): the last
-    M-step first, then each E-step and the M-step before it, in reverse."""
+    M-step first, then each E-step and the M-step before it, in reverse. `paths`, a dict,
+    receives the norm of the votes' gradient along each path, {("m-step" | "e-step", t):
+    norm} with t counted from 1: through M-step t's means and variances directly, and
+    through E-step t's assignments (the paths "last" cuts)."""
     dposes, dout_activations = dout
     m_caches, e_caches, out_activations = cache
+    xp = get_array_module(dposes)
+    record = (lambda kind, t, g: paths.__setitem__((kind, t), float(xp.linalg.norm(g)))
+              ) if paths is not None else (lambda kind, t, g: None)
     # An M-step's outputs feed its E-step only, and the last M-step's the routing's output.
     upstream = (dposes, None, dout_activations * out_activations)  # a = exp(log a)
     totals = None
+    first = len(e_caches) + 1 - len(m_caches)  # the first M-step kept, from 0 ("last": n-1)
     for t in range(len(m_caches) - 1, -1, -1):
         dvotes, dassignments, dact, dbeta_u, dbeta_a = m_step_backward(upstream, m_caches[t])
+        record("m-step", first + t + 1, dvotes)
         grads = (dvotes, dact, dbeta_u, dbeta_a)
         totals = grads if totals is None else tuple(a + g for a, g in zip(totals, grads))
         if t == 0:  # the first M-step's R is the constant uniform one; "last" keeps one
             break
         dvotes, dmean, dvariance, dlog_a = e_step_backward(dassignments, e_caches[t - 1])
+        record("e-step", t, dvotes)
         totals = (totals[0] + dvotes, *totals[1:])
         upstream = (dmean, dvariance, dlog_a)
     return totals
