@@ -295,3 +295,42 @@ def test_routing_in_tiles_of_examples_equals_the_whole_batch(grad, iters, tile_b
     for tiled, whole in zip(cached(tiled_cache), cached(cache), strict=True):
         np.testing.assert_array_equal(tiled, whole)
     np.testing.assert_array_equal(tiled_du_hat, du_hat)
+
+
+@pytest.mark.parametrize("grad,iters", [("full", 1), ("full", 3), ("last", 3)])
+@pytest.mark.parametrize("windows", [False, True])  # class capsules; overlapping fields
+@pytest.mark.parametrize("tile_bytes", [1, 20000])  # an example a tile; a few, unevenly
+def test_em_routing_in_tiles_of_examples_equals_the_whole_batch(grad, iters, windows,
+                                                                tile_bytes):
+    """EM routing forward (its outputs and every cached array, in the reference's layout)
+    and backward, tile by tile in threads, against the batch routed at once: each example's
+    arithmetic is its own, bit for bit; the betas' gradients sum over tiles (rounding)."""
+    from minicaps.ops import em_routing
+    from minicaps.ops.matrix_capsules import Windows
+    rng = np.random.default_rng(iters)
+    children = Windows(grid=(4, 4), types=2, kernel=3, stride=1) if windows else None
+    B, P, J, I = 7, (4 if windows else 1), 3, (18 if windows else 10)
+    votes = rng.standard_normal((B, P, J, I, 16))
+    acts = rng.random((B, P, I))
+    beta_u, beta_a = rng.standard_normal(J), rng.standard_normal(J)
+    douts = (rng.standard_normal((B, P, J, 16)), rng.standard_normal((B, P, J)))
+    route = dict(inverse_temperatures=(0.01,) * iters, children=children, grad=grad)
+    outputs, cache = em_routing.em_routing_forward(votes, acts, beta_u, beta_a, **route)
+    grads = em_routing.em_routing_backward(douts, cache)
+    with mock.patch.object(tiles, "EM_TILE_BYTES", tile_bytes), \
+            mock.patch.object(parallel, "MIN_ELEMENTS", 1):
+        tiled_outputs, tiled_cache = tiles.em_routing_forward(votes, acts, beta_u, beta_a,
+                                                              **route)
+        tiled_grads = tiles.em_routing_backward(douts, tiled_cache)
+    for tiled, whole in zip(tiled_outputs, outputs, strict=True):
+        np.testing.assert_array_equal(tiled, whole)
+    steps = lambda c: [*c[0], *(s for s in c[1] if s is not None)]  # noqa: E731
+    assert len(steps(tiled_cache)) == len(steps(cache))
+    for tiled_step, step in zip(steps(tiled_cache), steps(cache), strict=True):
+        for tiled, whole in zip(tiled_step, step, strict=True):
+            if isinstance(whole, np.ndarray):
+                np.testing.assert_array_equal(tiled, whole)
+    for tiled, whole in zip(tiled_grads[:2], grads[:2], strict=True):  # votes, activations
+        np.testing.assert_array_equal(tiled, whole)
+    for tiled, whole in zip(tiled_grads[2:], grads[2:], strict=True):  # the betas
+        np.testing.assert_allclose(tiled, whole, rtol=1e-12, atol=1e-12)

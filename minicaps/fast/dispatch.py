@@ -22,6 +22,8 @@ and runs either that reference or a substitute for it, chosen by the device and 
                                 (predictions.py)
     routing_*                   tiles of examples in threads       the reference, with this
                                 (tiles.py)                         module's softmax, squash
+    em_routing_*                tiles of examples in threads       reference
+                                (tiles.py)
     adam_update                 chunks in threads (tiles.py)       fused kernel
 
 The rest of what the networks use (linear layers, activations, losses, pooling, lengths)
@@ -36,7 +38,7 @@ import os
 from contextlib import contextmanager
 
 from ..backend import device_of
-from ..ops import adam, capsules, conv, routing
+from ..ops import adam, capsules, conv, em_routing, routing
 from . import kernels, predictions, spectral, tiles
 
 _reference = os.environ.get("MINICAPS_REFERENCE", "0") not in ("", "0")
@@ -203,12 +205,29 @@ def routing_backward(dv, cache):
                                     squash_backward=squash_backward)
 
 
-def examples_routed_at_once(batch_size, example_bytes, device):
-    """The most examples whose routing temporaries exist at once (example_bytes of u_hat
-    each; the planner asks): on the CPU a tile per thread, else the whole batch."""
+def em_routing_forward(votes, activations, beta_u, beta_a, *, inverse_temperatures,
+                       children=None, grad="full"):
+    route = tiles.em_routing_forward if _fast_on("cpu", votes) else \
+        em_routing.em_routing_forward
+    return route(votes, activations, beta_u, beta_a, inverse_temperatures=inverse_temperatures,
+                 children=children, grad=grad)
+
+
+def em_routing_backward(dout, cache, paths=None):
+    """paths (the gradient's norm along each path, for studies): the reference records them."""
+    if paths is None and _fast_on("cpu", dout[0]):
+        return tiles.em_routing_backward(dout, cache)
+    return em_routing.em_routing_backward(dout, cache, paths)
+
+
+def examples_routed_at_once(batch_size, example_bytes, device, *, em=False):
+    """The most examples whose routing temporaries exist at once (example_bytes of u_hat,
+    or with em=True of EM routing's votes, each; the planner asks): on the CPU a tile per
+    thread, else the whole batch."""
     if _reference or device != "cpu":
         return batch_size
-    return tiles.examples_routed_at_once(batch_size, example_bytes)
+    return tiles.examples_routed_at_once(batch_size, example_bytes,
+                                         tiles.EM_TILE_BYTES if em else None)
 
 
 # The optimizer.

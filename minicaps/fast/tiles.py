@@ -14,16 +14,22 @@ its arithmetic operation for operation): the results equal the reference's bit f
 - routing_forward, routing_backward: routing in tiles of examples. Routing is separate for
   every example, and a tile's u_hat stays in cache through every iteration, where the
   whole batch's goes out to memory and back at each of its passes.
+- em_routing_forward, em_routing_backward: EM routing likewise, a tile of examples' votes
+  through every M- and E-step. Its caches are put together into the reference's layout;
+  the betas' gradients are sums over tiles, so they differ from the reference's sum over
+  the batch by rounding, where everything else is each example's own arithmetic.
 """
 import numpy as np
 
-from ..ops import conv, routing
+from ..ops import conv, em_routing, routing
 from ..ops.routing import RoutingCache
 from .parallel import THREADS, in_parts, in_tiles, tile_length, transposed
 
 ADAM_CHUNK = 1 << 18  # elements of a parameter per pass of the update
 # Bytes of u_hat per tile of routing: four examples of the paper's network.
 ROUTING_TILE_BYTES = 3 * 2 ** 20
+# Bytes of votes per tile of EM routing.
+EM_TILE_BYTES = 2 * 2 ** 20
 
 
 def to_batch_last(x):
@@ -127,7 +133,72 @@ def routing_backward(dv, cache):
     return du_hat
 
 
-def examples_routed_at_once(batch_size, example_bytes):
+def examples_routed_at_once(batch_size, example_bytes, tile_bytes=None):
     """The most examples whose routing temporaries exist at once (example_bytes of u_hat
-    each): a tile per thread."""
-    return min(batch_size, THREADS * tile_length(example_bytes, ROUTING_TILE_BYTES))
+    each, or of EM routing's votes with tile_bytes EM_TILE_BYTES): a tile per thread."""
+    tile = tile_length(example_bytes, tile_bytes or ROUTING_TILE_BYTES)
+    return min(batch_size, THREADS * tile)
+
+
+def _rows(cache, rows):
+    """An EM routing step's cache for the examples `rows` (a slice): the arrays with one
+    row per example (two axes or more) sliced, the betas, lambda and windows as they are."""
+    return tuple(v[rows] if isinstance(v, np.ndarray) and v.ndim >= 2 else v for v in cache)
+
+
+def _joined(tiles, whole_inputs, memo):
+    """One step's cache of the whole batch from its tiles' (in order): an input's rows
+    (a view of one of whole_inputs) become the whole input, per-example arrays are joined
+    (once: `memo` holds those joined already, by the first tile's array, as an E-step's
+    assignments are also the next M-step's), anything else is the first tile's."""
+    joined = []
+    for entries in zip(*tiles):
+        first = entries[0]
+        if not isinstance(first, np.ndarray) or first.ndim < 2:
+            joined.append(first)
+            continue
+        if id(first) not in memo:
+            whole = next((a for a in whole_inputs if np.may_share_memory(first, a)), None)
+            memo[id(first)] = whole if whole is not None else np.concatenate(entries)
+        joined.append(memo[id(first)])
+    return tuple(joined)
+
+
+def em_routing_forward(votes, activations, beta_u, beta_a, *, inverse_temperatures,
+                       children=None, grad="full"):
+    """em_routing.em_routing_forward, a tile of examples at a time."""
+    parts = {}
+
+    def route(first, last):
+        parts[first] = em_routing.em_routing_forward(
+            votes[first:last], activations[first:last], beta_u, beta_a,
+            inverse_temperatures=inverse_temperatures, children=children, grad=grad)
+
+    in_tiles(votes, votes.shape[0], votes[0].nbytes, route, tile_bytes=EM_TILE_BYTES)
+    tiles = [parts[first] for first in sorted(parts)]
+    inputs, memo = (votes, activations), {}
+    m_caches = [_joined(steps, inputs, memo) for steps in zip(*(c[0] for _, c in tiles))]
+    e_caches = [None if steps[0] is None else _joined(steps, inputs, memo)
+                for steps in zip(*(c[1] for _, c in tiles))]
+    mean, out_activations = _joined([outputs for outputs, _ in tiles], (), memo)
+    return (mean, out_activations), (m_caches, e_caches, out_activations)
+
+
+def em_routing_backward(dout, cache):
+    """em_routing.em_routing_backward, a tile of examples at a time."""
+    dposes, dactivations = dout
+    m_caches, e_caches, out_activations = cache
+    votes, activations = m_caches[-1][0], m_caches[-1][2]
+    dvotes, dinputs, betas = np.empty_like(votes), np.empty_like(activations), {}
+
+    def backward(first, last):
+        rows = slice(first, last)
+        part = ([_rows(c, rows) for c in m_caches],
+                [None if c is None else _rows(c, rows) for c in e_caches],
+                out_activations[rows])
+        dvotes[rows], dinputs[rows], *betas[first] = em_routing.em_routing_backward(
+            (dposes[rows], dactivations[rows]), part)
+
+    in_tiles(votes, votes.shape[0], votes[0].nbytes, backward, tile_bytes=EM_TILE_BYTES)
+    dbeta_u, dbeta_a = (sum(parts) for parts in zip(*(betas[k] for k in sorted(betas))))
+    return dvotes, dinputs, dbeta_u, dbeta_a

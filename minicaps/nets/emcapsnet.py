@@ -26,8 +26,8 @@ import numpy as np
 from ..backend import get_array_module
 from ..errors import MinicapsError
 from ..ops.conv import conv2d_backward, conv2d_forward, output_size
-from ..ops.em_routing import (EM_GRADS, em_routing_backward, em_routing_forward,
-                              inverse_temperatures)
+from ..fast.dispatch import em_routing_backward, em_routing_forward
+from ..ops.em_routing import EM_GRADS, inverse_temperatures
 from ..ops.layers import relu_backward, relu_forward
 from ..ops.losses import spread_loss_backward, spread_loss_forward, spread_margin
 from ..ops.matrix_capsules import (POSE, Windows, coordinate_addition_backward,

@@ -328,7 +328,7 @@ def plan(config, batch_size, device="cpu"):
     EMCapsNetConfig) on `device`. Both devices build the columns in groups of the same size;
     only the CPU routes in tiles of examples (minicaps.fast.dispatch.examples_routed_at_once)."""
     if kind_of(config) == "em":
-        return em_plan(config, batch_size, Plan)
+        return em_plan(config, batch_size, Plan, device)
     if kind_of(config) == "cnn":
         return _cnn_plan(config, batch_size)
     n = config.n_params()

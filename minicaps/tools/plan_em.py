@@ -21,6 +21,7 @@ tests/test_plan.py holds the whole model to within 15 % of tracemalloc's measure
 """
 import numpy as np
 
+from ..fast.dispatch import examples_routed_at_once
 from ..nets.network import input_channels
 
 POSE_ENTRIES = 16
@@ -46,10 +47,15 @@ def _kept_m_steps(config):
     return config.routing_iters if config.routing_grad == "full" else 1
 
 
-def step_elements(config, batch_size):
-    """Peak elements of one training step: what forward keeps, plus the largest transient
-    (forward's or backward's) of any routing layer, plus the parameters' gradients."""
+def step_elements(config, batch_size, device="cpu"):
+    """Peak elements of one training step on `device`: what forward keeps, plus the
+    largest transient (forward's or backward's) of any routing layer, plus the
+    parameters' gradients. On the CPU routing runs in tiles of examples
+    (minicaps.fast.tiles): its transients exist for the examples routed at once, beside
+    the whole batch's gradient of the votes, and the votes' own backward (the gradient
+    and a reordered copy of it, 2 V) can then be the largest."""
     B, (_, h, w) = batch_size, config.in_shape
+    itemsize = np.dtype(config.dtype).itemsize
     (g0h, g0w), A, T0 = config.grids[0], config.conv_channels, config.primary_types
     conv1_h = g0h * g0w * A * B
     # conv1 keeps its batch-last input and its output, ReLU its output, the primary
@@ -64,7 +70,10 @@ def step_elements(config, batch_size):
         fields = B * P * I * (POSE_ENTRIES + 1)
         kept += fields + V + _kept_m_steps(config) * (M_STEP_KEPT_R * R + 2 * pose)
         v, r = E_STEP_BACKWARD if through_e else M_STEP_BACKWARD
-        transients += [2 * V + R, v * V + r * R]
+        at_once = examples_routed_at_once(B, V // B * itemsize, device, em=True)
+        tiled = V if at_once < B else 0  # the whole batch's dvotes, filled tile by tile
+        transients += [at_once * (2 * V + R) // B,
+                       tiled + at_once * (v * V + r * R) // B, 2 * V]
     return kept + max(transients) + config.n_params()
 
 
@@ -98,7 +107,7 @@ def votes_passes(config):
     return forward + 2 * (1 + M_STEP_PASSES * m + E_STEP_PASSES * e)
 
 
-def em_plan(config, batch_size, plan_class):
+def em_plan(config, batch_size, plan_class, device="cpu"):
     """The Plan (plan_class: minicaps.tools.plan.Plan) of a training step of an
     EMCapsNetConfig. Backward: each product once more for the weights and once for the
     inputs (not conv1's), routing's about twice its forward. The large matrix products
@@ -111,7 +120,7 @@ def em_plan(config, batch_size, plan_class):
     votes = sum(P * J * I * POSE_ENTRIES for P, J, I, _ in routing_layers(config))
     n = config.n_params()
     return plan_class(n_params=n, param_bytes=3 * n * itemsize,
-                      step_bytes=itemsize * step_elements(config, batch_size),
+                      step_bytes=itemsize * step_elements(config, batch_size, device),
                       flops_forward=float(forward), flops_train=float(train),
                       gemm_flops_train=float(2 * f["conv1"] + 3 * f["primary"]),
                       traffic_bytes=float(votes * votes_passes(config) * itemsize),
