@@ -42,7 +42,9 @@ def network_option(kinds, name):
     source = next(f for f in dataclasses.fields(KINDS[kinds[0]][0]) if f.name == name)
     meta = dict(source.metadata, kinds=kinds, network_field=name)
     if kinds != ("capsnet",) and len(kinds) == 1:
-        meta["help"] = f"{kinds[0].upper()}: {meta['help'][0].lower()}{meta['help'][1:]}"
+        text = meta["help"]  # "Kernel size" reads "kernel size"; "A: ...", "EM ..." stay
+        lead = text[0].lower() if text[1:2].islower() else text[0]
+        meta["help"] = f"{kinds[0].upper()}: {lead}{text[1:]}"
     return field(default=UNSET, metadata=meta)
 
 
@@ -61,8 +63,10 @@ class TrainConfig:
         None, "Run folder for last.npz, best.npz, metrics.jsonl (unset: runs/<data name>, "
               "or runs/<data name>-<model> for a model other than capsnet).", path="folder")
     model: str = setting(
-        "capsnet", "A capsule network, or the baseline CNN with max pooling (--cnn-* "
-                   "options; capsule options do not apply to it).", choices=tuple(KINDS))
+        "capsnet", "A capsule network with dynamic routing, the baseline CNN with max "
+                   "pooling (its --cnn-* options), or matrix capsules with EM routing (its "
+                   "--em-* options); the capsule network's options do not apply to the "
+                   "other two.", choices=tuple(KINDS))
     device: str = "cpu"  # or "gpu" (CuPy)
     epochs: int = setting(8, "Epochs in total.", minimum=1)
     batch_size: int = setting(64, "Images per step.", minimum=1)
