@@ -80,10 +80,9 @@ def main_convolution(config):
     """The convolution that does most of a training step's arithmetic: the primary
     capsules' of a CapsNet, a CNN's largest layer, an EM network's ReLU convolution."""
     if kind_of(config) == "em":
-        (h, w), k = config.grids[0], config.kernel_size
-        return Convolution(config.conv_channels, input_channels(config), k,
-                           (h - 1) * config.conv_stride + k, (w - 1) * config.conv_stride + k,
-                           config.conv_stride)
+        _, H, W = config.in_shape
+        return Convolution(config.conv_channels, input_channels(config), config.kernel_size,
+                           H, W, config.conv_stride)
     if kind_of(config) == "cnn":
         pad = config.kernel_size // 2
         C, K, H, W, _ = max(_cnn_layers(config),

@@ -31,16 +31,19 @@ E_STEP_BACKWARD = (5, 5)   # (V, R) with an E-step's backward in the same layer
 
 
 def routing_layers(config):
-    """(P, J, I, grad_through_e_steps) of each routing layer of `config`: parent positions,
-    parent types, children a parent sees; and whether its backward runs E-steps."""
+    """(P, J, I) of each routing layer of `config`: parent positions, parent types, and the
+    children a parent sees."""
     K = config.caps_kernel
     layers = [(gh * gw, t_out, K * K * t_in)
               for (gh, gw), t_in, t_out in zip(config.grids[1:], config.types[:-1],
                                                config.types[1:])]
     gh, gw = config.grids[-1]
-    layers.append((1, config.n_classes, gh * gw * config.types[-1]))
-    full = config.routing_grad == "full" and config.routing_iters > 1
-    return [(P, J, I, full) for P, J, I in layers]
+    return layers + [(1, config.n_classes, gh * gw * config.types[-1])]
+
+
+def votes_per_image(config):
+    """Elements of every routing layer's votes for one image."""
+    return sum(P * J * I * POSE_ENTRIES for P, J, I in routing_layers(config))
 
 
 def _kept_m_steps(config):
@@ -62,8 +65,10 @@ def step_elements(config, batch_size, device="cpu"):
     # capsules their input rows and their output (poses and activations).
     kept = (B * input_channels(config) * h * w + 3 * conv1_h
             + B * g0h * g0w * T0 * (POSE_ENTRIES + 1))
+    # Backward goes through E-steps with the full gradient and two iterations or more.
+    through_e = config.routing_grad == "full" and config.routing_iters > 1
     transients = []
-    for P, J, I, through_e in routing_layers(config):
+    for P, J, I in routing_layers(config):
         V = B * P * J * I * POSE_ENTRIES
         R = V // POSE_ENTRIES
         pose = B * P * J * POSE_ENTRIES  # a parent-sized array: means, variances
@@ -83,7 +88,7 @@ def flop_parts(config):
     (weighted sum, deviation, square, weighted sum), an E-step about 5."""
     (_, h, w), (g0h, g0w) = config.in_shape, config.grids[0]
     A, k = config.conv_channels, config.kernel_size
-    votes = sum(P * J * I * POSE_ENTRIES for P, J, I, _ in routing_layers(config))
+    votes = votes_per_image(config)
     n = config.routing_iters
     return {
         "conv1": 2 * input_channels(config) * k * k * A * g0h * g0w,
@@ -117,11 +122,11 @@ def em_plan(config, batch_size, plan_class, device="cpu"):
     f = flop_parts(config)
     forward = sum(f.values())
     train = forward + f["conv1"] + 2 * (f["primary"] + f["votes"] + f["routing"])
-    votes = sum(P * J * I * POSE_ENTRIES for P, J, I, _ in routing_layers(config))
     n = config.n_params()
     return plan_class(n_params=n, param_bytes=3 * n * itemsize,
                       step_bytes=itemsize * step_elements(config, batch_size, device),
                       flops_forward=float(forward), flops_train=float(train),
                       gemm_flops_train=float(2 * f["conv1"] + 3 * f["primary"]),
-                      traffic_bytes=float(votes * votes_passes(config) * itemsize),
+                      traffic_bytes=float(votes_per_image(config) * votes_passes(config)
+                                          * itemsize),
                       batch_size=batch_size)
