@@ -1,8 +1,34 @@
-"""What several test files share: small float64 networks for finite differences and
-batches that keep clear of their kinks. (conftest.py holds only fixtures.)"""
+"""What several test files share: small float64 networks for finite differences, batches
+that keep clear of their kinks, hypothesis drawing helpers and the whole-network gradient
+check. (conftest.py holds only fixtures.)"""
 import numpy as np
+from hypothesis import strategies as st
 
 from minicaps import CapsNet
+from minicaps.gradcheck import H, check_model, directional_check
+
+TOLERANCE = 1e-6  # relative error of a hand-written gradient against finite differences
+KINK_MARGIN = 10 * H  # the stencil reaches 2h: stay well clear of every kink
+
+
+def normal(data, shape, scale=1.0):
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    return np.random.default_rng(seed).standard_normal(shape) * scale
+
+
+def dims(data, lo, hi, label):
+    return data.draw(st.integers(lo, hi), label=label)
+
+
+def assert_network_gradients(net, x, y):
+    """Every parameter's gradient within TOLERANCE of finite differences: sampled single
+    entries, then each parameter along a direction and all of them together ("*")."""
+    sampled = check_model(net, x, y, max_entries=6)
+    directional = directional_check(net, x, y)
+    assert set(sampled) == set(net.params)
+    assert set(directional) == set(net.params) | {"*"}
+    assert max(sampled.values()) < TOLERANCE, sampled
+    assert max(directional.values()) < TOLERANCE, directional
 
 
 def small_net(*, in_shape=(1, 14, 12), n_classes=3, routing_iters=3, routing_grad="full",

@@ -14,9 +14,7 @@ from minicaps.nets.kinds import build, config_from_dict, kind_of
 from minicaps.ops.em_routing import VARIANCE_FLOOR
 from minicaps.option import declared
 
-from helpers import batch
-
-TOLERANCE = 1e-6
+from helpers import TOLERANCE, assert_network_gradients, batch
 
 
 def small_em_net(*, seed=1, **fields):
@@ -68,12 +66,7 @@ def test_em_network_gradients(case):
     # to a single child; the op table covers those (with hypothesis-drawn iterations up to
     # 4) and the PyTorch oracle the whole net.
     assert smallest_variance(net, x) > 10 * VARIANCE_FLOOR
-    sampled = check_model(net, x, y, max_entries=6)
-    directional = directional_check(net, x, y)
-    assert set(sampled) == set(net.params)
-    assert set(directional) == set(net.params) | {"*"}
-    assert max(sampled.values()) < TOLERANCE, sampled
-    assert max(directional.values()) < TOLERANCE, directional
+    assert_network_gradients(net, x, y)
 
 
 def test_the_checker_catches_a_wrong_em_gradient(monkeypatch):

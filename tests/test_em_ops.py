@@ -7,27 +7,17 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from minicaps.backend import get_array_module
-from minicaps.gradcheck import H, check_op
+from minicaps.gradcheck import check_op
 from minicaps.ops import em_routing as em
 from minicaps.ops import losses
 from minicaps.ops import matrix_capsules as mc
 
-TOLERANCE = 1e-6
-KINK_MARGIN = 10 * H  # the stencil reaches 2h: stay well clear of every kink
-
-
-def normal(data, shape, scale=1.0):
-    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
-    return np.random.default_rng(seed).standard_normal(shape) * scale
+from helpers import KINK_MARGIN, TOLERANCE, dims, normal
 
 
 def uniform(data, shape, low, high):
     seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
     return np.random.default_rng(seed).uniform(low, high, shape)
-
-
-def dims(data, lo, hi, label):
-    return data.draw(st.integers(lo, hi), label=label)
 
 
 def joined(forward, backward):

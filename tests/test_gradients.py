@@ -7,22 +7,11 @@ from hypothesis import strategies as st
 
 from minicaps.ops import capsules, conv, layers, losses, pooling, routing
 from minicaps.fast import spectral
-from minicaps.gradcheck import H, check_model, check_op, directional_check
+from minicaps.gradcheck import check_model, check_op
 
-from helpers import batch, small_net
+from helpers import (KINK_MARGIN, TOLERANCE, assert_network_gradients, batch, dims, normal,
+                     small_net)
 from test_em_ops import EM_OPS
-
-TOLERANCE = 1e-6
-KINK_MARGIN = 10 * H  # the stencil reaches 2h: stay well clear of every kink
-
-
-def normal(data, shape, scale=1.0):
-    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
-    return np.random.default_rng(seed).standard_normal(shape) * scale
-
-
-def dims(data, lo, hi, label):
-    return data.draw(st.integers(lo, hi), label=label)
 
 
 def draw_conv(data):
@@ -232,13 +221,7 @@ def test_model_gradients(case):
     """Sampled single entries of every parameter, then each parameter along a direction
     and all together. The checker skips steps that cross a ReLU or margin kink."""
     net = small_net(**MODEL_CASES[case])
-    x, y = batch(net)
-    sampled = check_model(net, x, y, max_entries=6)
-    directional = directional_check(net, x, y)
-    assert set(sampled) == set(net.params)
-    assert set(directional) == set(net.params) | {"*"}
-    assert max(sampled.values()) < TOLERANCE, sampled
-    assert max(directional.values()) < TOLERANCE, directional
+    assert_network_gradients(net, *batch(net))
 
 
 @pytest.mark.parametrize("in_shape", [(1, 12, 12), (3, 9, 13)])
@@ -247,12 +230,7 @@ def test_pooling_cnn_gradients(in_shape):
     net = PoolingCNN(in_shape=in_shape, n_classes=3, channels=(3, 4, 2), kernel_size=3,
                      hidden=(6, 5), dtype="float64", seed=2)
     rng = np.random.default_rng(0)
-    x, y = rng.random((2, *in_shape)), np.array([0, 2])
-    sampled = check_model(net, x, y, max_entries=6)
-    directional = directional_check(net, x, y)
-    assert set(sampled) == set(net.params)
-    assert max(sampled.values()) < TOLERANCE, sampled
-    assert max(directional.values()) < TOLERANCE, directional
+    assert_network_gradients(net, rng.random((2, *in_shape)), np.array([0, 2]))
 
 
 def test_checker_detects_a_wrong_gradient(monkeypatch):
