@@ -25,6 +25,17 @@ def assert_close(cpu, gpu):
             np.testing.assert_allclose(to_host(g), c, rtol=1e-10, atol=1e-12)
 
 
+def assert_same_step_on_the_gpu(net, x, y):
+    """A training step's loss and gradients on the CPU, then with `net` moved to the GPU
+    (fed the same host batch: the net moves it); `net` is left on the GPU."""
+    loss, grads = net.loss_and_grads(x, y)
+    net.to("gpu")
+    loss_gpu, grads_gpu = net.loss_and_grads(x, y)
+    assert float(loss_gpu) == pytest.approx(float(loss), rel=1e-10)
+    for name in grads:
+        np.testing.assert_allclose(to_host(grads_gpu[name]), grads[name], rtol=1e-8, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", sorted(OPS))
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
@@ -43,12 +54,7 @@ def test_op_runs_the_same_on_the_gpu(name, data):
 def test_model_runs_the_same_on_the_gpu(kwargs):
     net = small_net(**kwargs)
     x, y = batch(net, B=3)
-    loss, grads = net.loss_and_grads(x, y)
-    net.to("gpu")
-    loss_gpu, grads_gpu = net.loss_and_grads(x, y)  # host batch: the net moves it
-    assert float(loss_gpu) == pytest.approx(float(loss), rel=1e-10)
-    for name in grads:
-        np.testing.assert_allclose(to_host(grads_gpu[name]), grads[name], rtol=1e-8, atol=1e-12)
+    assert_same_step_on_the_gpu(net, x, y)
     np.testing.assert_allclose(to_host(net.predict(x)), net.to("cpu").predict(x), rtol=1e-10)
 
 
@@ -65,13 +71,7 @@ def test_a_net_with_contrast_channels_runs_the_same_on_the_gpu():
     config = CapsNetConfig(**{**plain.config.__dict__, "contrast_window": 3})
     params = {**plain.params, "conv1.w": np.concatenate([plain.params["conv1.w"]] * 2, 0)}
     net = CapsNet.from_config(config, params)
-    x, y = batch(plain, B=3)
-    loss, grads = net.loss_and_grads(x, y)
-    net.to("gpu")
-    loss_gpu, grads_gpu = net.loss_and_grads(x, y)
-    assert float(loss_gpu) == pytest.approx(float(loss), rel=1e-10)
-    for name in grads:
-        np.testing.assert_allclose(to_host(grads_gpu[name]), grads[name], rtol=1e-8, atol=1e-12)
+    assert_same_step_on_the_gpu(net, *batch(plain, B=3))
 
 
 @pytest.mark.parametrize("fields", [{}, {"routing_grad": "last"},
@@ -82,10 +82,5 @@ def test_em_network_runs_the_same_on_the_gpu(fields):
     from test_em_network import small_em_net
     net = small_em_net(**fields)
     x, y = batch(net, B=3)
-    loss, grads = net.loss_and_grads(x, y)
-    net.to("gpu")
-    loss_gpu, grads_gpu = net.loss_and_grads(x, y)
-    assert float(loss_gpu) == pytest.approx(float(loss), rel=1e-10)
-    for name in grads:
-        np.testing.assert_allclose(to_host(grads_gpu[name]), grads[name], rtol=1e-8, atol=1e-12)
+    assert_same_step_on_the_gpu(net, x, y)
     np.testing.assert_allclose(to_host(net.predict(x)), net.to("cpu").predict(x), rtol=1e-10)
