@@ -87,7 +87,12 @@ def setup(config, batch_size, device, seed=0):
 
 def alternate(config, batch_size, steps, warmup, device="cpu", seed=0):
     """Seconds of each training step, (minicaps', PyTorch's), one step of each in turn."""
-    ours_step, theirs_step = setup(config, batch_size, device, seed)
+    return alternate_steps(*setup(config, batch_size, device, seed), steps, warmup, device)
+
+
+def alternate_steps(ours_step, theirs_step, steps, warmup, device="cpu"):
+    """Seconds of `steps` calls of each step function, (ours, theirs), one call of each in
+    turn after `warmup` untimed ones: whatever else the machine does slows both alike."""
     ours_sync, theirs_sync = synchronizers(device)
     ours, theirs = [], []
     for n in range(warmup + steps):

@@ -14,7 +14,6 @@ PyTorch is a dev-only reference here; minicaps never imports it.
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from minicaps import Adam  # before NumPy, as compare_torch.py (OpenBLAS's idle threads)
@@ -22,7 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from compare_torch import synchronizers  # noqa: E402
+from compare_torch import alternate_steps, minicaps_step  # noqa: E402
+from minicaps.backend import to_host  # noqa: E402
 from minicaps.nets.emcapsnet import EMCapsNet, EMCapsNetConfig  # noqa: E402
 
 
@@ -36,39 +36,24 @@ def setup(config, batch_size, device, seed=0):
     net = EMCapsNet.from_config(config, seed=seed, device=device)
     optimizer = Adam(net.params, lr=1e-4)
     torch_device = "cuda" if device == "gpu" else "cpu"
-    model = TorchEMCapsNet(config, {n: np.asarray(p.get() if hasattr(p, "get") else p)
-                                    for n, p in net.params.items()},
+    model = TorchEMCapsNet(config, {n: to_host(p) for n, p in net.params.items()},
                            dtype=torch.float32, device=torch_device)
     torch_optimizer = torch.optim.Adam(list(model.params.values()), lr=1e-4)
     xt = torch.as_tensor(x, device=torch_device)
     margin = net.margin
 
-    def minicaps_step():
-        _, grads = net.loss_and_grads(x, y)
-        optimizer.step(grads)
-
     def torch_step():
         torch_optimizer.zero_grad(set_to_none=True)
         model.loss(xt, y, margin).backward()
         torch_optimizer.step()
-    return minicaps_step, torch_step
+    return (lambda: minicaps_step(net, optimizer, x, y)), torch_step
 
 
 def time_alternately(steps, config, batch_size, device):
     """Median seconds per training step of (minicaps, PyTorch), alternated step by step
     after one warm-up step each."""
-    ours, theirs = setup(config, batch_size, device)
-    sync_ours, sync_theirs = synchronizers(device)
-    times = {"minicaps": [], "pytorch": []}
-    for n in range(steps + 1):
-        for name, step, sync in (("minicaps", ours, sync_ours), ("pytorch", theirs, sync_theirs)):
-            sync()
-            t0 = time.perf_counter()
-            step()
-            sync()
-            if n:  # the first is a warm-up
-                times[name].append(time.perf_counter() - t0)
-    return {name: float(np.median(t)) for name, t in times.items()}
+    ours, theirs = alternate_steps(*setup(config, batch_size, device), steps, 1, device)
+    return {"minicaps": float(np.median(ours)), "pytorch": float(np.median(theirs))}
 
 
 def main():
