@@ -217,8 +217,11 @@ def em_routing_backward(dout, cache, paths=None):
     dposes, dout_activations = dout
     m_caches, e_caches, out_activations = cache
     xp = get_array_module(dposes)
-    record = (lambda kind, t, g: paths.__setitem__((kind, t), float(xp.linalg.norm(g)))
-              ) if paths is not None else (lambda kind, t, g: None)
+
+    def record(kind, t, dvotes):
+        if paths is not None:
+            paths[kind, t] = float(xp.linalg.norm(dvotes))
+
     # An M-step's outputs feed its E-step only, and the last M-step's the routing's output.
     upstream = (dposes, None, dout_activations * out_activations)  # a = exp(log a)
     totals = None
