@@ -34,7 +34,7 @@ def smallest_variance(net, x):
     """The smallest variance any M-step of the network computes on x."""
     _, (*_, caps_caches, class_cache) = net._capsules(net._as_input(x))
     routing_caches = [cache[3] for cache in caps_caches] + [class_cache[1]]
-    return min(m_cache[7].min() for m_caches, _, _ in routing_caches for m_cache in m_caches)
+    return min(step.variance.min() for cache in routing_caches for step in cache.m_steps)
 
 
 # grad="last" is not the loss's gradient (the assignments depend on the parameters): its

@@ -83,10 +83,10 @@ def assume_above_variance_floor(variance):
 
 def unsaturated_routing(inputs, kwargs):
     """Routing inputs kept off the logistic's tails and the variance floor."""
-    (_, activations), (m_caches, _, _) = em.em_routing_forward(*inputs, **kwargs)
+    (_, activations), cache = em.em_routing_forward(*inputs, **kwargs)
     assume_unsaturated(activations, kwargs["inverse_temperatures"][-1])
-    for m_cache in m_caches:
-        assume_above_variance_floor(m_cache[7])
+    for step in cache.m_steps:
+        assume_above_variance_floor(step.variance)
     return inputs, kwargs
 
 
@@ -300,9 +300,8 @@ def test_each_childs_assignments_sum_to_one_over_the_parents_that_see_it(data):
                       draw_em_routing)(data)
     children = kwargs.get("children")
     (_, activations), cache = em.em_routing_forward(*inputs, **kwargs)
-    m_caches = cache[0]
-    for m_cache in m_caches:
-        R = m_cache[1]  # (B, P, J, I), the R each M-step used
+    for step in cache.m_steps:
+        R = step.assignments  # (B, P, J, I), the R each M-step used
         per_entry = R.sum(axis=2) if children is None else children.total(R.sum(axis=2))
         np.testing.assert_allclose(per_entry, 1, rtol=1e-12)
         assert (R >= 0).all()

@@ -108,14 +108,17 @@ def test_convolutions_with_threaded_columns_equal_the_reference(stride, pad, mon
 
 @pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("tile_bytes", [1, 700, 10 ** 9])  # a capsule a tile, some, all
+@pytest.mark.parametrize("batch_block", [2, 64])  # blocks of 2, 2 and 1 examples; one block
 def test_the_predictions_as_matrix_products_match_the_reference_to_rounding(shared,
-                                                                            tile_bytes):
+                                                                            tile_bytes,
+                                                                            batch_block):
     rng = np.random.default_rng(int(shared))
     T, G = 3, 4
     N = T if shared else T * G
     u, w = rng.standard_normal((5, T * G, 4)), rng.standard_normal((N, 2, 6, 4))
     du_hat = rng.standard_normal((5, 2, T * G, 6))
-    with in_threads(), mock.patch.object(parallel, "TILE_BYTES", tile_bytes):
+    with in_threads(), mock.patch.object(parallel, "TILE_BYTES", tile_bytes), \
+            mock.patch.object(predictions, "BATCH_BLOCK", batch_block):
         u_hat, cache = predictions.predictions_forward(u, w)
         du, dw = predictions.predictions_backward(du_hat, cache)
     expected_u_hat, expected_cache = capsules.predictions_forward(u, w)

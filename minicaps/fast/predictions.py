@@ -12,8 +12,17 @@ order, so the results agree with the reference to rounding.
 - Matrices shared by the G grid positions of a type (N = T): a broadcast product over
   (b, j, n) of (G, D) x (D, E) blocks, which writes u_hat in routing's layout directly.
 """
+import numpy as np
+
 from ..backend import get_array_module
 from .parallel import in_tiles
+
+# Examples per product on the CPU. A tile holds whole capsules (all examples of each), so
+# with many examples a tile is one capsule, and its copy into routing's layout writes 16
+# numbers to each of B x J places a whole row of u_hat apart: at evaluation's batch of 256
+# the logo network's predictions took most of an evaluation (docs/performance.md). Blocks
+# of examples keep several capsules in a tile.
+BATCH_BLOCK = 64
 
 
 def predictions_forward(u, w):
@@ -24,15 +33,26 @@ def predictions_forward(u, w):
     if G > 1:
         blocks = u.reshape(B, 1, N, G, D) @ w.transpose(1, 0, 3, 2)[None]  # (B, J, N, G, E)
         return blocks.reshape(B, J, I, E), (u, w)
-    u_hat = get_array_module(u).empty((B, J, I, E), dtype=u.dtype)
+    xp = get_array_module(u)
+    u_hat = xp.empty((B, J, I, E), dtype=u.dtype)
     u_i, w_t = u.transpose(1, 0, 2), w.reshape(I, J * E, D).transpose(0, 2, 1)
-
-    def predict(first, last):  # capsules first..last-1, written into routing's layout
-        part = u_i[first:last] @ w_t[first:last]  # (n, B, J*E)
-        u_hat[:, :, first:last] = part.reshape(-1, B, J, E).transpose(1, 2, 0, 3)
-
-    in_tiles(u, I, B * J * E * u.itemsize, predict)
+    block = BATCH_BLOCK if xp is np else max(B, 1)
+    for start in range(0, B, block):
+        examples = slice(start, start + block)
+        _predict_into(u_hat[examples], u_i[:, examples], w_t)
     return u_hat, (u, w)
+
+
+def _predict_into(u_hat, u_i, w_t):
+    """u_hat (b, J, I, E) = the predictions of u_i (I, b, D) by w_t (I, D, J*E), in tiles
+    of capsules, each tile's product copied into routing's layout while still in cache."""
+    b, J, I, E = u_hat.shape
+
+    def predict(first, last):  # capsules first..last-1
+        part = u_i[first:last] @ w_t[first:last]  # (n, b, J*E)
+        u_hat[:, :, first:last] = part.reshape(-1, b, J, E).transpose(1, 2, 0, 3)
+
+    in_tiles(u_i, I, b * J * E * u_hat.itemsize, predict)
 
 
 def predictions_backward(du_hat, cache):

@@ -22,6 +22,7 @@ its arithmetic operation for operation): the results equal the reference's bit f
 import numpy as np
 
 from ..ops import conv, em_routing, routing
+from ..ops.em_routing import EMRoutingCache, EStepCache, MStepCache
 from ..ops.routing import RoutingCache
 from .parallel import THREADS, in_parts, in_tiles, tile_length, transposed
 
@@ -143,7 +144,8 @@ def examples_routed_at_once(batch_size, example_bytes, tile_bytes=None):
 def _rows(cache, rows):
     """An EM routing step's cache for the examples `rows` (a slice): the arrays with one
     row per example (two axes or more) sliced, the betas, lambda and windows as they are."""
-    return tuple(v[rows] if isinstance(v, np.ndarray) and v.ndim >= 2 else v for v in cache)
+    return cache._make(v[rows] if isinstance(v, np.ndarray) and v.ndim >= 2 else v
+                       for v in cache)
 
 
 def _joined(tiles, whole_inputs, memo):
@@ -177,25 +179,25 @@ def em_routing_forward(votes, activations, beta_u, beta_a, *, inverse_temperatur
     in_tiles(votes, votes.shape[0], votes[0].nbytes, route, tile_bytes=EM_TILE_BYTES)
     tiles = [parts[first] for first in sorted(parts)]
     inputs, memo = (votes, activations), {}
-    m_caches = [_joined(steps, inputs, memo) for steps in zip(*(c[0] for _, c in tiles))]
-    e_caches = [None if steps[0] is None else _joined(steps, inputs, memo)
-                for steps in zip(*(c[1] for _, c in tiles))]
+    m_caches = [MStepCache._make(_joined(steps, inputs, memo))
+                for steps in zip(*(c.m_steps for _, c in tiles))]
+    e_caches = [None if steps[0] is None else EStepCache._make(_joined(steps, inputs, memo))
+                for steps in zip(*(c.e_steps for _, c in tiles))]
     mean, out_activations = _joined([outputs for outputs, _ in tiles], (), memo)
-    return (mean, out_activations), (m_caches, e_caches, out_activations)
+    return (mean, out_activations), EMRoutingCache(m_caches, e_caches, out_activations)
 
 
 def em_routing_backward(dout, cache):
     """em_routing.em_routing_backward, a tile of examples at a time."""
     dposes, dactivations = dout
-    m_caches, e_caches, out_activations = cache
-    votes, activations = m_caches[-1][0], m_caches[-1][2]
+    votes, activations = cache.m_steps[-1].votes, cache.m_steps[-1].activations
     dvotes, dinputs, betas = np.empty_like(votes), np.empty_like(activations), {}
 
     def backward(first, last):
         rows = slice(first, last)
-        part = ([_rows(c, rows) for c in m_caches],
-                [None if c is None else _rows(c, rows) for c in e_caches],
-                out_activations[rows])
+        part = EMRoutingCache([_rows(c, rows) for c in cache.m_steps],
+                              [None if c is None else _rows(c, rows) for c in cache.e_steps],
+                              cache.out_activations[rows])
         dvotes[rows], dinputs[rows], *betas[first] = em_routing.em_routing_backward(
             (dposes[rows], dactivations[rows]), part)
 

@@ -322,3 +322,11 @@ class EMCapsNet(Network):
     def predict(self, x):
         """Class-capsule activations (B, n_classes): the network's confidence in each class."""
         return self._capsules(self._as_input(x))[0]
+
+    def class_capsules(self, x):
+        """The class activations (B, n_classes) and the class capsules' routing cache (a
+        minicaps.ops.em_routing.EMRoutingCache: each kept M-step's votes, assignments and
+        input activations); CapsNet.class_capsules' counterpart."""
+        activations, caches = self._capsules(self._as_input(x))
+        _, routing_cache, _ = caches[-1]
+        return activations, routing_cache

@@ -43,6 +43,7 @@ a (B, P, I) array that are the same child seen from several parent positions
 initial uniform R then run over every parent that sees the child, as the paper's do.
 """
 import math
+from typing import NamedTuple
 
 from ..backend import get_array_module
 
@@ -50,6 +51,39 @@ EM_GRADS = ("full", "last")
 VARIANCE_FLOOR = 1e-4
 SUPPORT_FLOOR = 1e-8
 LOG_2PI = math.log(2 * math.pi)
+
+
+class MStepCache(NamedTuple):
+    """What m_step_forward keeps for backward."""
+    votes: object  # V (B, P, J, I, H)
+    assignments: object  # R (B, P, J, I), as this M-step weighs them
+    activations: object  # a_in (B, P, I)
+    beta_u: object  # (J,)
+    r: object  # R a_in (B, P, J, I)
+    support: object  # S_j (B, P, J)
+    mean: object  # (B, P, J, H)
+    variance: object  # (B, P, J, H)
+    log_sigma: object  # sum_h log sigma_jh (B, P, J)
+    logit: object  # lambda (beta_a - cost) (B, P, J)
+    inverse_temperature: float
+
+
+class EStepCache(NamedTuple):
+    """What e_step_forward keeps for backward."""
+    votes: object  # (B, P, J, I, H)
+    mean: object  # (B, P, J, H)
+    inv: object  # 1 / sigma^2 (B, P, J, H)
+    assignments: object  # the new R (B, P, J, I)
+    children: object  # None, or the overlapping fields' Windows
+
+
+class EMRoutingCache(NamedTuple):
+    """What em_routing_forward keeps: the M-steps' caches (every one for grad="full", the
+    last alone for "last"), the E-steps' (None each for "last": none is read back), and
+    the output activations."""
+    m_steps: list
+    e_steps: list
+    out_activations: object
 
 
 def _same_child(children, op, z):
@@ -93,8 +127,8 @@ def m_step_forward(votes, assignments, activations, beta_u, beta_a, *, inverse_t
     log_sigma = 0.5 * xp.log(variance).sum(axis=-1)  # sum_h log sigma_jh (B, P, J)
     cost = support * (H * beta_u + log_sigma)  # sum_h cost_jh (B, P, J)
     logit = inverse_temperature * (beta_a - cost)
-    cache = (votes, assignments, activations, beta_u, r, support, mean, variance, log_sigma,
-             logit, inverse_temperature)
+    cache = MStepCache(votes, assignments, activations, beta_u, r, support, mean, variance,
+                       log_sigma, logit, inverse_temperature)
     return (mean, variance, log_logistic(logit)), cache
 
 
@@ -152,7 +186,7 @@ def e_step_forward(votes, mean, variance, log_activation, *, children=None):
     shift = _same_child(children, "largest", log_ap.max(axis=2))  # (B, P, I)
     ap = xp.exp(log_ap - shift[:, :, None, :])
     assignments = ap / _same_child(children, "total", ap.sum(axis=2))[:, :, None, :]
-    return assignments, (votes, mean, inv, assignments, children)
+    return assignments, EStepCache(votes, mean, inv, assignments, children)
 
 
 def e_step_backward(dassignments, cache):
@@ -205,7 +239,7 @@ def em_routing_forward(votes, activations, beta_u, beta_a, *, inverse_temperatur
                                                   children=children)
             e_caches.append(e_cache if grad == "full" else None)  # "last": none read back
     out_activations = xp.exp(log_a)
-    return (mean, out_activations), (m_caches, e_caches, out_activations)
+    return (mean, out_activations), EMRoutingCache(m_caches, e_caches, out_activations)
 
 
 def em_routing_backward(dout, cache, paths=None):
@@ -215,7 +249,7 @@ def em_routing_backward(dout, cache, paths=None):
     norm} with t counted from 1: through M-step t's means and variances directly, and
     through E-step t's assignments (the paths "last" cuts)."""
     dposes, dout_activations = dout
-    m_caches, e_caches, out_activations = cache
+    m_caches, e_caches = cache.m_steps, cache.e_steps
     xp = get_array_module(dposes)
 
     def record(kind, t, dvotes):
@@ -223,7 +257,7 @@ def em_routing_backward(dout, cache, paths=None):
             paths[kind, t] = float(xp.linalg.norm(dvotes))
 
     # An M-step's outputs feed its E-step only, and the last M-step's the routing's output.
-    upstream = (dposes, None, dout_activations * out_activations)  # a = exp(log a)
+    upstream = (dposes, None, dout_activations * cache.out_activations)  # a = exp(log a)
     totals = None
     first = len(e_caches) + 1 - len(m_caches)  # the first M-step kept, from 0 ("last": n-1)
     for t in range(len(m_caches) - 1, -1, -1):

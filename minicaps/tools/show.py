@@ -103,15 +103,14 @@ def assignment_map(net, x, iteration=-1):
     smallest (dark) to the largest (bright). An EMCapsNet's counterpart of coupling_map."""
     cfg = net.config
     _check_iteration(iteration, cfg.routing_iters)
-    _, caches = net._capsules(net._as_input(x[None]))
-    m_caches = caches[-1][1][0]  # the class capsules' routing: its M-steps' caches
-    votes, _, activations = m_caches[-1][:3]
+    _, routing_cache = net.class_capsules(x[None])
+    last = routing_cache.m_steps[-1]
     # Routed again, keeping every iteration's assignments: with routing_grad "last" the
     # network's own pass keeps only the last M-step's.
-    _, (m_caches, _, _) = em_routing_forward(
-        votes, activations, net.params["class.beta_u"], net.params["class.beta_a"],
+    _, routing_cache = em_routing_forward(
+        last.votes, last.activations, net.params["class.beta_u"], net.params["class.beta_a"],
         inverse_temperatures=cfg.inverse_temperatures(), grad="full")
-    r = to_host(m_caches[iteration][1][0, 0])  # (J, I), child i = (row, column, type)
+    r = to_host(routing_cache.m_steps[iteration].assignments[0, 0])  # (J, I), i = (y, x, type)
     gh, gw = cfg.grids[-1]
     return _tile_rows(r.reshape(len(r), gh, gw, cfg.types[-1]).transpose(0, 3, 1, 2))
 
