@@ -10,6 +10,9 @@
     minicaps evaluate runs/tvlogos-de/best.npz --data /tmp/logo-shift
     python examples/logo_shift.py score runs/tvlogos-de/best.npz /tmp/logo-shift
     python examples/logo_shift.py score runs/heldout/best.npz /tmp/logo-heldout/heldout
+    # the frame decision at other thresholds than the checkpoint's
+    python examples/logo_shift.py score runs/tvlogos-de/best.npz /tmp/logo-shift \
+        --thresholds 0.1,0.2,0.3,0.4,0.5
 
 `score --json FILE` also writes the scores for a study's tables.
 """
@@ -48,23 +51,33 @@ def score(args):
     for path in args.checkpoints:
         ckpt = checkpoint.load(path)
         net = build_net(ckpt.model_config, ckpt.scored_params)
-        by_part, by_class, classes, ev = logo_shift.score_parts(
-            net, ckpt, args.folder, stored_threshold(ckpt.history))
-        right = sum(r for r, _ in by_part.values())
-        total = sum(n for _, n in by_part.values())
-        print(f"{path} on {args.folder}: {right / total:.2%} of {total} frames")
-        for part, (r, n) in by_part.items():
-            low = sorted((r2 / n2, c, r2, n2) for (p, c), (r2, n2) in by_class.items()
-                         if p == part and r2 < n2)[:3]
-            lows = ", ".join(f"{c} {r2}/{n2}" for _, c, r2, n2 in low)
-            print(f"  {part:<13} {r / n:7.2%} ({r}/{n}){'  lowest: ' + lows if lows else ''}")
-        results[path] = {"overall": [right, total], "parts": by_part,
-                         "classes": {f"{p}/{c}": v for (p, c), v in by_class.items()},
-                         "confusion": ev.confusion(len(classes), frames=True).tolist(),
-                         "class_names": classes}
+        ds, parts, lengths = logo_shift.stand_in_lengths(net, ckpt, args.folder)
+        for threshold in args.thresholds or [stored_threshold(ckpt.history)]:
+            by_part, by_class, ev = logo_shift.tally(ds, parts, lengths, threshold)
+            right = sum(r for r, _ in by_part.values())
+            total = sum(n for _, n in by_part.values())
+            print(f"{path} on {args.folder} at threshold {threshold:g}: "
+                  f"{right / total:.2%} of {total} frames")
+            for part, (r, n) in by_part.items():
+                low = sorted((r2 / n2, c, r2, n2) for (p, c), (r2, n2) in by_class.items()
+                             if p == part and r2 < n2)[:3]
+                lows = ", ".join(f"{c} {r2}/{n2}" for _, c, r2, n2 in low)
+                print(f"  {part:<13} {r / n:7.2%} ({r}/{n}){'  lowest: ' + lows if lows else ''}")
+            key = path if not args.thresholds else f"{path}@{threshold:g}"
+            results[key] = {"threshold": threshold, "overall": [right, total], "parts": by_part,
+                            "classes": {f"{p}/{c}": v for (p, c), v in by_class.items()},
+                            "confusion": ev.confusion(len(ds.classes), frames=True).tolist(),
+                            "class_names": ds.classes}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
+
+
+def thresholds(text):
+    values = [float(t) for t in text.split(",")]
+    if not all(0 < t < 1 for t in values):
+        raise argparse.ArgumentTypeError(f"thresholds must lie in (0, 1): {text}")
+    return values
 
 
 def main():
@@ -85,6 +98,9 @@ def main():
     p = sub.add_parser("score", help="frame accuracy of checkpoints, whole and per part")
     p.add_argument("checkpoints", nargs="+")
     p.add_argument("folder", help="a stand-in folder (or any R&S folder)")
+    p.add_argument("--thresholds", type=thresholds,
+                   help="frame thresholds to decide at, comma-separated (default: the "
+                        "checkpoint's, chosen on its validation frames); the network runs once")
     p.add_argument("--json", help="also write the scores here")
     p.set_defaults(run=score)
     args = parser.parse_args()

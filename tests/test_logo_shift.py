@@ -155,6 +155,13 @@ def test_the_stand_in_is_written_in_the_layout_and_scored_by_part(root, tmp_path
     assert {p: n for p, (_, n) in by_part.items()} == counts
     assert sum(r for r, _ in by_part.values()) == int(np.sum(ev.frame_pred == ev.frame_y))
     assert by_class[("overlay", "nologo")][1] == 8 and by_class[("badge", "a")][1] == 3
+    # Decided again from the same lengths: at threshold 1 (no capsule is that long) every
+    # frame is nologo, right on the overlays alone.
+    ds, parts, lengths = logo_shift.stand_in_lengths(net, ckpt, out)
+    np.testing.assert_array_equal(lengths, ev.lengths)
+    by_part, _, _ = logo_shift.tally(ds, parts, lengths, 1.0)
+    assert {p: r for p, (r, _) in by_part.items()} == {p: n if p == "overlay" else 0
+                                                       for p, n in counts.items()}
 
 
 def test_a_rendering_held_out_of_training(tmp_path):

@@ -28,6 +28,7 @@ from PIL import Image
 
 from ..data.rs_index import NOLOGO, read_index
 from ..errors import MinicapsError
+from ..training.frames import frame_decision, nologo_index
 from .logo_edits import RECOLOURS, add_badge, add_overlay, move_logo, recolour
 from .logo_masks import logo_frames, logo_mask, read_frame, rendering_masks
 
@@ -120,23 +121,39 @@ def part_of(path, root):
     return name.rsplit("-", 1)[0] if name[-1:].isdigit() else name
 
 
-def score_parts(net, ckpt, folder, threshold, batch_size=256):
-    """{part: (right, frames)}, {(part, class): (right, frames)} and the classes, for the
-    checkpoint's network on a stand-in folder (or any R&S folder: its folders' names
-    make the parts)."""
-    from ..training.evaluate import checkpoint_data, evaluate
+def stand_in_lengths(net, ckpt, folder, batch_size=256):
+    """The checkpoint's network run once over a stand-in folder (or any R&S folder: its
+    folders' names make the parts): its data, each frame's part, every corner's class
+    lengths (N, J); `tally` decides and counts the frames at any threshold."""
+    from ..training.evaluate import checkpoint_data, class_lengths
     ds = checkpoint_data(ckpt, "checkpoint", str(folder))
     frames, _ = read_index(folder, unsplit="test")
     tested = [f for f in frames if f.split == "test"]
     if len(tested) != len(ds.test_frame_y):
         raise MinicapsError(f"{folder}: {len(tested) - len(ds.test_frame_y)} frames unreadable")
-    ev = evaluate(net, ds.test_x, ds.test_y, batch_size=batch_size, frame=ds.test_frame,
-                  frame_y=ds.test_frame_y, classes=ds.classes, threshold=threshold)
-    parts = [part_of(f.path, folder) for f in tested]
+    lengths = class_lengths(net, ds.test_x, batch_size=batch_size, n_classes=len(ds.classes))
+    return ds, [part_of(f.path, folder) for f in tested], lengths
+
+
+def tally(ds, parts, lengths, threshold):
+    """{part: (right, frames)}, {(part, class): (right, frames)} and the frames'
+    Evaluation, each frame decided at `threshold` from stand_in_lengths' lengths."""
+    from ..training.evaluate import Evaluation
+    ids, frame_pred = frame_decision(lengths, ds.test_frame, nologo_index(ds.classes),
+                                     threshold)
+    ev = Evaluation(y=ds.test_y, pred=lengths.argmax(axis=1), lengths=lengths,
+                    frame_y=ds.test_frame_y[ids], frame_pred=frame_pred)
     by_part, by_class = defaultdict(lambda: [0, 0]), defaultdict(lambda: [0, 0])
-    ids = np.unique(ds.test_frame)  # frame_decision's order: frame ids ascending
-    for i, y, pred in zip(ids, ev.frame_y, ev.frame_pred):
+    for i, y, pred in zip(ids, ev.frame_y, ev.frame_pred):  # frame ids ascending
         for key, table in ((parts[i], by_part), ((parts[i], ds.classes[y]), by_class)):
             table[key][0] += int(y == pred)
             table[key][1] += 1
-    return dict(by_part), dict(by_class), ds.classes, ev
+    return dict(by_part), dict(by_class), ev
+
+
+def score_parts(net, ckpt, folder, threshold, batch_size=256):
+    """tally's scores at `threshold` and the classes, for the checkpoint's network on a
+    stand-in folder."""
+    ds, parts, lengths = stand_in_lengths(net, ckpt, folder, batch_size)
+    by_part, by_class, ev = tally(ds, parts, lengths, threshold)
+    return by_part, by_class, ds.classes, ev
