@@ -28,7 +28,6 @@ from PIL import Image
 
 from ..data.rs_index import NOLOGO, read_index
 from ..errors import MinicapsError
-from ..training.frames import frame_decision, nologo_index
 from .logo_edits import RECOLOURS, add_badge, add_overlay, move_logo, recolour
 from .logo_masks import logo_frames, logo_mask, read_frame, rendering_masks
 
@@ -138,13 +137,12 @@ def stand_in_lengths(net, ckpt, folder, batch_size=256):
 def tally(ds, parts, lengths, threshold):
     """{part: (right, frames)}, {(part, class): (right, frames)} and the frames'
     Evaluation, each frame decided at `threshold` from stand_in_lengths' lengths."""
-    from ..training.evaluate import Evaluation
-    ids, frame_pred = frame_decision(lengths, ds.test_frame, nologo_index(ds.classes),
-                                     threshold)
-    ev = Evaluation(y=ds.test_y, pred=lengths.argmax(axis=1), lengths=lengths,
-                    frame_y=ds.test_frame_y[ids], frame_pred=frame_pred)
+    from ..training.evaluate import evaluation_of
+    ev = evaluation_of(lengths, ds.test_y, frame=ds.test_frame, frame_y=ds.test_frame_y,
+                       classes=ds.classes, threshold=threshold)
+    ids = np.unique(ds.test_frame)  # frame_decision's order: frame ids ascending
     by_part, by_class = defaultdict(lambda: [0, 0]), defaultdict(lambda: [0, 0])
-    for i, y, pred in zip(ids, ev.frame_y, ev.frame_pred):  # frame ids ascending
+    for i, y, pred in zip(ids, ev.frame_y, ev.frame_pred):
         for key, table in ((parts[i], by_part), ((parts[i], ds.classes[y]), by_class)):
             table[key][0] += int(y == pred)
             table[key][1] += 1

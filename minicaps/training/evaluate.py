@@ -65,6 +65,13 @@ def evaluate(net, x, y, *, batch_size=256, frame=None, frame_y=None, classes=Non
     `threshold`; the no-logo class is the one named "nologo" in `classes`."""
     lengths = class_lengths(net, x, batch_size=batch_size,
                             n_classes=None if classes is None else len(classes))
+    return evaluation_of(lengths, y, frame=frame, frame_y=frame_y, classes=classes,
+                         threshold=threshold)
+
+
+def evaluation_of(lengths, y, *, frame=None, frame_y=None, classes=None, threshold=PRESENT):
+    """evaluate's scores from class lengths (N, J) already computed, e.g. to decide the
+    same frames at several thresholds without running the network again."""
     ev = Evaluation(y=np.asarray(y), pred=lengths.argmax(axis=1), lengths=lengths)
     if frame is not None and frame_y is not None:
         ids, ev.frame_pred = frame_decision(lengths, np.asarray(frame),
