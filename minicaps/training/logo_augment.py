@@ -1,11 +1,11 @@
 """Augmentations of logo corners that take away cues a channel's other renderings do not
-share (issue 20): the logo's colours, and what stands beside it.
+share (issue 20): the logo's colours, its parts, and what stands beside it.
 
 A network trained on tvlogos-de learnt renderings, colour included: a blue "WDR HD" where
 training showed a white "WDR" with a red slash went to other channels, and programme
 titles in a corner were taken for logos. Here a training corner's logo gets other colours
 (its own pixels found inside its box, not the whole box, so that no rectangle marks it),
-text is drawn beside logos as broadcasters add "HD" or a region, and text and bars are
+or loses one end of it to the photograph, text is drawn beside logos as broadcasters add "HD" or a region, and text and bars are
 drawn into corners without a logo, as programmes do, so that text alone never says logo.
 
 Like augment.py: uint8 batches (B, C, H, W) on the host, every random choice drawn from
