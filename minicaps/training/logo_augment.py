@@ -4,9 +4,10 @@ share (issue 20): the logo's colours, its parts, and what stands beside it.
 A network trained on tvlogos-de learnt renderings, colour included: a blue "WDR HD" where
 training showed a white "WDR" with a red slash went to other channels, and programme
 titles in a corner were taken for logos. Here a training corner's logo gets other colours
-(its own pixels found inside its box, not the whole box, so that no rectangle marks it),
-or loses one end of it to the photograph, text is drawn beside logos as broadcasters add "HD" or a region, and text and bars are
-drawn into corners without a logo, as programmes do, so that text alone never says logo.
+(its own pixels found inside its box, not the whole box, so that no rectangle marks it)
+or loses one end of it to the photograph; text is drawn beside logos as broadcasters add
+"HD" or a region, and text and bars are drawn into corners without a logo, as programmes
+do, so that text alone never says logo.
 
 Like augment.py: uint8 batches (B, C, H, W) on the host, every random choice drawn from
 the generator given, in a fixed order. Text is drawn in Pillow's own font (the stand-in
