@@ -9,8 +9,8 @@ import pytest
 from minicaps.errors import MinicapsError
 from minicaps.training import checkpoint, loop as train
 from minicaps.training.augment import swap_backgrounds
-from minicaps.training.logo_augment import (beside, draw_text, erase_logo_parts, logo_mask,
-                                            recolour_logos, text_distractors, text_extent)
+from minicaps.training.logo_augment import (beside, draw_text, logo_mask, recolour_logos,
+                                            text_distractors, text_extent)
 
 from test_train import _run, synthetic_logos
 
@@ -50,25 +50,6 @@ def test_recolouring_changes_logo_pixels_only():
     assert grey.shape == (3, 1, 24, 48)  # one-channel images: inversion or one brightness
 
 
-def test_erasing_takes_one_end_of_the_logo_back_to_the_photograph():
-    x, box = crops(40)
-    out = erase_logo_parts(x, box, 1.0, np.random.default_rng(2))
-    changed = np.abs(out.astype(int) - x).max(axis=1) > 0  # (B, H, W)
-    inside = np.zeros(x.shape[2:], bool)
-    inside[4:12, 6:22] = True
-    assert not changed[:, ~inside].any() and not changed[20:].any()
-    columns = changed[:20].any(axis=1)[:, 6:22]  # (20, 16): the box is wider than tall
-    erased = columns.sum(axis=1)
-    assert (erased >= 3).all() and (erased <= 7).all()  # 20-40 % of 16 columns
-    assert (columns[:, 0] | columns[:, -1]).all()  # at one end
-    assert columns[:, 0].any() and columns[:, -1].any()  # both ends occur
-    # an erased column is back near the photograph: the ramp, not the red bar
-    b, col = np.argwhere(columns)[0]
-    ramp = x[-1, :, 4:12, 6 + col].astype(int)
-    assert np.abs(out[b, :, 4:12, 6 + col].astype(int) - ramp).max() < 20
-    assert np.array_equal(out, erase_logo_parts(x, box, 1.0, np.random.default_rng(2)))
-
-
 def test_text_never_covers_the_logo_and_goes_anywhere_without_one():
     x, box = crops(40)
     out = text_distractors(x, box, 1.0, np.random.default_rng(1))
@@ -102,7 +83,7 @@ def test_the_swap_shrinks_logos_about_their_centre_and_replays_without_it():
 
 
 def test_a_run_with_them_resumes_bit_for_bit(tmp_path):
-    kw = dict(shift=1, background_swap=0.5, logo_scale=0.6, logo_recolour=0.5, logo_erase=0.5,
+    kw = dict(shift=1, background_swap=0.5, logo_scale=0.6, logo_recolour=0.5,
               text_distractors=0.5)
     _run(tmp_path / "straight", 2, synthetic_logos(), **kw)
     _run(tmp_path / "split", 1, synthetic_logos(), **kw)

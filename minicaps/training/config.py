@@ -108,10 +108,6 @@ class TrainConfig:
         0.0, "R&S layout: fraction of logo corners whose logo pixels (found inside its box) "
              "get other colours: hue turned, inverted, grey or one colour.",
         minimum=0, maximum=1)
-    logo_erase: float = setting(
-        0.0, "R&S layout: fraction of logo corners whose logo loses one end (20-40 % of its "
-             "length, filled with the photograph guessed around it): renderings that add or "
-             "drop parts.", minimum=0, maximum=1)
     text_distractors: float = setting(
         0.0, "R&S layout: fraction of training corners given random text: beside the logo "
              "(as an \"HD\" or a region), or anywhere in a corner without one (as a "

@@ -1,13 +1,12 @@
 """Augmentations of logo corners that take away cues a channel's other renderings do not
-share (issue 20): the logo's colours, its parts, and what stands beside it.
+share (issue 20): the logo's colours, and what stands beside it.
 
 A network trained on tvlogos-de learnt renderings, colour included: a blue "WDR HD" where
 training showed a white "WDR" with a red slash went to other channels, and programme
 titles in a corner were taken for logos. Here a training corner's logo gets other colours
-(its own pixels found inside its box, not the whole box, so that no rectangle marks it)
-or loses one end of it to the photograph; text is drawn beside logos as broadcasters add
-"HD" or a region, and text and bars are drawn into corners without a logo, as programmes
-do, so that text alone never says logo.
+(its own pixels found inside its box, not the whole box, so that no rectangle marks it),
+text is drawn beside logos as broadcasters add "HD" or a region, and text and bars are
+drawn into corners without a logo, as programmes do, so that text alone never says logo.
 
 Like augment.py: uint8 batches (B, C, H, W) on the host, every random choice drawn from
 the generator given, in a fixed order. Text is drawn in Pillow's own font (the stand-in
@@ -29,10 +28,11 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 SUPERSAMPLE = 2
 
 
-def rim_guess(image, box, rim=2):
-    """(C, h, w): the photograph behind `box` = (y0, x0, y1, x1) of `image` (C, H, W),
-    guessed by interpolating the mean of the `rim` rows and columns just outside the box
-    (its own edge where the box meets the image's), as float32."""
+def rim_distance(image, box, rim=2):
+    """(h, w) colour distance of each pixel in `box` = (y0, x0, y1, x1) of `image`
+    (C, H, W) from the photograph behind it, guessed by interpolating the mean of the
+    `rim` rows and columns just outside the box (its own edge where the box meets the
+    image's)."""
     y0, x0, y1, x1 = box
     im = image.astype(np.float32)
     C, H, W = im.shape
@@ -43,16 +43,9 @@ def rim_guess(image, box, rim=2):
     bottom = im[:, y1:y1 + rim, x0:x1].mean(axis=1) if y1 < H else inner[:, -1]
     u = np.linspace(0, 1, x1 - x0, dtype=np.float32)[None, None, :]
     v = np.linspace(0, 1, y1 - y0, dtype=np.float32)[None, :, None]
-    return (left[:, :, None] * (1 - u) + right[:, :, None] * u
-            + top[:, None, :] * (1 - v) + bottom[:, None, :] * v) / 2
-
-
-def rim_distance(image, box, rim=2):
-    """(h, w) colour distance of each pixel in `box` = (y0, x0, y1, x1) of `image`
-    (C, H, W) from the photograph behind it (rim_guess)."""
-    y0, x0, y1, x1 = box
-    inner = image[:, y0:y1, x0:x1].astype(np.float32)
-    return np.sqrt(((inner - rim_guess(image, box, rim)) ** 2).sum(axis=0))
+    behind = (left[:, :, None] * (1 - u) + right[:, :, None] * u
+              + top[:, None, :] * (1 - v) + bottom[:, None, :] * v) / 2  # (C, h, w)
+    return np.sqrt(((inner - behind) ** 2).sum(axis=0))
 
 
 def ramp(distance):
@@ -100,31 +93,6 @@ def recolour_logos(x, box, p, rng):
             new = colours[b, :len(logo), None, None] * shade
         m = logo_mask(x[b], box[b])
         out[b, :, y0:y1, x0:x1] = np.clip(np.rint(logo * (1 - m) + new * m), 0, 255)
-    return out
-
-
-def erase_logo_parts(x, box, p, rng):
-    """A fraction p of the images that show a logo (box[b] = (y0, x0, y1, x1); -1s where
-    none) lose one end of it: in a strip of 20-40 % of the box's longer side, at its start
-    or its end, the logo's pixels (logo_mask) are replaced by the photograph guessed from
-    the box's rim. Renderings of a channel add and drop parts (an "HD", a region's name, a
-    disc around the mark); naming the channel from what is left asks for the mark's parts,
-    not the whole of one rendering."""
-    chosen = (rng.random(len(x)) < p) & (box[:, 0] >= 0)
-    fractions = rng.uniform(0.2, 0.4, size=len(x))
-    at_end = rng.random(len(x)) < 0.5
-    out = x.copy()
-    for b in np.flatnonzero(chosen):
-        y0, x0, y1, x1 = box[b]
-        h, w = y1 - y0, x1 - x0
-        n = max(int(round(fractions[b] * max(h, w))), 1)
-        strip = slice(max(h, w) - n, None) if at_end[b] else slice(0, n)
-        erase = np.zeros((h, w), np.float32)
-        where = (slice(None), strip) if w >= h else (strip, slice(None))
-        erase[where] = logo_mask(x[b], box[b])[where]
-        logo = x[b, :, y0:y1, x0:x1].astype(np.float32)
-        new = logo * (1 - erase) + rim_guess(x[b], box[b]) * erase
-        out[b, :, y0:y1, x0:x1] = np.clip(np.rint(new), 0, 255)
     return out
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import checkpoint, distributed
 from .augment import augment, swap_backgrounds
-from .logo_augment import erase_logo_parts, recolour_logos, text_distractors
+from .logo_augment import recolour_logos, text_distractors
 from ..backend import get_array_module, to_host
 from ..data import detect_layout, load_dataset
 from ..errors import MinicapsError
@@ -161,8 +161,6 @@ def train_epoch(net, opt, train, config, rng, progress, epoch, nologo, n_classes
         xb = train.x[idx]
         if config.logo_recolour:
             xb = recolour_logos(xb, train.box[idx], config.logo_recolour, rng)
-        if config.logo_erase:
-            xb = erase_logo_parts(xb, train.box[idx], config.logo_erase, rng)
         if config.background_swap:
             xb = swap_backgrounds(xb, train.box[idx], train.x, empty, box_pool,
                                   config.background_swap, rng, config.logo_scale)
@@ -257,8 +255,7 @@ def _run_in(world, config, progress, dataset, resume):
     train, val, test = split_validation(ds, config.val_fraction, config.seed)
     if not len(train.y):
         raise MinicapsError("no training examples left after the validation split")
-    if (config.background_swap or config.logo_recolour or config.logo_erase
-            or config.text_distractors):
+    if config.background_swap or config.logo_recolour or config.text_distractors:
         train.swap_sources()  # refused before anything is built
     nologo = ds.classes.index(frames.NOLOGO) if frames.NOLOGO in ds.classes else None
     n_epoch = epoch_size(train.y, nologo, config.nologo_ratio)
