@@ -140,9 +140,8 @@ def tally(ds, parts, lengths, threshold):
     from ..training.evaluate import evaluation_of
     ev = evaluation_of(lengths, ds.test_y, frame=ds.test_frame, frame_y=ds.test_frame_y,
                        classes=ds.classes, threshold=threshold)
-    ids = np.unique(ds.test_frame)  # frame_decision's order: frame ids ascending
     by_part, by_class = defaultdict(lambda: [0, 0]), defaultdict(lambda: [0, 0])
-    for i, y, pred in zip(ids, ev.frame_y, ev.frame_pred):
+    for i, y, pred in zip(ev.frame_ids, ev.frame_y, ev.frame_pred):
         for key, table in ((parts[i], by_part), ((parts[i], ds.classes[y]), by_class)):
             table[key][0] += int(y == pred)
             table[key][1] += 1

@@ -39,6 +39,7 @@ class Evaluation:
     lengths: np.ndarray  # (N, J)
     frame_y: np.ndarray = None  # (F,) true frame labels of the frames present
     frame_pred: np.ndarray = None  # (F,)
+    frame_ids: np.ndarray = None  # (F,) which frames those are, ascending
 
     @property
     def accuracy(self):
@@ -74,9 +75,9 @@ def evaluation_of(lengths, y, *, frame=None, frame_y=None, classes=None, thresho
     same frames at several thresholds without running the network again."""
     ev = Evaluation(y=np.asarray(y), pred=lengths.argmax(axis=1), lengths=lengths)
     if frame is not None and frame_y is not None:
-        ids, ev.frame_pred = frame_decision(lengths, np.asarray(frame),
-                                            nologo_index(classes or []), threshold)
-        ev.frame_y = np.asarray(frame_y)[ids]
+        ev.frame_ids, ev.frame_pred = frame_decision(lengths, np.asarray(frame),
+                                                     nologo_index(classes or []), threshold)
+        ev.frame_y = np.asarray(frame_y)[ev.frame_ids]
     return ev
 
 
