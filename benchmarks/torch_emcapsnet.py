@@ -97,8 +97,13 @@ class TorchEMCapsNet:
     def _class_caps(self, poses, acts):
         cfg, p = self.config, self.params
         B, gh, gw, T, _ = poses.shape
-        votes = torch.einsum("bghtxy,tjyz->bjghtxz", poses.reshape(B, gh, gw, T, 4, 4),
-                             p["class.w"])  # (B, J, gh, gw, T, 4, 4)
+        w = p["class.w"]
+        if not cfg.share_class_transforms:  # each capsule's own
+            w = w.reshape(gh, gw, T, cfg.n_classes, 4, 4)
+        else:
+            w = w[None, None].expand(gh, gw, *w.shape)
+        votes = torch.einsum("bghtxy,ghtjyz->bjghtxz", poses.reshape(B, gh, gw, T, 4, 4),
+                             w)  # (B, J, gh, gw, T, 4, 4)
         if cfg.coordinate_addition:
             rows, cols = (torch.tensor(c, dtype=votes.dtype, device=votes.device)
                           for c in cfg.class_coordinates())

@@ -43,6 +43,7 @@ def smallest_variance(net, x):
 EM_CASES = {
     "one capsule layer": {},
     "no coordinate addition": dict(coordinate_addition=False),
+    "own class transforms": dict(share_class_transforms=False),
     # With three iterations this net's first layer routes some parent's whole weight to one
     # child (the variance falls to the floor); two keep it well above.
     "two capsule layers, stride 1 then 2": dict(in_shape=(1, 12, 12), caps_types=(3, 2),
@@ -94,6 +95,21 @@ def test_default_network_is_the_papers_small_one():
     options = {f.name for f in declared(EMCapsNetConfig)}
     internal = {"input_mean", "input_std", "dtype"}  # set by training, not options
     assert options == {f.name for f in dataclasses.fields(EMCapsNetConfig)} - internal
+
+
+def test_own_class_transforms_that_are_all_equal_are_the_shared_ones():
+    """Each capsule of the last grid with its own class transform, every position given its
+    type's shared one: the same activations; changing one position's changes them."""
+    shared = small_em_net()
+    own = small_em_net(share_class_transforms=False)
+    (gh, gw), T = shared.config.grids[-1], shared.config.types[-1]
+    assert own.params["class.w"].shape == (gh * gw * T, *shared.params["class.w"].shape[1:])
+    own.params.update({k: v for k, v in shared.params.items() if k != "class.w"})
+    own.params["class.w"] = np.tile(shared.params["class.w"], (gh * gw, 1, 1, 1))
+    x, _ = batch(shared)
+    np.testing.assert_allclose(own.predict(x), shared.predict(x), rtol=1e-12)
+    own.params["class.w"][0] += 0.5
+    assert np.abs(own.predict(x) - shared.predict(x)).max() > 1e-6
 
 
 def test_grads_have_the_params_keys_shapes_and_dtype():

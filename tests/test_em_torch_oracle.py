@@ -17,6 +17,7 @@ from torch_emcapsnet import TorchEMCapsNet  # noqa: E402
 
 @pytest.mark.parametrize("fields", [
     {}, {"routing_grad": "last"}, {"coordinate_addition": False},
+    {"share_class_transforms": False},
     {"in_shape": (1, 12, 12), "caps_types": (3, 2), "caps_strides": (1, 2)},
     {"in_shape": (3, 13, 11), "routing_iters": 4, "lambda_first": 0.02, "lambda_last": 0.1},
     # Two iterations: with three, this net routes some parent onto a single child, its

@@ -5,15 +5,16 @@ pass written out, over one dict of parameters.
     -> conv1 K x K, stride, ReLU               (B, A, g0, g0)
     -> primary capsules, 1x1                   poses (B, g0, g0, T0, 16), activations
     -> convolutional capsules, EM routing      (B, g1, g1, T1, 16), one layer per caps_types
-    -> class capsules: votes through transforms shared over positions, coordinate
-       addition, EM routing                    activations (B, n_classes)
+    -> class capsules: votes through transforms shared over positions (or each
+       capsule's own), coordinate addition, EM routing    activations (B, n_classes)
     -> spread loss, its margin growing from margin_start to margin_end over training
 
 The defaults are the paper's small network for MNIST (A=64, B=8, C=D=16: 68K parameters).
 The backward pass is the forward pass read in reverse (minicaps.ops.em_routing for the
 routing's). Parameters: conv weights (in, kh, kw, out) as CapsNet's; a capsule layer's
 transforms (types in, types out, 4, 4), a convolutional layer's types in being a field's
-(row, column, type) flattened, and beta_u, beta_a (types out,).
+(row, column, type) flattened (and the class layer's, with its own transforms, the last
+grid's (row, column, type)), and beta_u, beta_a (types out,).
 
 The spread loss's margin depends on how far training has got, which the network does not
 know: the trainer tells it with set_training_progress(fraction) before each step (until it
@@ -72,6 +73,12 @@ class EMCapsNetConfig(NetworkConfig):
                                       "between).", minimum=0, min_open=True)
     coordinate_addition: bool = option(True, "Add each class vote's scaled receptive-field "
                                              "centre to its pose's right-hand column.")
+    # Own transforms: what the dynamic-routing logo network needed (docs/studies/logos.md):
+    # a small logo's few capsules, among hundreds of background ones, vote through
+    # transforms of their own positions.
+    share_class_transforms: bool = option(
+        True, "One class transform per capsule type of the last grid, shared by its "
+              "positions (the paper's), or one per capsule.")
     margin_start: float = option(0.2, "The spread loss's margin at the start of training.",
                                  minimum=0, maximum=1)
     margin_end: float = option(0.9, "The spread loss's margin at the end of training.",
@@ -146,7 +153,9 @@ class EMCapsNetConfig(NetworkConfig):
                   "primary.b": (B * (H + 1),)}
         layers = [(f"convcaps{n + 1}", K * K * t_in, t_out) for n, (t_in, t_out)
                   in enumerate(zip(self.types[:-1], self.types[1:]))]
-        layers.append(("class", self.types[-1], self.n_classes))
+        gh, gw = self.grids[-1]
+        class_in = self.types[-1] * (1 if self.share_class_transforms else gh * gw)
+        layers.append(("class", class_in, self.n_classes))
         for name, t_in, t_out in layers:
             shapes[f"{name}.w"] = (t_in, t_out, POSE, POSE)
             shapes[f"{name}.beta_u"] = (t_out,)
@@ -241,7 +250,9 @@ class EMCapsNet(Network):
 
     def _class_caps(self, poses, activations):
         """Class capsules: every capsule of the last grid votes for every class through
-        its type's transform; activations (B, n_classes)."""
+        its type's transform (or its own: votes_forward shares a transform over the
+        positions that the transforms' first axis does not count); activations
+        (B, n_classes)."""
         cfg = self.config
         B, gh, gw, T, _ = poses.shape
         votes, votes_cache = votes_forward(poses.reshape(B, 1, gh * gw * T, H),

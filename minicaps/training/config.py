@@ -34,13 +34,15 @@ def setting(default, help, **cli):
     return field(default=UNSET, metadata=declaration(default, help, **cli))
 
 
-def network_option(kinds, name):
+def network_option(kinds, name, flag=None):
     """A TrainConfig option that is the option `name` of the networks of `kinds` (one kind
-    or several, nets/kinds.py), as their config declares it. The help of an option of one
-    kind other than the capsule network's names that kind ("CNN: ...")."""
+    or several, nets/kinds.py), as their config declares it, under `flag` where the
+    command line's --name/--no-name would read badly. The help of an option of one kind
+    other than the capsule network's names that kind ("CNN: ...")."""
     kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
     source = next(f for f in dataclasses.fields(KINDS[kinds[0]][0]) if f.name == name)
-    meta = dict(source.metadata, kinds=kinds, network_field=name)
+    meta = dict(source.metadata, kinds=kinds, network_field=name,
+                **({"flag": flag} if flag else {}))
     if kinds != ("capsnet",) and len(kinds) == 1:
         text = meta["help"]  # "Kernel size" reads "kernel size"; "A: ...", "EM ..." stay
         lead = text[0].lower() if text[1:2].islower() else text[0]
@@ -161,6 +163,9 @@ class TrainConfig:
     em_lambda_first: float = network_option("em", "lambda_first")
     em_lambda_last: float = network_option("em", "lambda_last")
     em_coordinate_addition: bool = network_option("em", "coordinate_addition")
+    em_share_class_transforms: bool = network_option(
+        "em", "share_class_transforms",
+        flag="--em-share-class-transforms/--em-own-class-transforms")
     em_margin_start: float = network_option("em", "margin_start")
     em_margin_end: float = network_option("em", "margin_end")
     # The crop of R&S frames: the three corners where the challenge's logos are (the two
