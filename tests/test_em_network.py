@@ -108,8 +108,12 @@ def test_own_class_transforms_that_are_all_equal_are_the_shared_ones():
     own.params["class.w"] = np.tile(shared.params["class.w"], (gh * gw, 1, 1, 1))
     x, _ = batch(shared)
     np.testing.assert_allclose(own.predict(x), shared.predict(x), rtol=1e-12)
-    own.params["class.w"][0] += 0.5
-    assert np.abs(own.predict(x) - shared.predict(x)).max() > 1e-6
+    for capsule in (0, len(own.params["class.w"]) - 1):  # the first and last positions'
+        changed = own.params["class.w"].copy()
+        changed[capsule] += 0.5
+        moved = small_em_net(share_class_transforms=False)
+        moved.params.update({**own.params, "class.w": changed})
+        assert np.abs(moved.predict(x) - shared.predict(x)).max() > 1e-6
 
 
 def test_grads_have_the_params_keys_shapes_and_dtype():

@@ -75,11 +75,12 @@ def test_the_swap_shrinks_logos_between_their_centre_and_corner_and_replays_with
     for b in range(3):
         red = np.argwhere((out[b, 0] > 150) & (out[b, 1] < 100))
         assert 0 < len(red) < 8 * 16  # smaller than the box
-        # Within the box, the corner nearest the image's (top left) at most as far as the
-        # centre (7.5, 13.5): its top-left pixel between the box's and the centred one's.
-        assert red.min(axis=0)[0] >= 4 and red.min(axis=0)[1] >= 6
+        # Within the box (4, 6, 12, 22), from centred towards its top left (the image's):
+        # its top-left pixel between the box's and the centred logo's.
+        top_left, h, w = red.min(axis=0), *(red.max(axis=0) - red.min(axis=0) + 1)
+        assert 4 <= top_left[0] <= 4 + (8 - h) // 2 + 1
+        assert 6 <= top_left[1] <= 6 + (16 - w) // 2 + 1
         assert red.max(axis=0)[0] <= 11 and red.max(axis=0)[1] <= 21
-        assert red.mean(axis=0)[0] <= 7.5 + 1 and red.mean(axis=0)[1] <= 13.5 + 1
     plain = swap_backgrounds(x, box, images, empty, box[:3], 1.0, np.random.default_rng(2))
     default = swap_backgrounds(x, box, images, empty, box[:3], 1.0, np.random.default_rng(2),
                                min_scale=1.0)

@@ -149,9 +149,10 @@ def swap_backgrounds(x, box, images, empty, box_pool, p, rng, min_scale=1.0):
     place; an image without a logo instead gets a patch of a background in a box drawn from
     `box_pool` (N, 4), so that the pasted rectangle's edges tell the network nothing about
     whether a logo is there. With `min_scale` < 1 a pasted logo box is first shrunk by a
-    factor drawn from min_scale..1 and placed anywhere from the box's centre to its corner
-    nearest the image's corner: logos smaller than training's, where a channel's smaller
-    logo keeps its margin from the frame's corner as well as where it does not.
+    factor drawn from min_scale..1 and placed on the line from the box's centre to its
+    corner nearest the image's corner (uniformly): logos smaller than training's, where a
+    channel's smaller logo keeps its margin from the frame's corner as well as where it
+    does not. (Always centred, they were missed at the corner: docs/studies/logo_shift.md.)
 
     Why: the logo frames' 150 photographs per channel are few enough to be remembered with
     their logo, and test frames show other photographs."""
