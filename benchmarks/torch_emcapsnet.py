@@ -98,7 +98,7 @@ class TorchEMCapsNet:
         cfg, p = self.config, self.params
         B, gh, gw, T, _ = poses.shape
         w = p["class.w"]
-        if not cfg.share_class_transforms:  # each capsule's own
+        if not cfg.share_class_transforms:  # param_shapes' layout: (row, column, type) first
             w = w.reshape(gh, gw, T, cfg.n_classes, 4, 4)
         else:
             w = w[None, None].expand(gh, gw, *w.shape)
