@@ -104,16 +104,14 @@ def test_own_class_transforms_that_are_all_equal_are_the_shared_ones():
     own = small_em_net(share_class_transforms=False)
     (gh, gw), T = shared.config.grids[-1], shared.config.types[-1]
     assert own.params["class.w"].shape == (gh * gw * T, *shared.params["class.w"].shape[1:])
-    own.params.update({k: v for k, v in shared.params.items() if k != "class.w"})
-    own.params["class.w"] = np.tile(shared.params["class.w"], (gh * gw, 1, 1, 1))
+    tiled = np.tile(shared.params["class.w"], (gh * gw, 1, 1, 1))
+    own.params.update({**shared.params, "class.w": tiled})
     x, _ = batch(shared)
     np.testing.assert_allclose(own.predict(x), shared.predict(x), rtol=1e-12)
-    for capsule in (0, len(own.params["class.w"]) - 1):  # the first and last positions'
-        changed = own.params["class.w"].copy()
-        changed[capsule] += 0.5
-        moved = small_em_net(share_class_transforms=False)
-        moved.params.update({**own.params, "class.w": changed})
-        assert np.abs(moved.predict(x) - shared.predict(x)).max() > 1e-6
+    for capsule in (0, len(tiled) - 1):  # the first and last positions'
+        own.params["class.w"] = tiled.copy()
+        own.params["class.w"][capsule] += 0.5
+        assert np.abs(own.predict(x) - shared.predict(x)).max() > 1e-6
 
 
 def test_grads_have_the_params_keys_shapes_and_dtype():
