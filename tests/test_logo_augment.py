@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from minicaps.errors import MinicapsError
-from minicaps.training import checkpoint, loop as train
+from minicaps.training import augment, checkpoint, loop as train
 from minicaps.training.augment import swap_backgrounds
 from minicaps.training.logo_augment import (beside, draw_text, logo_mask, recolour_logos,
                                             text_distractors, text_extent)
@@ -66,7 +66,7 @@ def test_text_never_covers_the_logo_and_goes_anywhere_without_one():
     assert drawn.dtype == np.uint8 and (drawn != x[-1]).any()
 
 
-def test_the_swap_shrinks_logos_about_their_centre_and_replays_without_it():
+def test_the_swap_shrinks_logos_between_their_centre_and_corner_and_replays_without_it():
     x, box = crops()
     images = np.concatenate([x, np.full((4, 3, 24, 48), 200, np.uint8)])
     empty = np.arange(6, 10)
@@ -75,11 +75,29 @@ def test_the_swap_shrinks_logos_about_their_centre_and_replays_without_it():
     for b in range(3):
         red = np.argwhere((out[b, 0] > 150) & (out[b, 1] < 100))
         assert 0 < len(red) < 8 * 16  # smaller than the box
-        assert abs(red[:, 0].mean() - 7.5) < 1.5 and abs(red[:, 1].mean() - 13.5) < 1.5
+        # Within the box (4, 6, 12, 22), from centred towards its top left (the image's):
+        # its top-left pixel between the box's and the centred logo's.
+        top_left, h, w = red.min(axis=0), *(red.max(axis=0) - red.min(axis=0) + 1)
+        assert 4 <= top_left[0] <= 4 + (8 - h) // 2 + 1
+        assert 6 <= top_left[1] <= 6 + (16 - w) // 2 + 1
+        assert red.max(axis=0)[0] <= 11 and red.max(axis=0)[1] <= 21
     plain = swap_backgrounds(x, box, images, empty, box[:3], 1.0, np.random.default_rng(2))
     default = swap_backgrounds(x, box, images, empty, box[:3], 1.0, np.random.default_rng(2),
                                min_scale=1.0)
     assert np.array_equal(plain, default)
+
+
+@pytest.mark.parametrize("box, flush", [((4, 6, 12, 22), (4, 6)), ((14, 30, 22, 46), (18, 38))])
+def test_a_shrunk_logo_moves_from_the_centre_to_the_corner_nearest_the_images(box, flush):
+    """Halved, the 8x16 box's logo is 4x8: centred at toward 0, flush with the box's corner
+    nearest the image's corner (top left, then bottom right) at 1."""
+    source = np.zeros((3, 24, 48), np.uint8)
+    source[:, box[0]:box[2], box[1]:box[3]] = 200
+    for toward, (y0, x0) in ((0.0, (box[0] + 2, box[1] + 4)), (1.0, flush)):
+        target = np.zeros_like(source)
+        augment._paste_scaled(target, source, box, 0.5, toward)
+        ink = np.argwhere(target[0] > 100)
+        assert tuple(ink.min(axis=0)) == (y0, x0) and tuple(ink.max(axis=0)) == (y0 + 3, x0 + 7)
 
 
 def test_a_run_with_them_resumes_bit_for_bit(tmp_path):

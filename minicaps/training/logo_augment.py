@@ -26,13 +26,16 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 # Text is drawn at this many times the crop's resolution and then scaled down, as a
 # frame's text is by the crop (a downscaled frame's letters are soft, not jagged).
 SUPERSAMPLE = 2
+# A recoloured logo is shown at this opacity or more over the photograph behind it: on air
+# logos are often half transparent, and a logo recoloured towards the photograph's colours
+# stands out less than the renderings training shows.
+MIN_OPACITY = 0.5
 
 
-def rim_distance(image, box, rim=2):
-    """(h, w) colour distance of each pixel in `box` = (y0, x0, y1, x1) of `image`
-    (C, H, W) from the photograph behind it, guessed by interpolating the mean of the
-    `rim` rows and columns just outside the box (its own edge where the box meets the
-    image's)."""
+def photograph_behind(image, box, rim=2):
+    """(C, h, w) guess of the photograph behind `box` = (y0, x0, y1, x1) of `image`
+    (C, H, W): the mean of the `rim` rows and columns just outside each edge (the box's own
+    edge where it meets the image's), interpolated across the box."""
     y0, x0, y1, x1 = box
     im = image.astype(np.float32)
     C, H, W = im.shape
@@ -43,9 +46,16 @@ def rim_distance(image, box, rim=2):
     bottom = im[:, y1:y1 + rim, x0:x1].mean(axis=1) if y1 < H else inner[:, -1]
     u = np.linspace(0, 1, x1 - x0, dtype=np.float32)[None, None, :]
     v = np.linspace(0, 1, y1 - y0, dtype=np.float32)[None, :, None]
-    behind = (left[:, :, None] * (1 - u) + right[:, :, None] * u
-              + top[:, None, :] * (1 - v) + bottom[:, None, :] * v) / 2  # (C, h, w)
-    return np.sqrt(((inner - behind) ** 2).sum(axis=0))
+    return (left[:, :, None] * (1 - u) + right[:, :, None] * u
+            + top[:, None, :] * (1 - v) + bottom[:, None, :] * v) / 2
+
+
+def rim_distance(image, box, rim=2):
+    """(h, w) colour distance of each pixel in `box` = (y0, x0, y1, x1) of `image`
+    (C, H, W) from the photograph guessed behind it (photograph_behind)."""
+    y0, x0, y1, x1 = box
+    inner = image[:, y0:y1, x0:x1].astype(np.float32)
+    return np.sqrt(((inner - photograph_behind(image, box, rim)) ** 2).sum(axis=0))
 
 
 def ramp(distance):
@@ -69,12 +79,13 @@ def recolour_logos(x, box, p, rng):
     """A fraction p of the images that show a logo (box[b] = (y0, x0, y1, x1); -1s where
     none) get its pixels (logo_mask) recoloured, one of four ways drawn per image: hue
     turned by 60-300 degrees, inverted, grey, or one random colour shaded by the logo's
-    own luminance. On one-channel images the colour ways become inversion or a random
-    brightness."""
+    own luminance; then faded towards the photograph behind it (MIN_OPACITY..1). On
+    one-channel images the colour ways become inversion or a random brightness."""
     chosen = (rng.random(len(x)) < p) & (box[:, 0] >= 0)
     kinds = rng.integers(4, size=len(x))
     angles = rng.uniform(60, 300, size=len(x))
     colours = rng.uniform(0, 255, size=(len(x), 3)).astype(np.float32)
+    opacities = rng.uniform(MIN_OPACITY, 1, size=len(x)).astype(np.float32)
     out = x.copy()
     for b in np.flatnonzero(chosen):
         y0, x0, y1, x1 = box[b]
@@ -91,6 +102,8 @@ def recolour_logos(x, box, p, rng):
         else:
             shade = 0.35 + 0.65 * lum / max(float(lum.max()), 1)
             new = colours[b, :len(logo), None, None] * shade
+        behind = photograph_behind(x[b], box[b])
+        new = behind + opacities[b] * (new - behind)
         m = logo_mask(x[b], box[b])
         out[b, :, y0:y1, x0:x1] = np.clip(np.rint(logo * (1 - m) + new * m), 0, 255)
     return out
@@ -112,11 +125,14 @@ def text_extent(text, height):
     return (x1 - x0) / SUPERSAMPLE, (y1 - y0) / SUPERSAMPLE
 
 
-def draw_text(image, text, top, left, height, colour, opacity, bar=None):
+def draw_text(image, text, top, left, height, colour, opacity, bar=None, edge=None):
     """`image` (C, H, W) uint8 with `text` drawn `height` pixels high (its ink) with its
     top left at (top, left), blended at `opacity`; with `bar` = (colour, alpha), on a
-    rectangle a third of the height larger all round. Drawn at SUPERSAMPLE times the
-    resolution and scaled down."""
+    rectangle a third of the height larger all round; with `edge` = (kind, colour), kind
+    "shadow" (a copy of the text in that colour an eighth of its height down and right,
+    under it) or "outline" (a rim of that colour round each letter), as programme titles
+    are drawn to stand out on any picture. Drawn at SUPERSAMPLE times the resolution and
+    scaled down."""
     C, H, W = image.shape
     s = SUPERSAMPLE
     f = _text_font(height)
@@ -128,7 +144,13 @@ def draw_text(image, text, top, left, height, colour, opacity, bar=None):
         pad = max(by1 - by0, 3) // 3
         draw.rectangle((at[0] + bx0 - pad, at[1] + by0 - pad, at[0] + bx1 + pad,
                         at[1] + by1 + pad), fill=(*bar[0], int(255 * bar[1])))
-    draw.text(at, text, font=f, fill=(*colour, int(255 * opacity)))
+    fill, rim = (*colour, int(255 * opacity)), {}
+    if edge is not None and edge[0] == "shadow":
+        d = max(round(height * s / 8), 1)
+        draw.text((at[0] + d, at[1] + d), text, font=f, fill=(*edge[1], int(255 * opacity)))
+    elif edge is not None:
+        rim = dict(stroke_width=max(round(height * s / 10), 1), stroke_fill=(*edge[1], fill[3]))
+    draw.text(at, text, font=f, fill=fill, **rim)
     layer = np.asarray(layer.resize((W, H), Image.LANCZOS), np.float32)  # (H, W, 4)
     alpha = layer[..., 3] / 255
     ink = layer[..., :3] if C == 3 else layer[..., :3].mean(axis=-1, keepdims=True)
@@ -140,6 +162,18 @@ def _word(rng):
     n = rng.integers(2, 10)
     word = "".join(LETTERS[i] for i in rng.integers(len(LETTERS), size=n))
     return word.upper() if rng.random() < 0.5 else word
+
+
+def _title(rng):
+    """One word, or two with a space, as a programme's title or a time."""
+    return _word(rng) if rng.random() < 0.6 else f"{_word(rng)} {_word(rng)}"
+
+
+def _edge(rng):
+    """None, or a shadow or an outline in black or a dark colour (text_distractors)."""
+    kind = rng.integers(3)
+    dark = tuple(int(c) for c in rng.integers(0, 80, size=3))
+    return (None, ("shadow", dark), ("outline", dark))[kind]
 
 
 def _text_colour(rng):
@@ -165,26 +199,27 @@ def beside(box, size, gap, below, shape):
 def text_distractors(x, box, p, rng):
     """A fraction p of the images get text: beside the logo where there is one (right of
     it, left where the image ends, or below it in smaller letters; 30-70 % of its height;
-    never over it), anywhere in an image without one (4-14 pixels high, on a bar two
-    times in five), as broadcasters and programmes put text in a corner. Labels do not
-    change: text beside a logo is still that channel, text alone is still no logo."""
+    never over it), anywhere in an image without one (a word or two, 4-14 pixels high, on
+    a bar two times in five, plain, shadowed or outlined a third of the time each), as
+    broadcasters and programmes put text in a corner. Labels do not change: text beside a
+    logo is still that channel, text alone is still no logo."""
     chosen = rng.random(len(x)) < p
     out = x.copy()
     H, W = x.shape[2:]
     for b in np.flatnonzero(chosen):
-        word, colour, opacity = _word(rng), _text_colour(rng), rng.uniform(0.6, 1.0)
-        bar = None
+        colour, opacity = _text_colour(rng), rng.uniform(0.6, 1.0)
+        bar = edge = None
         if box[b, 0] >= 0:
-            below = rng.random() < 0.3
+            word, below = _word(rng), rng.random() < 0.3
             height = max(4.0, (box[b, 2] - box[b, 0]) * rng.uniform(0.3, 0.45 if below else 0.7))
             at = beside(box[b], text_extent(word, height), int(rng.integers(1, 4)), below, (H, W))
             if at is None:
                 continue
         else:
-            height = rng.uniform(4, 14)
+            word, edge, height = _title(rng), _edge(rng), rng.uniform(4, 14)
             at = (rng.uniform(0, H - 3), rng.uniform(0, W - 6))
             if rng.random() < 0.4:
                 bar = (tuple(int(c) for c in rng.integers(0, 256, size=3)),
                        rng.uniform(0.4, 0.9))
-        out[b] = draw_text(out[b], word, at[0], at[1], height, colour, opacity, bar)
+        out[b] = draw_text(out[b], word, at[0], at[1], height, colour, opacity, bar, edge)
     return out
