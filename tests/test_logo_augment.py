@@ -9,8 +9,9 @@ import pytest
 from minicaps.errors import MinicapsError
 from minicaps.training import augment, checkpoint, loop as train
 from minicaps.training.augment import swap_backgrounds
-from minicaps.training.logo_augment import (beside, draw_text, logo_mask, recolour_logos,
-                                            text_distractors, text_extent)
+from minicaps.training import logo_augment
+from minicaps.training.logo_augment import (beside, draw_text, logo_mask, photograph_behind,
+                                            recolour_logos, text_distractors, text_extent)
 
 from test_train import _run, synthetic_logos
 
@@ -48,6 +49,34 @@ def test_recolouring_changes_logo_pixels_only():
     assert np.array_equal(out, again)
     grey = recolour_logos(x[:3, :1], box[:3], 1.0, np.random.default_rng(0))
     assert grey.shape == (3, 1, 24, 48)  # one-channel images: inversion or one brightness
+
+
+def test_recoloured_logos_fade_towards_the_photograph_behind_them(monkeypatch):
+    x, box = crops()
+    faded = recolour_logos(x, box, 1.0, np.random.default_rng(0)).astype(float)
+    monkeypatch.setattr(logo_augment, "MIN_OPACITY", 1.0)  # the same draws, fully opaque
+    opaque = recolour_logos(x, box, 1.0, np.random.default_rng(0)).astype(float)
+    y0, x0, y1, x1 = box[0]
+    for b in range(3):
+        behind = photograph_behind(x[b], box[b])
+        near = np.abs(faded[b, :, y0:y1, x0:x1] - behind)
+        far = np.abs(opaque[b, :, y0:y1, x0:x1] - behind)
+        assert (near <= far + 1).all()  # never further from it (1: rounding)
+        assert (near < far - 5).any()  # and nearer it, by the opacity drawn for it
+
+
+def test_titles_can_have_a_shadow_or_an_outline():
+    grey = np.full((3, 24, 48), 128, np.uint8)
+    white = (255, 255, 255)
+    plain = draw_text(grey, "TITLE", 6, 4, 10, white, 1.0)
+    assert plain.min() >= 127  # white text on grey: nothing darker
+    for kind in ("shadow", "outline"):
+        edged = draw_text(grey, "TITLE", 6, 4, 10, white, 1.0, edge=(kind, (0, 0, 0)))
+        assert edged.min() < 60 and edged.max() > 200, kind
+    shadow = draw_text(grey, "TITLE", 6, 4, 10, white, 1.0, edge=("shadow", (0, 0, 0)))
+    dark = np.argwhere(shadow[0] < 100).mean(axis=0)
+    light = np.argwhere(plain[0] > 200).mean(axis=0)
+    assert (dark > light).all()  # the shadow lies down and right of the letters
 
 
 def test_text_never_covers_the_logo_and_goes_anywhere_without_one():
