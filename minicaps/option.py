@@ -52,10 +52,12 @@ def flag_of(f):
     return f.metadata.get("flag") or (f"--{name}/--no-{name}" if f.type is bool else f"--{name}")
 
 
-def option_name(config_class, name):
+def option_name(config_class, name, value=True):
     """How the command line and messages call option `name` of `config_class`:
-    "--init-length", "--no-merge-variants"."""
-    return flag_of(next(f for f in declared(config_class) if f.name == name)).split("/")[0]
+    "--init-length", "--merge-variants"; a switch given `value` False by its off spelling,
+    "--no-merge-variants"."""
+    spellings = flag_of(next(f for f in declared(config_class) if f.name == name)).split("/")
+    return spellings[-1] if value is False else spellings[0]
 
 
 def default_of(config_class, name):

@@ -293,6 +293,11 @@ def test_options_of_the_other_kind_of_network_are_refused(tmp_path, args):
     assert_user_error(invoke("train", "--out", tmp_path, *args), "not an option of --model")
 
 
+def test_a_refused_switch_is_named_as_it_was_given(tmp_path):
+    assert_user_error(invoke("train", "--out", tmp_path, "--em-own-class-transforms"),
+                      "--em-own-class-transforms: not an option of --model capsnet")
+
+
 @pytest.mark.parametrize("kind", ["perturbations", "couplings"])
 def test_show_refuses_an_index_outside_the_test_split(run_dir, tmp_path, kind):
     out = tmp_path / "picture.png"

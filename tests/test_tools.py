@@ -67,7 +67,8 @@ def test_an_option_of_another_network_kind_is_refused_by_name():
     for args, refused in [(["plan", "--model", "em", "--conv-channels", "8"], "--conv-channels"),
                           (["plan", "--em-routing-iters", "3"], "--em-routing-iters"),
                           (["bench", "--model", "cnn", "--em-caps-kernel", "5"],
-                           "--em-caps-kernel")]:
+                           "--em-caps-kernel"),
+                          (["plan", "--em-own-class-transforms"], "--em-own-class-transforms")]:
         result = run(*args)
         assert result.exit_code == 1, args
         assert f"{refused}: not an option of --model" in result.output

@@ -11,7 +11,7 @@ from .options import declared_options, network_config, network_options, with_opt
 from ..gradcheck import check_network, network_under_check
 from ..errors import MinicapsError
 from ..nets.kinds import KIND_NAMES, KINDS, build, kind_of
-from ..option import declared
+from ..option import declared, option_name
 from ..tools.plan import available_bytes, plan
 from ..training.config import CAPSULES_ONLY, TrainConfig
 
@@ -43,12 +43,12 @@ def _kind_config(ctx, options):
     model = options.pop("model")
     others = {f.name: options.pop(f.name) for f in _OTHER_KINDS}
     none_capsule = options.pop("none_capsule", False)
-    given = lambda names: [f"--{name.replace('_', '-')}" for name in names  # noqa: E731
-                           if ctx.get_parameter_source(name) ==
-                           click.core.ParameterSource.COMMANDLINE]
-    foreign = given([f.name for f in _OTHER_KINDS if model not in f.metadata["kinds"]]
-                    + ([] if model == "capsnet" else
-                       [name for name in [*options, "none_capsule"] if name not in _SHARED]))
+    values = {**options, **others, "none_capsule": none_capsule}
+    foreign = [option_name(TrainConfig, name, values[name])
+               for name in [f.name for f in _OTHER_KINDS if model not in f.metadata["kinds"]]
+               + ([] if model == "capsnet" else
+                  [name for name in [*options, "none_capsule"] if name not in _SHARED])
+               if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
     if foreign:
         raise MinicapsError(f"{', '.join(foreign)}: not an option of --model {model}")
     if model == "capsnet":

@@ -121,7 +121,7 @@ def train_command(ctx, gpu, resume, **options):
 def _check_model_options(given):
     """Options that shape only other kinds of network are refused rather than ignored."""
     model = given.get("model", default_of(TrainConfig, "model"))
-    foreign = [option_name(TrainConfig, f.name) for f in declared(TrainConfig)
+    foreign = [option_name(TrainConfig, f.name, given[f.name]) for f in declared(TrainConfig)
                if f.name in given and model not in f.metadata.get("kinds", (model,))]
     if foreign:
         raise MinicapsError(f"{', '.join(foreign)}: not an option of --model {model}")
