@@ -104,16 +104,18 @@ class TrainConfig:
         minimum=0, maximum=1)
     logo_scale: float = setting(
         1.0, "R&S layout: a logo the background swap pastes is shrunk by a factor drawn from "
-             "this..1 (1: never): logos smaller than the training frames'.",
+             "this..1 (1: never) and placed between its box's centre and the corner nearest the "
+             "frame's: logos smaller than the training frames'.",
         minimum=0.1, maximum=1)
     logo_recolour: float = setting(
         0.0, "R&S layout: fraction of logo corners whose logo pixels (found inside its box) "
-             "get other colours: hue turned, inverted, grey or one colour.",
+             "get other colours (hue turned, inverted, grey or one colour), faded towards the "
+             "photograph behind them.",
         minimum=0, maximum=1)
     text_distractors: float = setting(
         0.0, "R&S layout: fraction of training corners given random text: beside the logo "
              "(as an \"HD\" or a region), or anywhere in a corner without one (as a "
-             "programme's title); labels unchanged.", minimum=0, maximum=1)
+             "programme's title, plain, shadowed or outlined); labels unchanged.", minimum=0, maximum=1)
     flip: bool = setting(False, "Random horizontal flips (training only).", flag="--flip")
     nologo_ratio: float = setting(
         None, "R&S layout: each epoch shows every logo corner once and this many nologo "
