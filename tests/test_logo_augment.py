@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 from minicaps.errors import MinicapsError
-from minicaps.training import augment, checkpoint, loop as train
+from minicaps.training import augment, checkpoint, logo_augment, loop as train
 from minicaps.training.augment import swap_backgrounds
-from minicaps.training import logo_augment
 from minicaps.training.logo_augment import (beside, draw_text, logo_mask, photograph_behind,
                                             recolour_logos, text_distractors, text_extent)
 
