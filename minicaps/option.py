@@ -54,8 +54,8 @@ def flag_of(f):
 
 def option_name(config_class, name, value=True):
     """How the command line and messages call option `name` of `config_class`:
-    "--init-length", "--merge-variants"; a switch given `value` False by its off spelling,
-    "--no-merge-variants"."""
+    "--init-length", "--em-share-class-transforms"; a switch whose `value` is False by its
+    off spelling, "--em-own-class-transforms"."""
     spellings = flag_of(next(f for f in declared(config_class) if f.name == name)).split("/")
     return spellings[-1] if value is False else spellings[0]
 

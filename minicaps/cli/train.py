@@ -130,7 +130,7 @@ def _check_model_options(given):
 def _check_resume(given, config):
     """--resume takes the stored options: refuse given ones that differ from them."""
     stored = train.stored_config(config.out)
-    differ = [option_name(TrainConfig, name) for name in given
+    differ = [option_name(TrainConfig, name, given[name]) for name in given
               if name not in ("out", "epochs") and getattr(config, name) != getattr(stored, name)]
     if differ:
         raise MinicapsError(f"--resume continues the stored run with its own options, but "

@@ -246,7 +246,8 @@ def model_config(config, dataset):
         kinds = f.metadata.get("kinds", (config.model,))
         if "network_field" not in f.metadata and config.model not in kinds and \
                 getattr(config, f.name) != f.metadata["default"]:
-            raise MinicapsError(f"{option_name(TrainConfig, f.name)} is an option of --model "
+            raise MinicapsError(f"{option_name(TrainConfig, f.name, getattr(config, f.name))} "
+                                f"is an option of --model "
                                 f"{' or '.join(kinds)}, not of {config.model}")
     network = {f.metadata["network_field"]: getattr(config, f.name)
                for f in declared(TrainConfig)

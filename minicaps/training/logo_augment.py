@@ -144,13 +144,15 @@ def draw_text(image, text, top, left, height, colour, opacity, bar=None, edge=No
         pad = max(by1 - by0, 3) // 3
         draw.rectangle((at[0] + bx0 - pad, at[1] + by0 - pad, at[0] + bx1 + pad,
                         at[1] + by1 + pad), fill=(*bar[0], int(255 * bar[1])))
-    fill, rim = (*colour, int(255 * opacity)), {}
+    alpha, rim = int(255 * opacity), {}
     if edge is not None and edge[0] == "shadow":
         d = max(round(height * s / 8), 1)
-        draw.text((at[0] + d, at[1] + d), text, font=f, fill=(*edge[1], int(255 * opacity)))
+        draw.text((at[0] + d, at[1] + d), text, font=f, fill=(*edge[1], alpha))
+    elif edge is not None and edge[0] == "outline":
+        rim = dict(stroke_width=max(round(height * s / 10), 1), stroke_fill=(*edge[1], alpha))
     elif edge is not None:
-        rim = dict(stroke_width=max(round(height * s / 10), 1), stroke_fill=(*edge[1], fill[3]))
-    draw.text(at, text, font=f, fill=fill, **rim)
+        raise ValueError(f"edge must be a shadow or an outline, not {edge[0]!r}")
+    draw.text(at, text, font=f, fill=(*colour, alpha), **rim)
     layer = np.asarray(layer.resize((W, H), Image.LANCZOS), np.float32)  # (H, W, 4)
     alpha = layer[..., 3] / 255
     ink = layer[..., :3] if C == 3 else layer[..., :3].mean(axis=-1, keepdims=True)
@@ -165,12 +167,12 @@ def _word(rng):
 
 
 def _title(rng):
-    """One word, or two with a space, as a programme's title or a time."""
+    """One word, or two with a space, as a programme's title."""
     return _word(rng) if rng.random() < 0.6 else f"{_word(rng)} {_word(rng)}"
 
 
 def _edge(rng):
-    """None, or a shadow or an outline in black or a dark colour (text_distractors)."""
+    """None, or a shadow or an outline in a random dark colour (text_distractors)."""
     kind = rng.integers(3)
     dark = tuple(int(c) for c in rng.integers(0, 80, size=3))
     return (None, ("shadow", dark), ("outline", dark))[kind]
