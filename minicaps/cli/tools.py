@@ -11,9 +11,9 @@ from .options import declared_options, network_config, network_options, with_opt
 from ..gradcheck import check_network, network_under_check
 from ..errors import MinicapsError
 from ..nets.kinds import KIND_NAMES, KINDS, build, kind_of
-from ..option import declared, option_name
+from ..option import declared
 from ..tools.plan import available_bytes, plan
-from ..training.config import CAPSULES_ONLY, TrainConfig
+from ..training.config import CAPSULES_ONLY, TrainConfig, refuse_other_kinds_options
 
 GIB, MIB = 2 ** 30, 2 ** 20
 
@@ -44,13 +44,9 @@ def _kind_config(ctx, options):
     others = {f.name: options.pop(f.name) for f in _OTHER_KINDS}
     none_capsule = options.pop("none_capsule", False)
     values = {**options, **others, "none_capsule": none_capsule}
-    foreign = [option_name(TrainConfig, name, values[name])
-               for name in [f.name for f in _OTHER_KINDS if model not in f.metadata["kinds"]]
-               + ([] if model == "capsnet" else
-                  [name for name in [*options, "none_capsule"] if name not in _SHARED])
-               if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
-    if foreign:
-        raise MinicapsError(f"{', '.join(foreign)}: not an option of --model {model}")
+    refuse_other_kinds_options(model, {
+        name: value for name, value in values.items()
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE})
     if model == "capsnet":
         return dataclasses.replace(network_config(options), none_capsule=none_capsule)
     network = {f.metadata["network_field"]: others[f.name] for f in _OTHER_KINDS

@@ -12,9 +12,9 @@ import click
 from ..training import distributed, loop as train
 from .options import UserError, declared_options, with_options
 from ..errors import MinicapsError
-from ..option import declared, default_of, option_name
+from ..option import default_of, option_name
 from ..training.frames import PRESENT
-from ..training.config import TrainConfig
+from ..training.config import TrainConfig, refuse_other_kinds_options
 from ..training.presets import PRESETS
 
 
@@ -92,7 +92,7 @@ def train_command(ctx, gpu, resume, **options):
     """
     given = {name: value for name, value in options.items()
              if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
-    _check_model_options(given)
+    refuse_other_kinds_options(given.get("model", default_of(TrainConfig, "model")), given)
     config = TrainConfig(device="gpu" if gpu else "cpu", **given)
     out, progress = config.out, Progress()
     try:
@@ -116,15 +116,6 @@ def train_command(ctx, gpu, resume, **options):
     if history and distributed.reports():  # under mpiexec, rank 0 alone
         best = f", {out}/best.npz" if (Path(out) / "best.npz").is_file() else ""
         click.echo(f"checkpoints: {out}/last.npz{best}; metrics: {out}/metrics.jsonl", err=True)
-
-
-def _check_model_options(given):
-    """Options that shape only other kinds of network are refused rather than ignored."""
-    model = given.get("model", default_of(TrainConfig, "model"))
-    foreign = [option_name(TrainConfig, f.name, given[f.name]) for f in declared(TrainConfig)
-               if f.name in given and model not in f.metadata.get("kinds", (model,))]
-    if foreign:
-        raise MinicapsError(f"{', '.join(foreign)}: not an option of --model {model}")
 
 
 def _check_resume(given, config):

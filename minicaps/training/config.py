@@ -226,6 +226,17 @@ class TrainConfig:
                       height=self.crop_height, scale=self.crop_scale, grey=self.crop_grey)
 
 
+def refuse_other_kinds_options(model, given):
+    """Options that shape only other kinds of network than `model` are refused rather than
+    ignored: one error naming those in `given` ({name: value}, as the command line gave
+    them; names that are not TrainConfig's are skipped)."""
+    kinds = {f.name: f.metadata.get("kinds", (model,)) for f in declared(TrainConfig)}
+    foreign = [option_name(TrainConfig, name, value) for name, value in given.items()
+               if model not in kinds.get(name, (model,))]
+    if foreign:
+        raise MinicapsError(f"{', '.join(foreign)}: not an option of --model {model}")
+
+
 def default_out(data, model):
     """runs/<data name>, or runs/mnist-sample for the bundled sample; -<model> added for
     another model than the capsule network."""
