@@ -115,7 +115,8 @@ class TrainConfig:
     text_distractors: float = setting(
         0.0, "R&S layout: fraction of training corners given random text: beside the logo "
              "(as an \"HD\" or a region), or anywhere in a corner without one (as a "
-             "programme's title, plain, shadowed or outlined); labels unchanged.", minimum=0, maximum=1)
+             "programme's title, plain, shadowed or outlined); labels unchanged.",
+        minimum=0, maximum=1)
     flip: bool = setting(False, "Random horizontal flips (training only).", flag="--flip")
     nologo_ratio: float = setting(
         None, "R&S layout: each epoch shows every logo corner once and this many nologo "
@@ -230,7 +231,7 @@ def refuse_other_kinds_options(model, given):
     """Options that shape only other kinds of network than `model` are refused rather than
     ignored: one error naming those in `given` ({name: value}, as the command line gave
     them; names that are not TrainConfig's are skipped)."""
-    kinds = {f.name: f.metadata.get("kinds", (model,)) for f in declared(TrainConfig)}
+    kinds = {f.name: f.metadata["kinds"] for f in declared(TrainConfig) if "kinds" in f.metadata}
     foreign = [option_name(TrainConfig, name, value) for name, value in given.items()
                if model not in kinds.get(name, (model,))]
     if foreign:

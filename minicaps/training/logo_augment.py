@@ -50,12 +50,14 @@ def photograph_behind(image, box, rim=2):
             + top[:, None, :] * (1 - v) + bottom[:, None, :] * v) / 2
 
 
-def rim_distance(image, box, rim=2):
+def rim_distance(image, box, rim=2, behind=None):
     """(h, w) colour distance of each pixel in `box` = (y0, x0, y1, x1) of `image`
-    (C, H, W) from the photograph guessed behind it (photograph_behind)."""
+    (C, H, W) from the photograph guessed behind it (photograph_behind, unless given)."""
     y0, x0, y1, x1 = box
     inner = image[:, y0:y1, x0:x1].astype(np.float32)
-    return np.sqrt(((inner - photograph_behind(image, box, rim)) ** 2).sum(axis=0))
+    if behind is None:
+        behind = photograph_behind(image, box, rim)
+    return np.sqrt(((inner - behind) ** 2).sum(axis=0))
 
 
 def ramp(distance):
@@ -63,9 +65,10 @@ def ramp(distance):
     return np.clip((distance - FAINT) / (CLEAR - FAINT), 0, 1)
 
 
-def logo_mask(image, box):
-    """(h, w) in 0..1: how surely each pixel of `box` belongs to the logo."""
-    return ramp(rim_distance(image, box))
+def logo_mask(image, box, behind=None):
+    """(h, w) in 0..1: how surely each pixel of `box` belongs to the logo (against the
+    photograph guessed behind it, unless `behind` is given)."""
+    return ramp(rim_distance(image, box, behind=behind))
 
 
 def hue_rotation(degrees):
@@ -104,7 +107,7 @@ def recolour_logos(x, box, p, rng):
             new = colours[b, :len(logo), None, None] * shade
         behind = photograph_behind(x[b], box[b])
         new = behind + opacities[b] * (new - behind)
-        m = logo_mask(x[b], box[b])
+        m = logo_mask(x[b], box[b], behind)
         out[b, :, y0:y1, x0:x1] = np.clip(np.rint(logo * (1 - m) + new * m), 0, 255)
     return out
 
