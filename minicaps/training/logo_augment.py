@@ -30,6 +30,11 @@ SUPERSAMPLE = 2
 # logos are often half transparent, and a logo recoloured towards the photograph's colours
 # stands out less than the renderings training shows.
 MIN_OPACITY = 0.5
+# How often each way of recolouring is drawn: hue turned, inverted, grey, one flat colour.
+# A channel's other renderings are mostly one colour (a white or a blue "WDR HD" where
+# training shows white letters and a red slash), and those are the logos still lost, so
+# the one-colour ways are drawn more often than the two that keep a logo's colours apart.
+RECOLOUR_WAYS = (0.2, 0.2, 0.3, 0.3)
 
 
 def photograph_behind(image, box, rim=2):
@@ -80,12 +85,12 @@ def hue_rotation(degrees):
 
 def recolour_logos(x, box, p, rng):
     """A fraction p of the images that show a logo (box[b] = (y0, x0, y1, x1); -1s where
-    none) get its pixels (logo_mask) recoloured, one of four ways drawn per image: hue
-    turned by 60-300 degrees, inverted, grey, or one random colour shaded by the logo's
-    own luminance; then faded towards the photograph behind it (MIN_OPACITY..1). On
+    none) get its pixels (logo_mask) recoloured, one of four ways drawn per image
+    (RECOLOUR_WAYS): hue turned by 60-300 degrees, inverted, grey, or one random colour
+    shaded by the logo's own luminance; then faded towards the photograph behind it (MIN_OPACITY..1). On
     one-channel images the colour ways become inversion or a random brightness."""
     chosen = (rng.random(len(x)) < p) & (box[:, 0] >= 0)
-    kinds = rng.integers(4, size=len(x))
+    kinds = rng.choice(4, size=len(x), p=RECOLOUR_WAYS)
     angles = rng.uniform(60, 300, size=len(x))
     colours = rng.uniform(0, 255, size=(len(x), 3)).astype(np.float32)
     opacities = rng.uniform(MIN_OPACITY, 1, size=len(x)).astype(np.float32)
