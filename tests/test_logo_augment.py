@@ -50,6 +50,22 @@ def test_recolouring_changes_logo_pixels_only():
     assert grey.shape == (3, 1, 24, 48)  # one-channel images: inversion or one brightness
 
 
+def test_recolouring_draws_its_ways_as_RECOLOUR_WAYS_says(monkeypatch):
+    x, box = crops(n=40)
+    monkeypatch.setattr(logo_augment, "MIN_OPACITY", 1.0)  # no fading: grey stays grey
+    y0, x0, y1, x1 = box[0]
+
+    def grey_logos(ways):
+        monkeypatch.setattr(logo_augment, "RECOLOUR_WAYS", ways)
+        out = recolour_logos(x, box, 1.0, np.random.default_rng(0)).astype(int)
+        logos = out[:20, :, y0:y1, x0:x1]
+        return int((np.ptp(logos, axis=1) <= 1).all(axis=(1, 2)).sum())
+
+    assert grey_logos((0, 0, 1, 0)) == 20  # every logo made grey
+    assert grey_logos((0.5, 0.5, 0, 0)) == 0  # none: hue turns and inversions keep colour
+    assert 0 < grey_logos((0.25, 0.25, 0.25, 0.25)) < 20
+
+
 def test_recoloured_logos_fade_towards_the_photograph_behind_them(monkeypatch):
     x, box = crops()
     faded = recolour_logos(x, box, 1.0, np.random.default_rng(0)).astype(float)
