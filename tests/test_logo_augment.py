@@ -55,15 +55,22 @@ def test_recolouring_draws_its_ways_as_RECOLOUR_WAYS_says(monkeypatch):
     monkeypatch.setattr(logo_augment, "MIN_OPACITY", 1.0)  # no fading: grey stays grey
     y0, x0, y1, x1 = box[0]
 
-    def grey_logos(ways):
+    def grey_and_one_colour(ways):
+        """How many of the 20 logos came out grey, and how many in one colour (every
+        pixel the same hue and saturation, shaded: grey logos are one colour too)."""
         monkeypatch.setattr(logo_augment, "RECOLOUR_WAYS", ways)
-        out = recolour_logos(x, box, 1.0, np.random.default_rng(0)).astype(int)
+        out = recolour_logos(x, box, 1.0, np.random.default_rng(0)).astype(float)
         logos = out[:20, :, y0:y1, x0:x1]
-        return int((np.ptp(logos, axis=1) <= 1).all(axis=(1, 2)).sum())
+        grey = (np.ptp(logos, axis=1) <= 1).all(axis=(1, 2))
+        chroma = logos / np.maximum(logos.sum(axis=1, keepdims=True), 1)
+        one_colour = (np.ptp(chroma, axis=(2, 3)) < 0.03).all(axis=1)
+        return int(grey.sum()), int(one_colour.sum())
 
-    assert grey_logos((0, 0, 1, 0)) == 20  # every logo made grey
-    assert grey_logos((0.5, 0.5, 0, 0)) == 0  # none: hue turns and inversions keep colour
-    assert 0 < grey_logos((0.25, 0.25, 0.25, 0.25)) < 20
+    assert grey_and_one_colour((0, 0, 1, 0)) == (20, 20)  # every logo grey
+    grey, one_colour = grey_and_one_colour((0, 0, 0, 1))
+    assert one_colour == 20 and grey < 20  # every logo in one colour, not all grey
+    assert grey_and_one_colour((0.5, 0.5, 0, 0)) == (0, 0)  # hue and inversion keep two
+    assert 0 < grey_and_one_colour((0.25, 0.25, 0.25, 0.25))[1] < 20
 
 
 def test_recoloured_logos_fade_towards_the_photograph_behind_them(monkeypatch):

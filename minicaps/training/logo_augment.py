@@ -87,8 +87,9 @@ def recolour_logos(x, box, p, rng):
     """A fraction p of the images that show a logo (box[b] = (y0, x0, y1, x1); -1s where
     none) get its pixels (logo_mask) recoloured, one of four ways drawn per image
     (RECOLOUR_WAYS): hue turned by 60-300 degrees, inverted, grey, or one random colour
-    shaded by the logo's own luminance; then faded towards the photograph behind it (MIN_OPACITY..1). On
-    one-channel images the colour ways become inversion or a random brightness."""
+    shaded by the logo's own luminance; then faded towards the photograph behind it
+    (MIN_OPACITY..1). On one-channel images the colour ways become inversion or a random
+    brightness."""
     chosen = (rng.random(len(x)) < p) & (box[:, 0] >= 0)
     kinds = rng.choice(4, size=len(x), p=RECOLOUR_WAYS)
     angles = rng.uniform(60, 300, size=len(x))
