@@ -153,15 +153,15 @@ def draw_text(image, text, top, left, height, colour, opacity, bar=None, edge=No
         pad = max(by1 - by0, 3) // 3
         draw.rectangle((at[0] + bx0 - pad, at[1] + by0 - pad, at[0] + bx1 + pad,
                         at[1] + by1 + pad), fill=(*bar[0], int(255 * bar[1])))
-    alpha, rim = int(255 * opacity), {}
+    text_alpha, rim = int(255 * opacity), {}  # Pillow's 0..255
     if edge is not None and edge[0] == "shadow":
         d = max(round(height * s / 8), 1)
-        draw.text((at[0] + d, at[1] + d), text, font=f, fill=(*edge[1], alpha))
+        draw.text((at[0] + d, at[1] + d), text, font=f, fill=(*edge[1], text_alpha))
     elif edge is not None and edge[0] == "outline":
-        rim = dict(stroke_width=max(round(height * s / 10), 1), stroke_fill=(*edge[1], alpha))
+        rim = dict(stroke_width=max(round(height * s / 10), 1), stroke_fill=(*edge[1], text_alpha))
     elif edge is not None:
         raise ValueError(f"edge must be a shadow or an outline, not {edge[0]!r}")
-    draw.text(at, text, font=f, fill=(*colour, alpha), **rim)
+    draw.text(at, text, font=f, fill=(*colour, text_alpha), **rim)
     layer = np.asarray(layer.resize((W, H), Image.LANCZOS), np.float32)  # (H, W, 4)
     alpha = layer[..., 3] / 255
     ink = layer[..., :3] if C == 3 else layer[..., :3].mean(axis=-1, keepdims=True)
