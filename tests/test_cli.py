@@ -103,6 +103,9 @@ def test_predict_reads_folders_and_writes_csv_or_json_lines(run_dir, tmp_path):
     assert [r["label"] for r in records] == [r["label"] for r in rows]
     (tmp_path / "empty").mkdir()
     assert_user_error(invoke("predict", run_dir / "last.npz", tmp_path / "empty"), "no images")
+    assert_user_error(invoke("predict", run_dir / "last.npz", tmp_path / "in", "--threshold", 0.3),
+                      "--threshold", "TV frames")
+    assert_user_error(invoke("evaluate", run_dir / "last.npz", "--threshold", 0.3), "TV frames")
 
 
 # user errors: one line on stderr, exit status 1 (click's usage errors: status 2)
@@ -216,6 +219,13 @@ def test_rs_frames_end_to_end(data_root, tmp_path):
     path, label, confidence, corner = lines[0].split("\t")
     assert path == str(frame) and label in checkpoint.load(out / "last.npz").classes
     assert corner in ("tl", "tr", "bl") if label != "nologo" else corner == ""
+    # --threshold decides the frame: capsule lengths lie below 1, so at 1 it is nologo; at 0
+    # every length reaches it, so it is a channel, where the stored threshold says nologo
+    # (this barely trained net's lengths are near 0)
+    at = {t: invoke("predict", out / "last.npz", frame, *t).stdout.rstrip("\n").split("\t")
+          for t in ((), ("--threshold", 0), ("--threshold", 1))}
+    assert at[()][1] == "nologo" and at[("--threshold", 1)][1] == "nologo"
+    assert at[("--threshold", 0)][1] != "nologo" and at[("--threshold", 0)][3] in ("tl", "tr", "bl")
 
     # a folder of frames to score, none for training: zdf frames in folders named for no
     # split, one wdr frame, two nologo frames; scored whole, per channel, on the net's classes
@@ -235,6 +245,8 @@ def test_rs_frames_end_to_end(data_root, tmp_path):
             per_class.setdefault(line.split()[1], line.split()[2])
     assert (per_class["zdf"], per_class["wdr"], per_class["nologo"], per_class["ard"]) == \
         ("3", "1", "2", "0")
+    result = invoke("evaluate", out / "last.npz", "--data", new, "--threshold", 1)
+    assert "accuracy (frames): 33.33% (2/6)" in result.output  # every frame nologo
     (new / "zdf" / "clip0" / "metadata.txt").write_text("arte,10,10,40,20\n")
     assert_user_error(invoke("evaluate", out / "last.npz", "--data", new), "arte")
     result = invoke("predict", out / "last.npz", new, "--json")

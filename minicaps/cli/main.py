@@ -69,6 +69,25 @@ def _load_net(path, gpu):
     return ckpt, build(ckpt.model_config, ckpt.scored_params, device=device)
 
 
+# --threshold, for evaluate and predict: the frame decision of a network trained on TV frames.
+frame_threshold_option = click.option(
+    "--threshold", type=click.FloatRange(0, 1), default=None,
+    help="TV frames: a frame shows the channel whose capsule is the longest over its corners "
+         "when that length reaches this, else nologo. Lower calls more unfamiliar or faint "
+         "logos, and more programme titles, a channel (docs/studies/logo_shift.md).  "
+         "[default: the checkpoint's, chosen on its validation frames]")
+
+
+def _frame_threshold(ckpt, threshold):
+    """The threshold to decide frames at: the one given, else the checkpoint's; a given one
+    is refused for a network not trained on TV frames."""
+    if threshold is None:
+        return stored_threshold(ckpt.history)
+    if ckpt.data_info.get("layout") != "rs":
+        raise UserError("--threshold is for networks trained on TV frames (the R&S layout)")
+    return threshold
+
+
 @main.command("evaluate")
 @click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(exists=True, dir_okay=False))
 @click.option("--data", type=click.Path(exists=True), default=None,
@@ -79,17 +98,18 @@ def _load_net(path, gpu):
 @click.option("--transform", "transform_spec", default=None,
               help=f"Transform every test image first: {', '.join(transforms.KINDS)} (see "
                    "minicaps/tools/transforms.py; affine draws random affine maps, affNIST-style).")
-def evaluate_command(checkpoint_path, data, gpu, batch_size, transform_spec):
+@frame_threshold_option
+def evaluate_command(checkpoint_path, data, gpu, batch_size, transform_spec, threshold):
     """Accuracy, per-class accuracy and confusion matrix of a checkpoint on test data."""
     if transform_spec is not None:
         transforms.parse(transform_spec)  # a bad spec fails before anything is loaded
     ckpt, net = _load_net(checkpoint_path, gpu)
+    threshold = _frame_threshold(ckpt, threshold)
     t0 = time.perf_counter()
     ds = checkpoint_data(ckpt, checkpoint_path, data)
     test_x = ds.test_x if transform_spec is None else transforms.apply(ds.test_x, transform_spec)
     ev = evaluate_split(net, test_x, ds.test_y, batch_size=batch_size, frame=ds.test_frame,
-                        frame_y=ds.test_frame_y, classes=ds.classes,
-                        threshold=stored_threshold(ckpt.history))
+                        frame_y=ds.test_frame_y, classes=ds.classes, threshold=threshold)
     changed = f", each {transform_spec}" if transform_spec else ""
     click.echo(f"checkpoint {checkpoint_path} (epoch {ckpt.epoch}); {ds.name} test split: "
                f"{len(ds.test_y)} examples{changed}; {time.perf_counter() - t0:.1f}s")
@@ -113,7 +133,8 @@ FIELDS = ("path", "label", "confidence", "corner")
 @click.option("--json", "fmt", flag_value="json", help="Short for --format json.")
 @click.option("--lengths", is_flag=True,
               help="Also every class-capsule length (a CNN's: probability) of every corner.")
-def predict_command(checkpoint_path, images, gpu, fmt, lengths):
+@frame_threshold_option
+def predict_command(checkpoint_path, images, gpu, fmt, lengths, threshold):
     """The class of each image (a folder: every image in it, recursively), one line each:
     path, label, confidence, corner. For a network trained on R&S frames an image is a TV
     frame: its corners are cropped as in training, the label is the frame's channel or
@@ -121,6 +142,7 @@ def predict_command(checkpoint_path, images, gpu, fmt, lengths):
     was found in (nologo: 1 minus the longest channel capsule's length, no corner). A
     progress bar goes to stderr, so stdout stays parseable."""
     ckpt, net = _load_net(checkpoint_path, gpu)
+    threshold = _frame_threshold(ckpt, threshold)
     paths = image_files_of(images)
     corners = tuple(ckpt.data_info["crop"]["corners"]) \
         if ckpt.data_info.get("layout") == "rs" else ()
@@ -128,8 +150,7 @@ def predict_command(checkpoint_path, images, gpu, fmt, lengths):
     bar = click.progressbar(length=len(paths), label="predicting", file=sys.stderr,
                             show_eta=True, show_pos=True)
     with bar:
-        for p in predict_files(net, paths, ckpt.classes, ckpt.data_info,
-                               stored_threshold(ckpt.history)):
+        for p in predict_files(net, paths, ckpt.classes, ckpt.data_info, threshold):
             write(p)
             bar.update(1)
 
