@@ -245,8 +245,11 @@ def test_rs_frames_end_to_end(data_root, tmp_path):
             per_class.setdefault(line.split()[1], line.split()[2])
     assert (per_class["zdf"], per_class["wdr"], per_class["nologo"], per_class["ard"]) == \
         ("3", "1", "2", "0")
-    result = invoke("evaluate", out / "last.npz", "--data", new, "--threshold", 1)
-    assert "accuracy (frames): 33.33% (2/6)" in result.output  # every frame nologo
+    assert "frames decided at threshold 0.5 (the checkpoint's)" in result.output
+    result = invoke("evaluate", out / "last.npz", "--data", new, "--threshold", 0)
+    assert "frames decided at threshold 0 (given)" in result.output
+    rows = [line.split() for line in result.output.splitlines() if line.strip()[:1].isdigit()]
+    assert next(row for row in rows if row[1] == "nologo")[3] == "0.00%"  # every frame a channel
     (new / "zdf" / "clip0" / "metadata.txt").write_text("arte,10,10,40,20\n")
     assert_user_error(invoke("evaluate", out / "last.npz", "--data", new), "arte")
     result = invoke("predict", out / "last.npz", new, "--json")

@@ -61,31 +61,27 @@ def main():
     reuse_freed_memory()  # for the commands that run networks; free for the rest (allocator.py)
 
 
-def _load_net(path, gpu):
+def _load_net(path, gpu, threshold=None):
+    """(checkpoint, its network, the frame threshold to decide at: `threshold` if given, else
+    the checkpoint's); a given threshold is refused, before the network is built, for a
+    network not trained on TV frames."""
     ckpt = checkpoint.load(path)
+    if threshold is not None and ckpt.data_info.get("layout") != "rs":
+        raise UserError("--threshold is for networks trained on TV frames (the R&S layout)")
     device = "gpu" if gpu else "cpu"
     if gpu:
         require_gpu()
-    return ckpt, build(ckpt.model_config, ckpt.scored_params, device=device)
+    net = build(ckpt.model_config, ckpt.scored_params, device=device)
+    return ckpt, net, stored_threshold(ckpt.history) if threshold is None else threshold
 
 
-# --threshold, for evaluate and predict: the frame decision of a network trained on TV frames.
+# Declared once for evaluate and predict.
 frame_threshold_option = click.option(
     "--threshold", type=click.FloatRange(0, 1), default=None,
     help="TV frames: a frame shows the channel whose capsule is the longest over its corners "
          "when that length reaches this, else nologo. Lower calls more unfamiliar or faint "
          "logos, and more programme titles, a channel (docs/studies/logo_shift.md).  "
          "[default: the checkpoint's, chosen on its validation frames]")
-
-
-def _frame_threshold(ckpt, threshold):
-    """The threshold to decide frames at: the one given, else the checkpoint's; a given one
-    is refused for a network not trained on TV frames."""
-    if threshold is None:
-        return stored_threshold(ckpt.history)
-    if ckpt.data_info.get("layout") != "rs":
-        raise UserError("--threshold is for networks trained on TV frames (the R&S layout)")
-    return threshold
 
 
 @main.command("evaluate")
@@ -103,10 +99,12 @@ def evaluate_command(checkpoint_path, data, gpu, batch_size, transform_spec, thr
     """Accuracy, per-class accuracy and confusion matrix of a checkpoint on test data."""
     if transform_spec is not None:
         transforms.parse(transform_spec)  # a bad spec fails before anything is loaded
-    ckpt, net = _load_net(checkpoint_path, gpu)
-    threshold = _frame_threshold(ckpt, threshold)
+    given = threshold is not None
+    ckpt, net, threshold = _load_net(checkpoint_path, gpu, threshold)
     t0 = time.perf_counter()
     ds = checkpoint_data(ckpt, checkpoint_path, data)
+    if given and ds.test_frame is None:
+        raise UserError(f"--threshold decides TV frames, and {data} holds none")
     test_x = ds.test_x if transform_spec is None else transforms.apply(ds.test_x, transform_spec)
     ev = evaluate_split(net, test_x, ds.test_y, batch_size=batch_size, frame=ds.test_frame,
                         frame_y=ds.test_frame_y, classes=ds.classes, threshold=threshold)
@@ -114,6 +112,8 @@ def evaluate_command(checkpoint_path, data, gpu, batch_size, transform_spec, thr
     click.echo(f"checkpoint {checkpoint_path} (epoch {ckpt.epoch}); {ds.name} test split: "
                f"{len(ds.test_y)} examples{changed}; {time.perf_counter() - t0:.1f}s")
     if ev.frame_accuracy is not None:
+        source = "given" if given else "the checkpoint's"
+        click.echo(f"frames decided at threshold {threshold:g} ({source})")
         click.echo(report(ev, ds.classes, frames=True))
         click.echo("")
     click.echo(report(ev, ds.classes))
@@ -141,8 +141,7 @@ def predict_command(checkpoint_path, images, gpu, fmt, lengths, threshold):
     nologo, the confidence the length of that channel's capsule and the corner the one it
     was found in (nologo: 1 minus the longest channel capsule's length, no corner). A
     progress bar goes to stderr, so stdout stays parseable."""
-    ckpt, net = _load_net(checkpoint_path, gpu)
-    threshold = _frame_threshold(ckpt, threshold)
+    ckpt, net, threshold = _load_net(checkpoint_path, gpu, threshold)
     paths = image_files_of(images)
     corners = tuple(ckpt.data_info["crop"]["corners"]) \
         if ckpt.data_info.get("layout") == "rs" else ()
