@@ -25,7 +25,7 @@ from .options import UserError
 from ..errors import MinicapsError
 from ..training.evaluate import checkpoint_data, image_files_of, predict_files, report
 from ..training.evaluate import evaluate as evaluate_split
-from ..training.frames import stored_threshold
+from ..training.frames import stored_threshold, trained_on_frames
 from ..nets.kinds import build
 
 
@@ -66,7 +66,7 @@ def _load_net(path, gpu, threshold=None):
     the checkpoint's); a given threshold is refused, before the network is built, for a
     network not trained on TV frames."""
     ckpt = checkpoint.load(path)
-    if threshold is not None and ckpt.data_info.get("layout") != "rs":
+    if threshold is not None and not trained_on_frames(ckpt.data_info):
         raise UserError("--threshold is for networks trained on TV frames (the R&S layout)")
     device = "gpu" if gpu else "cpu"
     if gpu:
@@ -144,7 +144,7 @@ def predict_command(checkpoint_path, images, gpu, fmt, lengths, threshold):
     ckpt, net, threshold = _load_net(checkpoint_path, gpu, threshold)
     paths = image_files_of(images)
     corners = tuple(ckpt.data_info["crop"]["corners"]) \
-        if ckpt.data_info.get("layout") == "rs" else ()
+        if trained_on_frames(ckpt.data_info) else ()
     write = _writer(fmt, ckpt.classes, corners, lengths)
     bar = click.progressbar(length=len(paths), label="predicting", file=sys.stderr,
                             show_eta=True, show_pos=True)

@@ -17,7 +17,8 @@ from ..data import RSCrop, frame_examples, load_dataset
 from ..data.common import IMAGE_EXTS, RESAMPLE, image_files, map_images, to_chw
 from ..errors import MinicapsError
 from .config import TrainConfig
-from .frames import NOLOGO, PRESENT, frame_decision, nologo_index, strongest_channels, with_nologo
+from .frames import (NOLOGO, PRESENT, frame_decision, nologo_index, strongest_channels,
+                     trained_on_frames, with_nologo)
 
 def class_lengths(net, x, *, batch_size=256, n_classes=None):
     """The class-capsule lengths (N, J) of the uint8 images x, as a host array; with
@@ -151,7 +152,7 @@ def image_examples(path, in_shape, data_info):
     colour mode, resized to the trained size (as the folder loader resizes). Either is
     padded as in training (train --pad). Pillow's errors (IMAGE_ERRORS) pass through."""
     pad = data_info.get("pad", 0)
-    if data_info.get("layout") == "rs":
+    if trained_on_frames(data_info):
         x = frame_examples(path, _crop(data_info))
     else:
         C, H, W = in_shape
@@ -184,7 +185,7 @@ def predict_files(net, paths, classes, data_info, threshold=PRESENT, *, chunk=25
     length of that channel's capsule in the corner where it is longest, and that corner;
     or nologo, with 1 minus the longest channel capsule's length (how clearly no channel
     capsule is present) and no corner. A plain image: its longest capsule and its length."""
-    is_frame = data_info.get("layout") == "rs"
+    is_frame = trained_on_frames(data_info)
     corners = tuple(data_info["crop"]["corners"]) if is_frame else ()
     read = partial(image_examples, in_shape=net.config.in_shape, data_info=data_info)
     for start in range(0, len(paths), chunk):

@@ -22,6 +22,12 @@ PRESENT = 0.5
 THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))
 
 
+def trained_on_frames(data_info):
+    """Whether a checkpoint's network was trained on TV frames (its data_info's layout is the
+    R&S challenge's): then an image is a frame, cut into corner crops and decided as one."""
+    return data_info.get("layout") == "rs"
+
+
 def nologo_index(classes):
     """The index of `nologo` in `classes`; frames cannot be scored without it."""
     if NOLOGO not in classes:
