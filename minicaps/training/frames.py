@@ -20,6 +20,9 @@ from ..errors import MinicapsError
 PRESENT = 0.5
 # The frame thresholds training chooses from, on the validation frames, after every epoch.
 THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))
+# best.npz is chosen by the validation frame scores of this many epochs, the last of them its
+# own (selection_score).
+SELECTION_EPOCHS = 3
 
 
 def trained_on_frames(data_info):
@@ -118,14 +121,23 @@ def stored_threshold(history):
     return history[-1].get("frame_threshold", PRESENT) if history else PRESENT
 
 
-def selection_score(record):
-    """What best.npz is chosen by (higher is better; None without validation data):
-    validation frame accuracy for frame data, ties broken by the validation accuracy of
-    the corner examples; else validation accuracy.
+def selection_score(history):
+    """What best.npz is chosen by, for the last epoch of `history` (higher is better; None
+    without validation data): for frame data, validation frame accuracy averaged over the
+    last SELECTION_EPOCHS epochs, ties broken by the same average of the corner examples'
+    validation accuracy; else the epoch's own validation accuracy. The training loop keeps
+    the later epoch of a tie.
 
-    Why the tie-break: a few hundred validation frames score in coarse steps, so epochs tie
-    often, and the first of a tie is no better evidence than the others; the corners,
-    several per frame, tell them apart."""
+    Why the average and the tie-break: a few hundred validation frames score in coarse
+    steps (one frame in 240 is 0.4 %), so one epoch's score is noisy: the best single
+    epoch was once an early one, a frame ahead of the last six and 1.5 points of test frames
+    behind them. An epoch at the end of a good stretch, and the corners, several per frame,
+    are steadier evidence; of equal evidence the later network has trained longer."""
+    record = history[-1]
     if record.get("val_accuracy") is None:
         return None
-    return (record.get("val_frame_accuracy", 0.0), record["val_accuracy"])
+    if record.get("val_frame_accuracy") is None:
+        return (record["val_accuracy"],)
+    window = history[-SELECTION_EPOCHS:]
+    return (float(np.mean([r["val_frame_accuracy"] for r in window])),
+            float(np.mean([r["val_accuracy"] for r in window])))

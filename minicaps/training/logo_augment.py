@@ -33,8 +33,10 @@ MIN_OPACITY = 0.5
 # How often each way of recolouring is drawn: hue turned, inverted, grey, one flat colour.
 # A channel's other renderings are mostly one colour (a white or a blue "WDR HD" where
 # training shows white letters and a red slash), and those are the logos still lost, so
-# the one-colour ways are drawn more often than the two that keep a logo's colours apart.
-RECOLOUR_WAYS = (0.2, 0.2, 0.3, 0.3)
+# the one-colour ways are drawn far more often than the two that keep a logo's colours
+# apart, which the network learns to see through from few examples (docs/studies/
+# logo_shift.md).
+RECOLOUR_WAYS = (0.1, 0.1, 0.3, 0.5)
 
 
 def photograph_behind(image, box, rim=2):
