@@ -54,7 +54,7 @@ def test_best_checkpoint_breaks_frame_ties_by_corner_accuracy():
 
 def test_best_checkpoint_is_chosen_by_the_frames_of_the_last_epochs():
     """One epoch a frame ahead of a stretch of good ones is not chosen over the stretch's end
-    (a one-epoch rule kept a run's epoch 29, 1.5 points of test frames behind epochs 35-40)."""
+    (a one-epoch rule kept a run's epoch 29, 1.25-1.5 points of test frames behind epochs 35-40)."""
     def epoch(frames_right):
         return {"val_frame_accuracy": frames_right / 240, "val_accuracy": 0.98}
     lucky = [epoch(f) for f in (230, 235, 228, 233, 234, 234)]

@@ -129,10 +129,10 @@ def selection_score(history):
     the later epoch of a tie.
 
     Why the average and the tie-break: a few hundred validation frames score in coarse
-    steps (one frame in 240 is 0.4 %), so one epoch's score is noisy: a run once kept epoch
-    29 of 40, as many frames right as its last two and 1.25-1.5 points of test frames
-    behind them. An epoch at the end of a good stretch, and the corners, several per frame,
-    are steadier evidence; of equal evidence the later network has trained longer."""
+    steps, one frame at a time, so one epoch's score is noisy: a lucky early epoch was once
+    kept over a run's better last ones (docs/studies/logo_shift.md). An epoch at the end of
+    a good stretch, and the corners, several per frame, are steadier evidence; of equal
+    evidence the later network has trained longer."""
     record = history[-1]
     if record.get("val_accuracy") is None:
         return None
