@@ -3,6 +3,8 @@
 
     # the set, from tvlogos-de's test frames (minicaps/tools/logo_shift.py says what is in it)
     python examples/logo_shift.py build ../shared/data/tvlogos-de /tmp/logo-shift
+    # every test frame softer, grainier or more compressed, as other sources show frames
+    python examples/logo_shift.py photographic ../shared/data/tvlogos-de /tmp/logo-photo
     # a held-out rendering per channel: a training folder without it, a folder of it to score
     python examples/logo_shift.py heldout ../shared/data/tvlogos-de /tmp/logo-heldout
     minicaps train --data /tmp/logo-heldout/train --out runs/heldout
@@ -10,6 +12,7 @@
     minicaps evaluate runs/tvlogos-de/best.npz --data /tmp/logo-shift
     python examples/logo_shift.py score runs/tvlogos-de/best.npz /tmp/logo-shift
     python examples/logo_shift.py score runs/heldout/best.npz /tmp/logo-heldout/heldout
+    python examples/logo_shift.py score runs/tvlogos-de/best.npz /tmp/logo-photo
     # the frame decision at other thresholds than the checkpoint's
     python examples/logo_shift.py score runs/tvlogos-de/best.npz /tmp/logo-shift \
         --thresholds 0.1,0.2,0.3,0.4,0.5
@@ -29,11 +32,19 @@ from minicaps.training.frames import stored_threshold
 
 
 def build(args):
+    _write(args, lambda progress: logo_shift.build(
+        args.data, args.out, seed=args.seed, progress=progress,
+        parts=args.parts.split(",") if args.parts else logo_shift.PARTS))
+
+
+def photographic(args):
+    _write(args, lambda progress: logo_shift.build_photographic(
+        args.data, args.out, seed=args.seed, progress=progress))
+
+
+def _write(args, write):
     t0 = time.perf_counter()
-    counts = logo_shift.build(args.data, args.out, seed=args.seed,
-                              parts=args.parts.split(",") if args.parts else logo_shift.PARTS,
-                              progress=lambda part, n: print(f"{part}: {n} frames",
-                                                             file=sys.stderr))
+    counts = write(lambda part, n: print(f"{part}: {n} frames", file=sys.stderr))
     print(f"{args.out}: {sum(counts.values())} frames in {time.perf_counter() - t0:.0f}s: "
           + ", ".join(f"{part} {n}" for part, n in counts.items()))
 
@@ -89,6 +100,12 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--parts", help=f"comma-separated, of {','.join(logo_shift.PARTS)}")
     p.set_defaults(run=build)
+    p = sub.add_parser("photographic", help="every test frame blurred, softened, grainy and "
+                                            "heavily compressed")
+    p.add_argument("data", help="an R&S folder (tvlogos-de)")
+    p.add_argument("out", help="a new folder for the changed frames")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=photographic)
     p = sub.add_parser("heldout", help="hold one rendering per channel out of training")
     p.add_argument("data", help="an R&S folder (tvlogos-de)")
     p.add_argument("out", help="a new folder: <out>/train and <out>/heldout")

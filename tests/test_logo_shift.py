@@ -9,7 +9,7 @@ from minicaps.data import load_dataset
 from minicaps.data.rs_index import read_index
 from minicaps.errors import MinicapsError
 from minicaps.tools import logo_shift, rendering_groups
-from minicaps.tools.logo_edits import add_badge, add_overlay, move_logo, recolour
+from minicaps.tools.logo_edits import add_badge, add_overlay, move_logo, photographic, recolour
 from minicaps.tools.logo_masks import frame_rim_distance, logo_mask, rendering_masks
 from minicaps.training.logo_augment import hue_rotation
 from minicaps.training import checkpoint, loop as train
@@ -162,6 +162,34 @@ def test_the_stand_in_is_written_in_the_layout_and_scored_by_part(root, tmp_path
     by_part, _, _ = logo_shift.tally(ds, parts, lengths, 1.0)
     assert {p: r for p, (r, _) in by_part.items()} == {p: n if p == "overlay" else 0
                                                        for p, n in counts.items()}
+
+
+def test_photographic_changes_soften_or_add_grain_and_keep_labels_and_boxes(root, tmp_path):
+    rng = np.random.default_rng(0)
+    frame = photo(rng)
+    paint_logo(frame, "a", BOXES["a"])
+    sharpness = lambda f: np.abs(np.diff(f, axis=1)).mean()
+    blurred, soft = photographic(frame, "blur", rng), photographic(frame, "soft", rng)
+    assert sharpness(blurred) < 0.7 * sharpness(frame) and sharpness(soft) < sharpness(frame)
+    assert abs(blurred.mean() - frame.mean()) < 1 and abs(soft.mean() - frame.mean()) < 1
+    grainy = photographic(frame, "noise", rng)
+    assert 5 < np.std(grainy - frame) < 7
+    assert np.array_equal(photographic(frame, "jpeg", rng), frame)
+
+    out = tmp_path / "photo"
+    counts = logo_shift.build_photographic(root, out)
+    assert counts == {kind: 8 for kind in ("blur", "soft", "noise", "jpeg")}
+    frames, classes = read_index(out, unsplit="test")
+    source, _ = read_index(root)
+    boxes = sorted((f.logos[0][0], f.logos[0][1]) for f in source if f.split == "test" and f.logos)
+    assert classes == ["a", "b", "nologo"] and len(frames) == 32
+    parts = [logo_shift.part_of(f.path, out) for f in frames]
+    for kind in counts:
+        assert sorted((f.logos[0][0], f.logos[0][1]) for f, p in zip(frames, parts)
+                      if p == kind and f.logos) == boxes
+        assert sum(p == kind and not f.logos for f, p in zip(frames, parts)) == 2
+    with pytest.raises(MinicapsError, match="not empty"):
+        logo_shift.build_photographic(root, out)
 
 
 def test_a_rendering_held_out_of_training(tmp_path):

@@ -1,5 +1,6 @@
 """Edits of a TV frame that show a channel's logo as training never did: recoloured, with a
-badge beside it, smaller, or a programme's overlay in a corner that belongs to no channel.
+badge beside it, smaller, or a programme's overlay in a corner that belongs to no channel;
+and whole frames as another camera or broadcast chain shows them (softer, grainier).
 
 Each edit takes a frame as an (H, W, 3) float32 array and returns a new one; the random
 choices come from the generator given. Text is drawn in the system's DejaVu fonts where
@@ -7,7 +8,7 @@ they are installed (not Pillow's own font, which training's text distractors use
 stand-in should not test the network on the very glyphs it was trained to ignore).
 """
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from ..training.logo_augment import hue_rotation
 
@@ -187,3 +188,25 @@ def add_overlay(frame, corner, rng):
     out, _ = _paste_text(out, text, (x, y), size, colour, rng.uniform(0.85, 1.0),
                          np.random.default_rng(seed), shadow=style == 0)
     return out
+
+
+# A whole frame as another source would show it. The frames of tvlogos-de are sharp and
+# clean; broadcast frames are often softer (upscaled from SD, filtered), grainier, or more
+# compressed. The JPEG quality of the last one is set where the frame is written.
+PHOTOGRAPHIC = ("blur", "soft", "noise", "jpeg")
+JPEG_QUALITY = (15, 26)  # heavily compressed; the others are written as tvlogos-de's
+
+
+def photographic(frame, kind, rng):
+    """The whole frame (H, W, 3) blurred (Gaussian, sigma 1.5 pixels), softened (half size
+    and back, as SD content shown in HD), with grain (Gaussian noise, sigma 6 grey levels),
+    or as it is (`jpeg`: the change is the compression)."""
+    image = Image.fromarray(np.clip(np.rint(frame), 0, 255).astype(np.uint8))
+    if kind == "blur":
+        return np.asarray(image.filter(ImageFilter.GaussianBlur(1.5)), np.float32)
+    if kind == "soft":
+        half = image.resize((image.width // 2, image.height // 2), Image.BILINEAR)
+        return np.asarray(half.resize(image.size, Image.BILINEAR), np.float32)
+    if kind == "noise":
+        return frame + rng.normal(0, 6, frame.shape).astype(np.float32)
+    return frame

@@ -28,7 +28,8 @@ from PIL import Image
 
 from ..data.rs_index import NOLOGO, read_index
 from ..errors import MinicapsError
-from .logo_edits import RECOLOURS, add_badge, add_overlay, move_logo, recolour
+from .logo_edits import (JPEG_QUALITY, PHOTOGRAPHIC, RECOLOURS, add_badge, add_overlay,
+                         move_logo, photographic, recolour)
 from .logo_masks import logo_frames, logo_mask, read_frame, rendering_masks
 
 PARTS = (*RECOLOURS, "badge", "flat+badge", "small", "overlay", "overlay+logo")
@@ -42,13 +43,14 @@ def _frame_corner(box):
     return ("t" if y + h / 2 < 405 / 2 else "b") + ("l" if x + w / 2 < 360 else "r")
 
 
-def write_frame(out, channel, folder, name, frame, box, rng):
-    """One frame of the layout: <out>/<channel>/<folder>/<name>.jpg and its metadata.txt
-    (none for nologo, whose frames share one folder)."""
+def write_frame(out, channel, folder, name, frame, box, rng, quality=(60, 86)):
+    """One frame of the layout: <out>/<channel>/<folder>/<name>.jpg (JPEG quality drawn
+    from `quality`, tvlogos-de's by default) and its metadata.txt (none for nologo, whose
+    frames share one folder)."""
     where = Path(out) / channel / folder
     where.mkdir(parents=True, exist_ok=True)
     image = Image.fromarray(np.clip(np.rint(frame), 0, 255).astype(np.uint8))
-    image.save(where / f"{name}.jpg", quality=int(rng.integers(60, 86)))
+    image.save(where / f"{name}.jpg", quality=int(rng.integers(*quality)))
     if box is not None:
         (where / "metadata.txt").write_text(f"{channel},{','.join(map(str, box))}\n")
 
@@ -61,8 +63,7 @@ def build(root, out, *, seed=0, parts=PARTS, masks=None, progress=None):
     if unknown:
         raise MinicapsError(f"unknown parts {', '.join(sorted(unknown))}; there are "
                             f"{', '.join(PARTS)}")
-    if out.exists() and any(out.iterdir()):
-        raise MinicapsError(f"{out} is not empty: the stand-in goes into a new folder")
+    _refuse_used(out)
     progress = progress or (lambda part, done: None)
     masks = rendering_masks(root) if masks is None else masks
     logos = logo_frames(root, "test")
@@ -107,10 +108,48 @@ def build(root, out, *, seed=0, parts=PARTS, masks=None, progress=None):
             write_frame(out, channel, f"test-{part}-{k:04d}", Path(path).stem, frame, box, rng)
             counts[part] += 1
         progress(part, counts[part])
+    _copy_labels(root, out)
+    return dict(counts)
+
+
+def build_photographic(root, out, *, seed=0, progress=None):
+    """Write every test frame of `root` (with a logo or without) once per PHOTOGRAPHIC
+    change into the new folder `out`, in the layout above; returns {change: frames}."""
+    out = Path(out)
+    _refuse_used(out)
+    progress = progress or (lambda part, done: None)
+    frames, _ = read_index(root)
+    tested = [f for f in frames if f.split == "test"]
+    if not tested:
+        raise MinicapsError(f"{root}: no test frames")
+    counts = defaultdict(int)
+    for p, kind in enumerate(PHOTOGRAPHIC):
+        quality = JPEG_QUALITY if kind == "jpeg" else (60, 86)
+        for k, f in enumerate(tested):
+            rng = np.random.default_rng([seed, p, k])
+            frame = photographic(read_frame(f.path), kind, rng)
+            if f.logos:
+                channel, (x, y, w, h) = f.logos[0]
+                box = tuple(int(round(v)) for v in (x, y, w, h))
+                folder = f"test-{kind}-{k:04d}"
+            else:
+                channel, box, folder = NOLOGO, None, f"test-{kind}"
+            write_frame(out, channel, folder, Path(f.path).stem, frame, box, rng, quality)
+            counts[kind] += 1
+        progress(kind, counts[kind])
+    _copy_labels(root, out)
+    return dict(counts)
+
+
+def _refuse_used(out):
+    if out.exists() and any(out.iterdir()):
+        raise MinicapsError(f"{out} is not empty: the frames go into a new folder")
+
+
+def _copy_labels(root, out):
     labels = Path(root) / "labels.pkl"
     if labels.is_file():  # the same class order as the source (a plain dict of str -> int)
         shutil.copy(labels, out / "labels.pkl")
-    return dict(counts)
 
 
 def part_of(path, root):
