@@ -126,7 +126,7 @@ def test_the_swap_shrinks_logos_between_their_centre_and_corner_and_not_without_
     x, box = crops()
     images = np.concatenate([x, np.full((4, 3, 24, 48), 200, np.uint8)])
     empty = np.arange(6, 10)
-    out, _ = swap_backgrounds(x, box, images, empty, box[:3], 1.0, np.random.default_rng(2),
+    out = swap_backgrounds(x, box, images, empty, box[:3], 1.0, np.random.default_rng(2),
                            min_scale=0.5)
     for b in range(3):
         red = np.argwhere((out[b, 0] > 150) & (out[b, 1] < 100))
@@ -137,32 +137,8 @@ def test_the_swap_shrinks_logos_between_their_centre_and_corner_and_not_without_
         assert 4 <= top_left[0] <= 4 + (8 - h) // 2 + 1
         assert 6 <= top_left[1] <= 6 + (16 - w) // 2 + 1
         assert red.max(axis=0)[0] <= 11 and red.max(axis=0)[1] <= 21
-    plain, _ = swap_backgrounds(x, box, images, empty, box[:3], 1.0, np.random.default_rng(2))
+    plain = swap_backgrounds(x, box, images, empty, box[:3], 1.0, np.random.default_rng(2))
     assert np.array_equal(plain[:3, :, 4:12, 6:22], x[:3, :, 4:12, 6:22])  # as it was
-
-
-def test_the_swap_moves_logos_within_reach_and_says_where_they_went():
-    """Each pasted logo lands whole where the returned box says, at most max_move across
-    and half of it up or down from its own box, inside the image; text placed by that box
-    then stays off the logo. Logo-free images keep their box of -1s."""
-    x, box = crops(40)
-    images = np.concatenate([x, np.full((4, 3, 24, 48), 200, np.uint8)])
-    empty = np.arange(40, 44)
-    out, moved = swap_backgrounds(x, box, images, empty, box[:3], 1.0,
-                                  np.random.default_rng(3), max_move=6)
-    assert (moved[20:] == -1).all()
-    offsets = moved[:20, :2] - box[:20, :2]
-    assert (np.abs(offsets[:, 0]) <= 3).all() and (np.abs(offsets[:, 1]) <= 6).all()
-    assert len({tuple(o) for o in offsets}) > 5  # moved, and not all alike
-    for b in range(20):
-        y0, x0, y1, x1 = moved[b]
-        assert (y1 - y0, x1 - x0) == (8, 16) and y0 >= 0 and x0 >= 0 and y1 <= 24 and x1 <= 48
-        assert np.array_equal(out[b, :, y0:y1, x0:x1], x[b, :, 4:12, 6:22])
-    texted = text_distractors(out[:20], moved[:20], 1.0, np.random.default_rng(4))
-    for b in range(20):
-        y0, x0, y1, x1 = moved[b]
-        inside = (texted[b, :, y0:y1, x0:x1].astype(int) - out[b, :, y0:y1, x0:x1])
-        assert np.abs(inside).max() <= 8  # as in the test of the text: its edge may blur in
 
 
 @pytest.mark.parametrize("box, flush", [((4, 6, 12, 22), (4, 6)), ((14, 30, 22, 46), (18, 38))])

@@ -142,64 +142,52 @@ def blur(x, p, rng):
     return out
 
 
-def swap_backgrounds(x, box, images, empty, box_pool, p, rng, min_scale=1.0, max_move=0):
-    """(images, boxes): a fraction p of the images (drawn per image) put on another
-    photograph, and each image's logo box where it is now. Where image b shows a logo
-    (box[b] = (y0, x0, y1, x1), -1s where none), its logo box is pasted into a background
-    drawn from images[empty] (the training images without a logo) at the same place; an
-    image without a logo instead gets a patch of a background in a box drawn from
+def swap_backgrounds(x, box, images, empty, box_pool, p, rng, min_scale=1.0):
+    """A fraction p of the images (drawn per image) put on another photograph: where image b
+    shows a logo (box[b] = (y0, x0, y1, x1), -1s where none), its logo box is pasted into
+    a background drawn from images[empty] (the training images without a logo) at the same
+    place; an image without a logo instead gets a patch of a background in a box drawn from
     `box_pool` (N, 4), so that the pasted rectangle's edges tell the network nothing about
     whether a logo is there. With `min_scale` < 1 a pasted logo box is first shrunk by a
     factor drawn from min_scale..1 and placed on the line from the box's centre to its
     corner nearest the image's corner (uniformly): logos smaller than training's, where a
     channel's smaller logo keeps its margin from the frame's corner as well as where it
     does not. (Always centred, they were missed at the corner: docs/studies/logo_shift.md.)
-    With `max_move` > 0 it is then moved by up to max_move pixels across and half as many
-    up or down, kept inside the image.
 
     Why: the logo frames' 150 photographs per channel are few enough to be remembered with
-    their logo, and test frames show other photographs; and a network shown each channel's
-    logo at one place knows it there alone (a mark a few pixels aside is lost)."""
+    their logo, and test frames show other photographs."""
     chosen = rng.random(len(x)) < p
     source = empty[rng.integers(len(empty), size=len(x))]
     pooled = rng.integers(len(box_pool), size=len(x))
     scales = rng.uniform(min_scale, 1, size=len(x)) if min_scale < 1 else np.ones(len(x))
     toward = rng.uniform(0, 1, size=len(x)) if min_scale < 1 else np.zeros(len(x))
-    moves = np.zeros((len(x), 2), np.int64)  # (dy, dx)
-    if max_move:
-        moves[:, 0] = rng.integers(-(max_move // 2), max_move // 2 + 1, size=len(x))
-        moves[:, 1] = rng.integers(-max_move, max_move + 1, size=len(x))
-    out, moved = x.copy(), box.copy()
+    out = x.copy()
     for b in np.flatnonzero(chosen):
         background = images[source[b]]
         if box[b, 0] >= 0:
             out[b] = background
-            moved[b] = _paste_scaled(out[b], x[b], box[b], scales[b], toward[b], moves[b])
+            _paste_scaled(out[b], x[b], box[b], scales[b], toward[b])
         else:
             y0, x0, y1, x1 = box_pool[pooled[b]]
             out[b, :, y0:y1, x0:x1] = background[:, y0:y1, x0:x1]
-    return out, moved
+    return out
 
 
-def _paste_scaled(target, image, box, scale, toward=0.0, move=(0, 0)):
+def _paste_scaled(target, image, box, scale, toward=0.0):
     """image's box (y0, x0, y1, x1) pasted into target (C, H, W) at the same place, or
     shrunk by `scale` (< 1) and placed `toward` (0..1) of the way from the box's centre
-    to the box's corner nearest the image's corner (1: flush with that corner); then moved
-    by `move` (dy, dx), as far as the image allows. Returns where it went (y0, x0, y1, x1)."""
+    to the box's corner nearest the image's corner (1: flush with that corner)."""
     y0, x0, y1, x1 = box
     patch = image[:, y0:y1, x0:x1]
-    H, W = target.shape[1:]
     if scale < 1:
         h, w = max(int(round((y1 - y0) * scale)), 1), max(int(round((x1 - x0) * scale)), 1)
         patch = np.stack([np.asarray(Image.fromarray(c).resize((w, h), Image.LANCZOS))
                           for c in patch])
+        H, W = target.shape[1:]
         y0 = _between(y0 + (y1 - y0 - h) // 2, y0 if y0 + y1 < H else y1 - h, toward)
         x0 = _between(x0 + (x1 - x0 - w) // 2, x0 if x0 + x1 < W else x1 - w, toward)
-    h, w = patch.shape[1:]
-    y0 = int(np.clip(y0 + move[0], 0, H - h))
-    x0 = int(np.clip(x0 + move[1], 0, W - w))
-    target[:, y0:y0 + h, x0:x0 + w] = patch
-    return y0, x0, y0 + h, x0 + w
+        y1, x1 = y0 + h, x0 + w
+    target[:, y0:y1, x0:x1] = patch
 
 
 def _between(start, end, t):

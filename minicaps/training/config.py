@@ -107,11 +107,6 @@ class TrainConfig:
              "this..1 (1: never) and placed between its box's centre and the corner nearest the "
              "frame's: logos smaller than the training frames'.",
         minimum=0.1, maximum=1)
-    logo_move: int = setting(
-        0, "R&S layout: a logo the background swap pastes is also moved by up to this many "
-           "pixels across and half as many up or down (kept inside the image): marks that "
-           "sit elsewhere in their corner, as one pushed aside by a badge or a name.",
-        minimum=0)
     logo_recolour: float = setting(
         0.0, "R&S layout: fraction of logo corners whose logo pixels (found inside its box) "
              "get other colours (hue turned, inverted, grey or one colour), faded towards the "

@@ -158,14 +158,14 @@ def train_epoch(net, opt, train, config, rng, progress, epoch, nologo, n_classes
     for step in range(steps):
         net.set_training_progress(((epoch - 1) * steps + step) / (config.epochs * steps))
         idx = order[step * B:(step + 1) * B]
-        xb, box = train.x[idx], train.box[idx] if train.box is not None else None
+        xb = train.x[idx]
         if config.logo_recolour:
-            xb = recolour_logos(xb, box, config.logo_recolour, rng)
+            xb = recolour_logos(xb, train.box[idx], config.logo_recolour, rng)
         if config.background_swap:
-            xb, box = swap_backgrounds(xb, box, train.x, empty, box_pool, config.background_swap,
-                                       rng, config.logo_scale, config.logo_move)
+            xb = swap_backgrounds(xb, train.box[idx], train.x, empty, box_pool,
+                                  config.background_swap, rng, config.logo_scale)
         if config.text_distractors:
-            xb = text_distractors(xb, box, config.text_distractors, rng)
+            xb = text_distractors(xb, train.box[idx], config.text_distractors, rng)
         xb = augment(xb, rng, max_shift=config.shift, hflip=config.flip,
                      max_degrees=config.rotate, max_scale=config.scale_jitter,
                      colour=config.colour_jitter, blur_p=config.blur)
