@@ -192,21 +192,22 @@ def add_overlay(frame, corner, rng):
 
 # A whole frame as another source would show it. The frames of tvlogos-de are sharp and
 # clean; broadcast frames are often softer (upscaled from SD, filtered), grainier, or more
-# compressed. The JPEG quality of the last one is set where the frame is written.
+# compressed (that change is made where the frame is written: logo_shift.py).
 PHOTOGRAPHIC = ("blur", "soft", "noise", "jpeg")
-JPEG_QUALITY = (15, 26)  # heavily compressed; the others are written as tvlogos-de's
+BLUR_SIGMA = 1.5  # pixels of the 720x405 frame
+GRAIN_SIGMA = 6.0  # grey levels
 
 
 def photographic(frame, kind, rng):
-    """The whole frame (H, W, 3) blurred (Gaussian, sigma 1.5 pixels), softened (half size
-    and back, as SD content shown in HD), with grain (Gaussian noise, sigma 6 grey levels),
-    or as it is (`jpeg`: the change is the compression)."""
+    """The whole frame (H, W, 3) blurred (Gaussian, BLUR_SIGMA), softened (half size and
+    back, as SD content shown in HD), with grain (Gaussian noise, GRAIN_SIGMA), or as it
+    is (`jpeg`: the change is the compression)."""
     image = Image.fromarray(np.clip(np.rint(frame), 0, 255).astype(np.uint8))
     if kind == "blur":
-        return np.asarray(image.filter(ImageFilter.GaussianBlur(1.5)), np.float32)
+        return np.asarray(image.filter(ImageFilter.GaussianBlur(BLUR_SIGMA)), np.float32)
     if kind == "soft":
         half = image.resize((image.width // 2, image.height // 2), Image.BILINEAR)
         return np.asarray(half.resize(image.size, Image.BILINEAR), np.float32)
     if kind == "noise":
-        return frame + rng.normal(0, 6, frame.shape).astype(np.float32)
+        return frame + rng.normal(0, GRAIN_SIGMA, frame.shape).astype(np.float32)
     return frame

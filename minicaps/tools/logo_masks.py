@@ -33,8 +33,13 @@ def rendering_key(channel, box):
 def logo_frames(root, split):
     """[(frame path, channel, (x, y, w, h) in whole pixels)] of the logo frames of `split`."""
     frames, _ = read_index(root)
-    return [(f.path, f.logos[0][0], tuple(int(round(v)) for v in f.logos[0][1]))
-            for f in frames if f.split == split and f.logos]
+    return [(f.path, *first_logo(f)) for f in frames if f.split == split and f.logos]
+
+
+def first_logo(frame):
+    """(channel, (x, y, w, h) in whole pixels) of an indexed frame's first logo."""
+    channel, box = frame.logos[0]
+    return channel, tuple(int(round(v)) for v in box)
 
 
 def frame_rim_distance(frame, box):

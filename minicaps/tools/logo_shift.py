@@ -17,7 +17,9 @@ The parts, each from every test logo frame unless said otherwise:
 - overlay+logo: a third of the test logo frames with an overlay in a corner of their own
   that holds no logo (label: their channel).
 
-Frames are written as JPEG at quality 60-85, as tvlogos-de's were.
+Frames are written as JPEG at quality 60-85, as tvlogos-de's were. `build_photographic`
+writes every test frame, logo and photograph alike, once per change of a whole frame
+(logo_edits.PHOTOGRAPHIC: blurred, softened, grainy, or compressed at quality 15-25).
 """
 import shutil
 from collections import defaultdict
@@ -28,14 +30,16 @@ from PIL import Image
 
 from ..data.rs_index import NOLOGO, read_index
 from ..errors import MinicapsError
-from .logo_edits import (JPEG_QUALITY, PHOTOGRAPHIC, RECOLOURS, add_badge, add_overlay,
-                         move_logo, photographic, recolour)
-from .logo_masks import logo_frames, logo_mask, read_frame, rendering_masks
+from .logo_edits import (PHOTOGRAPHIC, RECOLOURS, add_badge, add_overlay, move_logo,
+                         photographic, recolour)
+from .logo_masks import first_logo, logo_frames, logo_mask, read_frame, rendering_masks
 
 PARTS = (*RECOLOURS, "badge", "flat+badge", "small", "overlay", "overlay+logo")
 SMALL_HEIGHTS = (11, 15)  # pixels: the smallest logos annotated in tvlogos-de and the challenge
 OVERLAYS_PER_PHOTO = 4
 CORNERS = ("tl", "tr", "bl")
+JPEG_QUALITY = (60, 86)  # drawn from, as tvlogos-de's frames were written
+COMPRESSED_QUALITY = (15, 26)  # the photographic change "jpeg"
 
 
 def _frame_corner(box):
@@ -43,7 +47,7 @@ def _frame_corner(box):
     return ("t" if y + h / 2 < 405 / 2 else "b") + ("l" if x + w / 2 < 360 else "r")
 
 
-def write_frame(out, channel, folder, name, frame, box, rng, quality=(60, 86)):
+def write_frame(out, channel, folder, name, frame, box, rng, quality=JPEG_QUALITY):
     """One frame of the layout: <out>/<channel>/<folder>/<name>.jpg (JPEG quality drawn
     from `quality`, tvlogos-de's by default) and its metadata.txt (none for nologo, whose
     frames share one folder)."""
@@ -124,16 +128,12 @@ def build_photographic(root, out, *, seed=0, progress=None):
         raise MinicapsError(f"{root}: no test frames")
     counts = defaultdict(int)
     for p, kind in enumerate(PHOTOGRAPHIC):
-        quality = JPEG_QUALITY if kind == "jpeg" else (60, 86)
+        quality = COMPRESSED_QUALITY if kind == "jpeg" else JPEG_QUALITY
         for k, f in enumerate(tested):
             rng = np.random.default_rng([seed, p, k])
             frame = photographic(read_frame(f.path), kind, rng)
-            if f.logos:
-                channel, (x, y, w, h) = f.logos[0]
-                box = tuple(int(round(v)) for v in (x, y, w, h))
-                folder = f"test-{kind}-{k:04d}"
-            else:
-                channel, box, folder = NOLOGO, None, f"test-{kind}"
+            channel, box = first_logo(f) if f.logos else (NOLOGO, None)
+            folder = f"test-{kind}" if box is None else f"test-{kind}-{k:04d}"
             write_frame(out, channel, folder, Path(f.path).stem, frame, box, rng, quality)
             counts[kind] += 1
         progress(kind, counts[kind])
