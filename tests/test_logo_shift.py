@@ -164,11 +164,19 @@ def test_the_stand_in_is_written_in_the_layout_and_scored_by_part(root, tmp_path
                                                        for p, n in counts.items()}
 
 
+def sharpness(frame):
+    return np.abs(np.diff(frame, axis=1)).mean()
+
+
+def pixels(path):
+    with Image.open(path) as image:
+        return np.asarray(image, np.float32)
+
+
 def test_photographic_changes_soften_or_add_grain_and_keep_labels_and_boxes(root, tmp_path):
     rng = np.random.default_rng(0)
     frame = photo(rng)
     paint_logo(frame, "a", BOXES["a"])
-    sharpness = lambda f: np.abs(np.diff(f, axis=1)).mean()
     blurred, soft = photographic(frame, "blur", rng), photographic(frame, "soft", rng)
     assert sharpness(blurred) < 0.7 * sharpness(frame) and sharpness(soft) < 0.7 * sharpness(frame)
     assert abs(blurred.mean() - frame.mean()) < 1 and abs(soft.mean() - frame.mean()) < 1
@@ -196,8 +204,7 @@ def test_photographic_changes_soften_or_add_grain_and_keep_labels_and_boxes(root
     for f, p in zip(frames, parts):
         original = source_of[(f.logos[0][0] if f.logos else "nologo", f.path.stem)]
         if p == "blur":
-            assert (sharpness(np.asarray(Image.open(f.path), np.float32))
-                    < 0.7 * sharpness(np.asarray(Image.open(original), np.float32)))
+            assert sharpness(pixels(f.path)) < 0.7 * sharpness(pixels(original))
         with Image.open(f.path) as image:
             assert (image.quantization[0][0] > 20) == (p == "jpeg")
     with pytest.raises(MinicapsError, match="not empty"):

@@ -210,4 +210,4 @@ def photographic(frame, kind, rng):
         return np.asarray(half.resize(image.size, Image.BILINEAR), np.float32)
     if kind == "noise":
         return frame + rng.normal(0, GRAIN_SIGMA, frame.shape).astype(np.float32)
-    return frame
+    return frame.copy()
