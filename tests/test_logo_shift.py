@@ -199,10 +199,11 @@ def test_photographic_changes_soften_or_add_grain_and_keep_labels_and_boxes(root
     # The files themselves: blurred frames softer than their sources, compressed ones
     # written with coarser quantisation than the rest (the first entry of the luminance
     # table: 32-53 at quality 15-25, 5-13 at tvlogos-de's 60-85).
-    source_of = {(f.logos[0][0] if f.logos else "nologo", f.path.stem): f.path
-                 for f in source if f.split == "test"}
+    def key(f):
+        return f.logos[0][0] if f.logos else "nologo", f.path.stem
+    source_of = {key(f): f.path for f in source if f.split == "test"}
     for f, p in zip(frames, parts):
-        original = source_of[(f.logos[0][0] if f.logos else "nologo", f.path.stem)]
+        original = source_of[key(f)]
         if p == "blur":
             assert sharpness(pixels(f.path)) < 0.7 * sharpness(pixels(original))
         with Image.open(f.path) as image:

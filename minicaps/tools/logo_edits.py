@@ -202,12 +202,12 @@ def photographic(frame, kind, rng):
     """The whole frame (H, W, 3) blurred (Gaussian, BLUR_SIGMA), softened (half size and
     back, as SD content shown in HD), with grain (Gaussian noise, GRAIN_SIGMA), or as it
     is (`jpeg`: the change is the compression)."""
+    if kind == "noise":
+        return frame + rng.normal(0, GRAIN_SIGMA, frame.shape).astype(np.float32)
+    if kind not in ("blur", "soft"):
+        return frame.copy()
     image = Image.fromarray(np.clip(np.rint(frame), 0, 255).astype(np.uint8))
     if kind == "blur":
         return np.asarray(image.filter(ImageFilter.GaussianBlur(BLUR_SIGMA)), np.float32)
-    if kind == "soft":
-        half = image.resize((image.width // 2, image.height // 2), Image.BILINEAR)
-        return np.asarray(half.resize(image.size, Image.BILINEAR), np.float32)
-    if kind == "noise":
-        return frame + rng.normal(0, GRAIN_SIGMA, frame.shape).astype(np.float32)
-    return frame.copy()
+    half = image.resize((image.width // 2, image.height // 2), Image.BILINEAR)
+    return np.asarray(half.resize(image.size, Image.BILINEAR), np.float32)
