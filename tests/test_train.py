@@ -193,6 +193,16 @@ def test_checkpoint_round_trip(tmp_path):
     assert (tmp_path / "best.npz").is_file()
 
 
+@pytest.mark.parametrize("score, best_epoch", [(lambda h: (1.0,), 3),
+                                               (lambda h: (-len(h),), 1)],
+                         ids=["tie", "falling"])
+def test_best_checkpoint_keeps_the_later_epoch_of_a_tie(tmp_path, monkeypatch, score,
+                                                         best_epoch):
+    monkeypatch.setattr(train.frames, "selection_score", score)
+    _run(tmp_path, 3)
+    assert checkpoint.load(tmp_path / "best.npz").epoch == best_epoch
+
+
 @pytest.mark.parametrize("make, swap, average", [(synthetic, 0.0, 0.0),
                                                   (synthetic_logos, 0.5, 1.0)])
 def test_resume_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path, make, swap, average):
