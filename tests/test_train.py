@@ -9,7 +9,8 @@ import pytest
 from minicaps import CapsNetConfig
 from minicaps.cli import main as cli
 from minicaps.training import checkpoint, loop as train
-from minicaps.training.augment import augment, blur, flip, jitter, rotate, shift, swap_backgrounds, zoom
+from minicaps.training.augment import (augment, blur, flip, jitter, recompress, rotate, shift,
+                                      swap_backgrounds, zoom)
 from minicaps.data import Dataset, load_dataset
 from minicaps.errors import MinicapsError
 from minicaps.training.evaluate import evaluate
@@ -74,6 +75,22 @@ def test_augment_is_seeded_and_flip_rotate_behave():
     assert rotate(square, 45, np.random.default_rng(0))[0, 0, 4, 4] == 9
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_recompress_changes_the_chosen_images_a_little_and_the_others_not(channels):
+    yy, xx = np.mgrid[:24, :40]
+    picture = np.stack([20 + 2 * yy + 3 * xx + 40 * c for c in range(channels)])
+    picture[:, 8:16, 10:30] = 240  # a bright bar: an edge for compression to ring at
+    x = np.stack([picture] * 6).astype(np.uint8)
+    out = recompress(x, 0.5, np.random.default_rng(2))
+    changed = [not np.array_equal(out[b], x[b]) for b in range(6)]
+    chosen = np.random.default_rng(2).random(6) < 0.5  # recompress's first draw
+    assert changed == list(chosen) and 0 < sum(changed) < 6
+    assert out.dtype == np.uint8 and out.shape == x.shape
+    error = np.abs(out[chosen].astype(int) - x[chosen]).mean()
+    assert 0.5 < error < 20  # the same picture, with the losses of compression
+    assert np.array_equal(recompress(x, 0.0, np.random.default_rng(0)), x)
+
+
 def test_zoom_jitter_blur_keep_uint8_and_do_what_they_say():
     x = np.random.default_rng(1).integers(0, 255, (6, 3, 10, 14)).astype(np.uint8)
     rng = np.random.default_rng(0)
@@ -89,7 +106,7 @@ def test_zoom_jitter_blur_keep_uint8_and_do_what_they_say():
     assert big[0, 0, 5, 5] == 200
     bright = jitter(np.full((50, 3, 4, 4), 128, np.uint8), 0.3, np.random.default_rng(0))
     assert bright.min() >= (128 - 0.3 * 128) * 0.85 - 1 and bright.std() > 5  # images differ
-    kw = dict(max_shift=2, max_scale=0.1, colour=0.2, blur_p=0.3)
+    kw = dict(max_shift=2, max_scale=0.1, colour=0.2, blur_p=0.3, recompress_p=0.3)
     assert np.array_equal(augment(x, np.random.default_rng(4), **kw),
                           augment(x, np.random.default_rng(4), **kw))
 

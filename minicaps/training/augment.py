@@ -4,8 +4,14 @@ Every function draws from the generator it is given, in a fixed order, so a seed
 a resumed one, whose generator state comes from the checkpoint) sees the same batches.
 Pixels that come from outside the image are 0, as in the paper's zero-padded shifts.
 """
+import io
+
 import numpy as np
 from PIL import Image
+
+# Qualities a recompressed image is written at (drawn per image): from coarse blocks to
+# the mild loss of a broadcast that was encoded twice.
+RECOMPRESS_QUALITY = (20, 71)
 
 
 def shift(x, max_shift, rng):
@@ -142,6 +148,22 @@ def blur(x, p, rng):
     return out
 
 
+def recompress(x, p, rng):
+    """A fraction p of the images (drawn per image) written as JPEG at a quality drawn from
+    RECOMPRESS_QUALITY and read back: the blocks, ringing and bled colour of compressed
+    broadcasts and re-encoded frames. Images of 1 or 3 channels."""
+    chosen = rng.random(len(x)) < p
+    quality = rng.integers(*RECOMPRESS_QUALITY, size=len(x))
+    out = x.copy()
+    for b in np.flatnonzero(chosen):
+        image = Image.fromarray(x[b, 0] if x.shape[1] == 1 else x[b].transpose(1, 2, 0))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=int(quality[b]))
+        decoded = np.asarray(Image.open(buffer))
+        out[b] = decoded if x.shape[1] == 1 else decoded.transpose(2, 0, 1)
+    return out
+
+
 def swap_backgrounds(x, box, images, empty, box_pool, p, rng, min_scale=1.0):
     """A fraction p of the images (drawn per image) put on another photograph: where image b
     shows a logo (box[b] = (y0, x0, y1, x1), -1s where none), its logo box is pasted into
@@ -195,9 +217,10 @@ def _between(start, end, t):
 
 
 def augment(x, rng, *, max_shift=0, hflip=False, max_degrees=0.0, max_scale=0.0,
-            colour=0.0, blur_p=0.0):
+            colour=0.0, blur_p=0.0, recompress_p=0.0):
     """x with the requested augmentations, in the order rotate, zoom, flip, shift, colour
-    jitter, blur. Steps that are off draw nothing from `rng`, so older runs replay exactly."""
+    jitter, blur, recompression. Steps that are off draw nothing from `rng`, so older runs
+    replay exactly."""
     if max_degrees:
         x = rotate(x, max_degrees, rng)
     if max_scale:
@@ -210,4 +233,6 @@ def augment(x, rng, *, max_shift=0, hflip=False, max_degrees=0.0, max_scale=0.0,
         x = jitter(x, colour, rng)
     if blur_p:
         x = blur(x, blur_p, rng)
+    if recompress_p:
+        x = recompress(x, recompress_p, rng)
     return x

@@ -17,6 +17,7 @@ from ..data.rs import CORNERS, FRAME_H, FRAME_W
 from ..errors import MinicapsError
 from ..nets.kinds import KINDS
 from ..option import declaration, declared, default_of, option_name
+from .augment import RECOMPRESS_QUALITY
 from .frames import capsule_count
 from .presets import SAMPLE_DEFAULTS, preset_values
 
@@ -97,6 +98,10 @@ class TrainConfig:
              "image (training only).", minimum=0, maximum=1)
     blur: float = setting(0.0, "Fraction of training images blurred by a 3x3 binomial filter.",
                           minimum=0, maximum=1)
+    recompress: float = setting(
+        0.0, "Fraction of training images written as JPEG at a quality of "
+             f"{RECOMPRESS_QUALITY[0]}-{RECOMPRESS_QUALITY[1] - 1} and read back (compressed "
+             "broadcasts).", minimum=0, maximum=1)
     background_swap: float = setting(
         0.0, "R&S layout: fraction of training corners put on another photograph (training "
              "only): a logo corner's logo box is pasted into a logo-free training corner; a "

@@ -168,7 +168,8 @@ def train_epoch(net, opt, train, config, rng, progress, epoch, nologo, n_classes
             xb = text_distractors(xb, train.box[idx], config.text_distractors, rng)
         xb = augment(xb, rng, max_shift=config.shift, hflip=config.flip,
                      max_degrees=config.rotate, max_scale=config.scale_jitter,
-                     colour=config.colour_jitter, blur_p=config.blur)
+                     colour=config.colour_jitter, blur_p=config.blur,
+                     recompress_p=config.recompress)
         loss, grads, batch_hits = world.batch_gradients(
             lambda x, y: _gradients(net, x, y, n_classes), xb, train.y[idx], net.params)
         loss_sum = loss_sum + loss * len(idx)

@@ -31,7 +31,8 @@ SAMPLE_DEFAULTS = dict(conv_channels=64, primary_types=8, cnn_channels=(32, 64, 
 
 RS_DEFAULTS = dict(
     epochs=40, batch_size=32, lr=1e-3, lr_decay=0.95, average_epochs=1.0,
-    shift=3, scale_jitter=0.0, colour_jitter=0.0, blur=0.0, background_swap=0.5,
+    shift=3, scale_jitter=0.0, colour_jitter=0.0, blur=0.0, recompress=0.0,
+    background_swap=0.5,
     logo_scale=0.4, logo_recolour=0.5, text_distractors=0.8,
     nologo_ratio=0.5,
     nologo_capsule=True, init_length=None,
