@@ -1,16 +1,18 @@
 """The training loop, checkpoints, augmentation and evaluation (tiny networks, seconds each)."""
 import dataclasses
+import io
 import json
 import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from minicaps import CapsNetConfig
 from minicaps.cli import main as cli
 from minicaps.training import checkpoint, loop as train
-from minicaps.training.augment import (augment, blur, flip, jitter, recompress, rotate, shift,
-                                      swap_backgrounds, zoom)
+from minicaps.training.augment import (RECOMPRESS_QUALITY, augment, blur, flip, jitter,
+                                      recompress, rotate, shift, swap_backgrounds, zoom)
 from minicaps.data import Dataset, load_dataset
 from minicaps.errors import MinicapsError
 from minicaps.training.evaluate import evaluate
@@ -75,19 +77,33 @@ def test_augment_is_seeded_and_flip_rotate_behave():
     assert rotate(square, 45, np.random.default_rng(0))[0, 0, 4, 4] == 9
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-def test_recompress_changes_the_chosen_images_a_little_and_the_others_not(channels):
+@pytest.mark.parametrize("channels, scale", [(1, 1.0), (3, 1.0), (3, 0.5), (2, 0.5)])
+def test_recompress_writes_the_chosen_images_as_jpeg_at_the_frames_scale(channels, scale):
     yy, xx = np.mgrid[:24, :40]
-    picture = np.stack([20 + 2 * yy + 3 * xx + 40 * c for c in range(channels)])
-    picture[:, 8:16, 10:30] = 240  # a bright bar: an edge for compression to ring at
+    picture = np.stack([(2 * xx + 3 * yy + 50 * c) % 200 for c in range(channels)])
+    picture[channels - 1, 8:16, 10:30] = 250  # a bar in one colour: an edge to ring and bleed
     x = np.stack([picture] * 6).astype(np.uint8)
-    out = recompress(x, 0.5, np.random.default_rng(2))
-    changed = [not np.array_equal(out[b], x[b]) for b in range(6)]
-    chosen = np.random.default_rng(2).random(6) < 0.5  # recompress's first draw
-    assert changed == list(chosen) and 0 < sum(changed) < 6
-    assert out.dtype == np.uint8 and out.shape == x.shape
-    error = np.abs(out[chosen].astype(int) - x[chosen]).mean()
-    assert 0.5 < error < 20  # the same picture, with the losses of compression
+    out = recompress(x, 0.5, np.random.default_rng(2), scale)
+    draws = np.random.default_rng(2)
+    chosen, quality = draws.random(6) < 0.5, draws.integers(*RECOMPRESS_QUALITY, size=6)
+    assert 0 < chosen.sum() < 6 and out.dtype == np.uint8 and out.shape == x.shape
+    for b in range(6):
+        if not chosen[b]:
+            assert np.array_equal(out[b], x[b])
+            continue
+        # Pillow's own round trip, written out: enlarged to the frame's scale by repeating
+        # pixels, JPEG at the drawn quality, shrunk back by averaging; RGB as one image.
+        images = ([Image.fromarray(picture.transpose(1, 2, 0).astype(np.uint8))]
+                  if channels == 3 else [Image.fromarray(c.astype(np.uint8)) for c in picture])
+        expected = []
+        for image in images:
+            buffer = io.BytesIO()
+            image.resize((int(40 / scale), int(24 / scale)), Image.NEAREST).save(
+                buffer, format="JPEG", quality=int(quality[b]))
+            decoded = np.asarray(Image.open(buffer).resize((40, 24), Image.BOX))
+            expected.append(decoded.transpose(2, 0, 1) if decoded.ndim == 3 else decoded[None])
+        assert np.array_equal(out[b], np.concatenate(expected))
+        assert 0.5 < np.abs(out[b].astype(int) - x[b]).mean() < 20  # the same picture, lossy
     assert np.array_equal(recompress(x, 0.0, np.random.default_rng(0)), x)
 
 

@@ -9,8 +9,11 @@ import io
 import numpy as np
 from PIL import Image
 
-# Qualities a recompressed image is written at (drawn per image): from coarse blocks to
-# the mild loss of a broadcast that was encoded twice.
+from ..data.common import to_chw
+
+# Qualities a recompressed image is written at, drawn per image as rng.integers takes them
+# (the end excluded): from coarse blocks to the mild loss of a broadcast encoded twice;
+# tvlogos-de's frames were written at 60-85.
 RECOMPRESS_QUALITY = (20, 71)
 
 
@@ -148,20 +151,31 @@ def blur(x, p, rng):
     return out
 
 
-def recompress(x, p, rng):
+def recompress(x, p, rng, scale=1.0):
     """A fraction p of the images (drawn per image) written as JPEG at a quality drawn from
     RECOMPRESS_QUALITY and read back: the blocks, ringing and bled colour of compressed
-    broadcasts and re-encoded frames. Images of 1 or 3 channels."""
+    broadcasts. `scale` is the images' size relative to the pictures a broadcast compresses
+    (an R&S crop's scale): each image is enlarged by 1 / scale (pixels repeated) before it
+    is compressed and shrunk back (averaged), so that JPEG's 8x8 blocks fall on the frame's
+    pixels, not the crop's. Three channels are compressed as colour, others one by one."""
     chosen = rng.random(len(x)) < p
     quality = rng.integers(*RECOMPRESS_QUALITY, size=len(x))
+    _, C, H, W = x.shape
+    size = (max(round(W / scale), 1), max(round(H / scale), 1))
     out = x.copy()
     for b in np.flatnonzero(chosen):
-        image = Image.fromarray(x[b, 0] if x.shape[1] == 1 else x[b].transpose(1, 2, 0))
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=int(quality[b]))
-        decoded = np.asarray(Image.open(buffer))
-        out[b] = decoded if x.shape[1] == 1 else decoded.transpose(2, 0, 1)
+        pictures = [x[b].transpose(1, 2, 0)] if C == 3 else list(x[b])
+        out[b] = np.concatenate([to_chw(_jpeg_round_trip(Image.fromarray(picture), size,
+                                                         int(quality[b])))
+                                 for picture in pictures])
     return out
+
+
+def _jpeg_round_trip(image, size, quality):
+    small = image.size
+    buffer = io.BytesIO()
+    image.resize(size, Image.NEAREST).save(buffer, format="JPEG", quality=quality)
+    return Image.open(buffer).resize(small, Image.BOX)
 
 
 def swap_backgrounds(x, box, images, empty, box_pool, p, rng, min_scale=1.0):
@@ -217,7 +231,7 @@ def _between(start, end, t):
 
 
 def augment(x, rng, *, max_shift=0, hflip=False, max_degrees=0.0, max_scale=0.0,
-            colour=0.0, blur_p=0.0, recompress_p=0.0):
+            colour=0.0, blur_p=0.0, recompress_p=0.0, recompress_scale=1.0):
     """x with the requested augmentations, in the order rotate, zoom, flip, shift, colour
     jitter, blur, recompression. Steps that are off draw nothing from `rng`, so older runs
     replay exactly."""
@@ -234,5 +248,5 @@ def augment(x, rng, *, max_shift=0, hflip=False, max_degrees=0.0, max_scale=0.0,
     if blur_p:
         x = blur(x, blur_p, rng)
     if recompress_p:
-        x = recompress(x, recompress_p, rng)
+        x = recompress(x, recompress_p, rng, recompress_scale)
     return x

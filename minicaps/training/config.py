@@ -100,8 +100,8 @@ class TrainConfig:
                           minimum=0, maximum=1)
     recompress: float = setting(
         0.0, "Fraction of training images written as JPEG at a quality of "
-             f"{RECOMPRESS_QUALITY[0]}-{RECOMPRESS_QUALITY[1] - 1} and read back (compressed "
-             "broadcasts).", minimum=0, maximum=1)
+             f"{RECOMPRESS_QUALITY[0]}-{RECOMPRESS_QUALITY[1] - 1} and read back; R&S crops at "
+             "the frame's scale.", minimum=0, maximum=1)
     background_swap: float = setting(
         0.0, "R&S layout: fraction of training corners put on another photograph (training "
              "only): a logo corner's logo box is pasted into a logo-free training corner; a "

@@ -153,6 +153,7 @@ def train_epoch(net, opt, train, config, rng, progress, epoch, nologo, n_classes
     check_every = 1 if config.device == "cpu" else GPU_CHECK_EVERY
     if config.background_swap:
         empty, box_pool = train.swap_sources()
+    frame_scale = config.crop.scale if train.frame is not None else 1.0  # crops of frames
     loss_sum = hits = 0
     progress("epoch_start", epoch=epoch, steps=steps)
     for step in range(steps):
@@ -169,7 +170,7 @@ def train_epoch(net, opt, train, config, rng, progress, epoch, nologo, n_classes
         xb = augment(xb, rng, max_shift=config.shift, hflip=config.flip,
                      max_degrees=config.rotate, max_scale=config.scale_jitter,
                      colour=config.colour_jitter, blur_p=config.blur,
-                     recompress_p=config.recompress)
+                     recompress_p=config.recompress, recompress_scale=frame_scale)
         loss, grads, batch_hits = world.batch_gradients(
             lambda x, y: _gradients(net, x, y, n_classes), xb, train.y[idx], net.params)
         loss_sum = loss_sum + loss * len(idx)
