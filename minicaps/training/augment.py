@@ -172,10 +172,10 @@ def recompress(x, p, rng, scale=1.0):
 
 
 def _jpeg_round_trip(image, size, quality):
-    small = image.size
+    """`image` enlarged to `size`, written as JPEG at `quality`, read and shrunk back."""
     buffer = io.BytesIO()
     image.resize(size, Image.NEAREST).save(buffer, format="JPEG", quality=quality)
-    return Image.open(buffer).resize(small, Image.BOX)
+    return Image.open(buffer).resize(image.size, Image.BOX)
 
 
 def swap_backgrounds(x, box, images, empty, box_pool, p, rng, min_scale=1.0):
