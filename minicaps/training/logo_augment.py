@@ -1,11 +1,12 @@
 """Augmentations of logo corners that take away cues a channel's other renderings do not
-share (issue 20): the logo's colours, and what stands beside it.
+share (issue 20): the logo's colours, and what stands beside and behind it.
 
 A network trained on tvlogos-de learnt renderings, colour included: a blue "WDR HD" where
 training showed a white "WDR" with a red slash went to other channels, and programme
 titles in a corner were taken for logos. Here a training corner's logo gets other colours
 (its own pixels found inside its box, not the whole box, so that no rectangle marks it),
-text is drawn beside logos as broadcasters add "HD" or a region, and text and bars are
+text is drawn beside logos as broadcasters add "HD" or a region, a plate may be drawn
+behind a logo as some renderings put the mark on a disc or a box, and text and bars are
 drawn into corners without a logo, as programmes do, so that text alone never says logo.
 
 Like augment.py: uint8 batches (B, C, H, W) on the host, every random choice drawn from
@@ -164,9 +165,9 @@ def plate_logos(x, box, p, rng):
         top, left, bottom, right = y0 - reach[0], x0 - reach[1], y1 + reach[2], x1 + reach[3]
         yy, xx = np.mgrid[0:H, 0:W].astype(np.float32) + 0.5  # pixel centres
         if ellipse[b]:
-            cy, cx, ry, rx = (top + bottom) / 2, (left + right) / 2, (bottom - top) / 2, \
-                (right - left) / 2
-            inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+            centre_y, centre_x = (top + bottom) / 2, (left + right) / 2
+            half_h, half_w = (bottom - top) / 2, (right - left) / 2
+            inside = ((yy - centre_y) / half_h) ** 2 + ((xx - centre_x) / half_w) ** 2 <= 1
         else:
             inside = (yy >= top) & (yy < bottom) & (xx >= left) & (xx < right)
         logo = x[b, :, y0:y1, x0:x1].astype(np.float32)
