@@ -9,12 +9,8 @@ import pytest
 from minicaps.errors import MinicapsError
 from minicaps.training import augment, checkpoint, logo_augment, loop as train
 from minicaps.training.augment import swap_backgrounds
-from hypothesis import given, strategies as st
-
-from minicaps.training.logo_augment import (PLATE_CONTRAST, PLATE_MARGIN, beside, draw_text,
-                                            legible_colour, logo_mask, luminance,
-                                            photograph_behind, plate_logos, recolour_logos,
-                                            text_distractors, text_extent)
+from minicaps.training.logo_augment import (beside, draw_text, logo_mask, photograph_behind,
+                                            recolour_logos, text_distractors, text_extent)
 
 from test_train import _run, synthetic_logos
 
@@ -92,33 +88,6 @@ def test_recoloured_logos_fade_towards_the_photograph_behind_them(monkeypatch):
         assert (near < far - 5).any()  # and nearer it, by the opacity drawn for it
 
 
-def test_a_plate_goes_behind_the_logo_and_leaves_the_logo_and_the_far_photograph():
-    x, box = crops()
-    out = plate_logos(x, box, 1.0, np.random.default_rng(0))
-    assert out.dtype == np.uint8 and out.shape == x.shape
-    assert np.array_equal(out[3:], x[3:])  # no logo, no plate
-    y0, x0, y1, x1 = box[0]
-    reach = int(np.ceil(PLATE_MARGIN[1] * (y1 - y0))) + 1
-    far = np.ones(x.shape[2:], bool)
-    far[max(y0 - reach, 0):y1 + reach, max(x0 - reach, 0):x1 + reach] = False
-    changed = np.abs(out.astype(int) - x).max(axis=1) > 0  # (B, H, W)
-    assert not changed[:3][:, far].any()  # nothing beyond the plate's reach
-    assert np.array_equal(out[:3, :, y0:y1, x0:x1], x[:3, :, y0:y1, x0:x1])  # the logo on top
-    # the nearest margin is a tenth of the box's height: the plate covers the pixel left
-    # of the middle of the box's left edge, and right of its right edge, in every shape
-    middle = (y0 + y1) // 2
-    assert changed[:3, middle, x0 - 1].all() and changed[:3, middle, x1].all()
-    assert np.array_equal(out, plate_logos(x, box, 1.0, np.random.default_rng(0)))
-    assert np.array_equal(plate_logos(x, box, 0.0, np.random.default_rng(0)), x)
-
-
-@given(st.lists(st.floats(0, 255), min_size=3, max_size=3), st.floats(0, 255))
-def test_a_plates_colour_is_legible_against_any_logo(colour, logo_luminance):
-    new = legible_colour(np.array(colour, np.float32), logo_luminance)
-    assert new.min() >= -1e-3 and new.max() <= 255 + 1e-3
-    assert abs(float(luminance(new[:, None])[0]) - logo_luminance) >= PLATE_CONTRAST - 1e-2
-
-
 def test_titles_can_have_a_shadow_or_an_outline():
     grey = np.full((3, 24, 48), 128, np.uint8)
     white = (255, 255, 255)
@@ -187,7 +156,7 @@ def test_a_shrunk_logo_moves_from_the_centre_to_the_corner_nearest_the_images(bo
 
 def test_a_run_with_them_resumes_bit_for_bit(tmp_path):
     kw = dict(shift=1, background_swap=0.5, logo_scale=0.6, logo_recolour=0.5,
-              logo_plate=0.5, text_distractors=0.5)
+              text_distractors=0.5)
     _run(tmp_path / "straight", 2, synthetic_logos(), **kw)
     _run(tmp_path / "split", 1, synthetic_logos(), **kw)
     train.resume(tmp_path / "split", epochs=2, dataset=synthetic_logos())

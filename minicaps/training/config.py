@@ -117,11 +117,6 @@ class TrainConfig:
              "get other colours (hue turned, inverted, grey or one colour), faded towards the "
              "photograph behind them.",
         minimum=0, maximum=1)
-    logo_plate: float = setting(
-        0.0, "R&S layout: fraction of logo corners whose logo gets a plate behind it (an "
-             "ellipse or a rectangle of one colour beyond its box), as a channel shows its "
-             "mark on a disc or a regional plate.",
-        minimum=0, maximum=1)
     text_distractors: float = setting(
         0.0, "R&S layout: fraction of training corners given random text: beside the logo "
              "(as an \"HD\" or a region), or anywhere in a corner without one (as a "

@@ -1,12 +1,11 @@
 """Augmentations of logo corners that take away cues a channel's other renderings do not
-share (issue 20): the logo's colours, and what stands beside and behind it.
+share (issue 20): the logo's colours, and what stands beside it.
 
 A network trained on tvlogos-de learnt renderings, colour included: a blue "WDR HD" where
 training showed a white "WDR" with a red slash went to other channels, and programme
 titles in a corner were taken for logos. Here a training corner's logo gets other colours
 (its own pixels found inside its box, not the whole box, so that no rectangle marks it),
-text is drawn beside logos as broadcasters add "HD" or a region, a plate may be drawn
-behind a logo as some renderings put the mark on a disc or a box, and text and bars are
+text is drawn beside logos as broadcasters add "HD" or a region, and text and bars are
 drawn into corners without a logo, as programmes do, so that text alone never says logo.
 
 Like augment.py: uint8 batches (B, C, H, W) on the host, every random choice drawn from
@@ -38,15 +37,6 @@ MIN_OPACITY = 0.5
 # apart, which the network learns to see through from few examples (docs/studies/
 # logo_shift.md).
 RECOLOUR_WAYS = (0.1, 0.1, 0.3, 0.5)
-LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 luminance weights of R, G, B
-# A plate drawn behind a logo reaches this far beyond its box on each side, in box heights
-# (each side drawn apart): channels show the same mark on a disc, a box or a regional
-# plate that a rendering without one does not have (SAT.1 GOLD in a disc, mdr on a plate
-# with its region's name).
-PLATE_MARGIN = (0.1, 0.5)
-# A plate's luminance lies at least this many grey levels from the logo's, so that the
-# logo stays legible on it, as a broadcaster's would.
-PLATE_CONTRAST = 80.0
 
 
 def photograph_behind(image, box, rim=2):
@@ -111,7 +101,8 @@ def recolour_logos(x, box, p, rng):
     for b in np.flatnonzero(chosen):
         y0, x0, y1, x1 = box[b]
         logo = x[b, :, y0:y1, x0:x1].astype(np.float32)  # (C, h, w)
-        lum = luminance(logo)
+        lum = logo.mean(axis=0) if len(logo) == 1 else np.tensordot(
+            [0.299, 0.587, 0.114], logo, axes=1).astype(np.float32)
         kind = kinds[b] if len(logo) == 3 else (1, 3)[kinds[b] % 2]
         if kind == 0:
             new = np.tensordot(hue_rotation(angles[b]), logo, axes=1)
@@ -126,60 +117,6 @@ def recolour_logos(x, box, p, rng):
         new = behind + opacities[b] * (new - behind)
         m = logo_mask(x[b], box[b], behind)
         out[b, :, y0:y1, x0:x1] = np.clip(np.rint(logo * (1 - m) + new * m), 0, 255)
-    return out
-
-
-def luminance(pixels):
-    """(...) luminance of (C, ...) pixels: LUMA for RGB, the value itself for one channel."""
-    if len(pixels) == 1:
-        return pixels[0].astype(np.float32)
-    return np.tensordot(LUMA, pixels, axes=1).astype(np.float32)
-
-
-def legible_colour(colour, logo_luminance):
-    """`colour` (C,) darkened or lightened (towards black where the logo is light, white where
-    it is dark) until its luminance is PLATE_CONTRAST from `logo_luminance`, if it is not."""
-    lum = float(luminance(colour[:, None])[0])
-    if logo_luminance >= 128:
-        target = max(logo_luminance - PLATE_CONTRAST, 0.0)
-        return colour * min(target / max(lum, 1.0), 1.0)
-    target = min(logo_luminance + PLATE_CONTRAST, 255.0)
-    return 255 - (255 - colour) * min((255 - target) / max(255 - lum, 1.0), 1.0)
-
-
-def plate_logos(x, box, p, rng):
-    """A fraction p of the images that show a logo (box[b] = (y0, x0, y1, x1); -1s where
-    none) get a plate behind it: an ellipse or a rectangle of one random colour (made
-    legible against the logo, PLATE_CONTRAST) reaching PLATE_MARGIN beyond the box,
-    0.7-1 opaque over the photograph; the logo's own pixels (logo_mask) stay on top."""
-    chosen = (rng.random(len(x)) < p) & (box[:, 0] >= 0)
-    ellipse = rng.random(len(x)) < 0.5
-    margins = rng.uniform(*PLATE_MARGIN, size=(len(x), 4))  # top, left, bottom, right
-    colours = rng.uniform(0, 255, size=(len(x), x.shape[1])).astype(np.float32)
-    opacities = rng.uniform(0.7, 1, size=len(x)).astype(np.float32)
-    out = x.copy()
-    H, W = x.shape[2:]
-    for b in np.flatnonzero(chosen):
-        y0, x0, y1, x1 = box[b]
-        reach = margins[b] * (y1 - y0)
-        top, left, bottom, right = y0 - reach[0], x0 - reach[1], y1 + reach[2], x1 + reach[3]
-        yy, xx = np.mgrid[0:H, 0:W].astype(np.float32) + 0.5  # pixel centres
-        if ellipse[b]:
-            centre_y, centre_x = (top + bottom) / 2, (left + right) / 2
-            half_h, half_w = (bottom - top) / 2, (right - left) / 2
-            inside = ((yy - centre_y) / half_h) ** 2 + ((xx - centre_x) / half_w) ** 2 <= 1
-        else:
-            inside = (yy >= top) & (yy < bottom) & (xx >= left) & (xx < right)
-        logo = x[b, :, y0:y1, x0:x1].astype(np.float32)
-        m = logo_mask(x[b], box[b])
-        logo_lum = float((luminance(logo) * m).sum() / max(m.sum(), 1e-6)) if m.any() \
-            else float(luminance(logo).mean())
-        colour = legible_colour(colours[b], logo_lum)[:, None, None]
-        image = x[b].astype(np.float32)
-        a = opacities[b] * inside[None]
-        plated = image * (1 - a) + colour * a
-        plated[:, y0:y1, x0:x1] = plated[:, y0:y1, x0:x1] * (1 - m) + logo * m
-        out[b] = np.clip(np.rint(plated), 0, 255)
     return out
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import checkpoint, distributed
 from .augment import augment, swap_backgrounds
-from .logo_augment import plate_logos, recolour_logos, text_distractors
+from .logo_augment import recolour_logos, text_distractors
 from ..backend import get_array_module, to_host
 from ..data import detect_layout, load_dataset
 from ..errors import MinicapsError
@@ -52,9 +52,9 @@ class Split:
         swap draws from; one clear error where there is not both."""
         has_logo = self.box[:, 0] >= 0 if self.box is not None else None
         if has_logo is None or has_logo.all() or not has_logo.any():
-            raise MinicapsError("--background-swap, --logo-recolour, --logo-plate and "
-                                "--text-distractors need frames with logo boxes and corners "
-                                "without a logo (the R&S layout)")
+            raise MinicapsError("--background-swap, --logo-recolour and --text-distractors "
+                                "need frames with logo boxes and corners without a logo "
+                                "(the R&S layout)")
         return np.flatnonzero(~has_logo), self.box[has_logo]
 
 
@@ -165,8 +165,6 @@ def train_epoch(net, opt, train, config, rng, progress, epoch, nologo, n_classes
         if config.background_swap:
             xb = swap_backgrounds(xb, train.box[idx], train.x, empty, box_pool,
                                   config.background_swap, rng, config.logo_scale)
-        if config.logo_plate:  # after the swap, which pastes the box alone
-            xb = plate_logos(xb, train.box[idx], config.logo_plate, rng)
         if config.text_distractors:
             xb = text_distractors(xb, train.box[idx], config.text_distractors, rng)
         xb = augment(xb, rng, max_shift=config.shift, hflip=config.flip,
@@ -259,8 +257,7 @@ def _run_in(world, config, progress, dataset, resume):
     train, val, test = split_validation(ds, config.val_fraction, config.seed)
     if not len(train.y):
         raise MinicapsError("no training examples left after the validation split")
-    if config.background_swap or config.logo_recolour or config.logo_plate \
-            or config.text_distractors:
+    if config.background_swap or config.logo_recolour or config.text_distractors:
         train.swap_sources()  # refused before anything is built
     nologo = ds.classes.index(frames.NOLOGO) if frames.NOLOGO in ds.classes else None
     n_epoch = epoch_size(train.y, nologo, config.nologo_ratio)

@@ -15,8 +15,8 @@ measurements behind the R&S preset are in the docs ("Logo frames"); why each val
 - logos recoloured in half the logo corners, text in most corners, logos pasted down to
   0.4 of their size: renderings and overlays training never shows (docs/studies/
   logo_shift.md);
-- jitter, blur, recompression and plates behind logos stay off: jitter untested with
-  standardised input, the others measured in docs/studies/logo_shift.md.
+- jitter, blur and recompression stay off: jitter untested with standardised input, blur
+  and recompression measured in docs/studies/logo_shift.md.
 
 The R&S preset is the whole logo-frame configuration, values equal to the general defaults
 included, so that changing a general default does not move it.
@@ -33,8 +33,7 @@ SAMPLE_DEFAULTS = dict(conv_channels=64, primary_types=8, cnn_channels=(32, 64, 
 RS_DEFAULTS = dict(
     epochs=40, batch_size=32, lr=1e-3, lr_decay=0.95, average_epochs=1.0,
     shift=3, scale_jitter=0.0, colour_jitter=0.0, blur=0.0, recompress=0.0,
-    background_swap=0.5, logo_scale=0.4, logo_recolour=0.5, logo_plate=0.0,
-    text_distractors=0.8,
+    background_swap=0.5, logo_scale=0.4, logo_recolour=0.5, text_distractors=0.8,
     nologo_ratio=0.5,
     nologo_capsule=True, init_length=None,
     share_transforms=False, reconstruction=False, standardize=True, contrast_window=7,
