@@ -35,7 +35,8 @@ def main():
     parser.add_argument("--limit", type=int, default=None, help="frames per split (a quick look)")
     args = parser.parse_args()
     horizons = [float(h) for h in args.horizons.split(",")]
-    options = {"average_epochs": horizons[0]}  # the rest: the data's preset (TrainConfig)
+    # The test split after every epoch, for the table; the rest: the data's preset.
+    options = {"average_epochs": horizons[0], "test_every": 1}
     for name in ("epochs", "contrast_window"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
@@ -60,15 +61,15 @@ def main():
         opt.step = step_and_average
         return opt
 
-    def scores_of_every_average(net, val, test, config, classes):
-        own = split_scores(net, val, test, config, classes)  # the run's own average
+    def scores_of_every_average(net, val, test, config, classes, score_test=True):
+        own = split_scores(net, val, test, config, classes, score_test)  # the run's own
         epochs_scored.append(own)  # called once per epoch
         if len(epochs_scored) < args.from_epoch:
             return own
         row = {"epoch": len(epochs_scored), horizons[0]: own}
         for h, average in extra.items():
             with weights_in(net.params, average.weights):
-                row[h] = split_scores(net, val, test, config, classes)
+                row[h] = split_scores(net, val, test, config, classes, score_test)
         rows.append(row)
         with open(Path(args.out) / "averages.jsonl", "a") as f:
             f.write(json.dumps({str(k): v for k, v in row.items()}) + "\n")

@@ -94,7 +94,7 @@ def test_every_declared_option_is_on_the_command_line():
     for f in declared(CapsNetConfig):
         if f.name != "none_capsule":  # plan does not model it
             assert f"--{f.name.replace('_', '-')}" in plan_help, f.name
-    assert "[default: (8; 40 on R&S frames); x>=1]" in " ".join(train_help.split())
+    assert "[default: (8; 45 on R&S frames); x>=1]" in " ".join(train_help.split())
 
 
 def test_the_network_options_of_training_are_the_networks_own():

@@ -236,6 +236,14 @@ def test_best_checkpoint_keeps_the_later_epoch_of_a_tie(tmp_path, monkeypatch, s
     assert checkpoint.load(tmp_path / "best.npz").epoch == best_epoch
 
 
+@pytest.mark.parametrize("every, scored", [(1, [1, 2, 3, 4, 5]), (2, [2, 4, 5]), (0, [5])])
+def test_the_test_split_is_scored_every_test_every_epochs_and_after_the_last(
+        tmp_path, every, scored):
+    history = _run(tmp_path, 5, test_every=every)
+    assert [r["epoch"] for r in history if r["test_accuracy"] is not None] == scored
+    assert all(r["val_accuracy"] is not None for r in history)
+
+
 @pytest.mark.parametrize("make, swap, average", [(synthetic, 0.0, 0.0),
                                                   (synthetic_logos, 0.5, 1.0)])
 def test_resume_ends_bitwise_equal_to_an_uninterrupted_run(tmp_path, make, swap, average):
@@ -262,9 +270,9 @@ def test_a_weight_average_is_what_is_scored_and_evaluated(tmp_path, monkeypatch)
     own weights (params, for resuming) stay apart and equal a run without the average."""
     scored, split_scores = [], train._split_scores
 
-    def spy(net, *args):
+    def spy(net, *args, **kwargs):
         scored.append({n: p.copy() for n, p in net.params.items()})
-        return split_scores(net, *args)
+        return split_scores(net, *args, **kwargs)
     monkeypatch.setattr(train, "_split_scores", spy)
     _run(tmp_path / "avg", 2, average_epochs=1.0)
     ckpt = checkpoint.load(tmp_path / "avg" / "last.npz")

@@ -31,9 +31,9 @@ def _pct(x):
 def epoch_line(r, epochs):
     """The one line printed after each epoch."""
     frames = ""
-    if "test_frame_accuracy" in r:
+    if "val_frame_accuracy" in r or "test_frame_accuracy" in r:
         frames = (f"  frames: val {_pct(r.get('val_frame_accuracy'))} "
-                  f"test {_pct(r['test_frame_accuracy'])} "
+                  f"test {_pct(r.get('test_frame_accuracy'))} "
                   f"(at {r.get('frame_threshold', PRESENT):g})")
     return (f"epoch {r['epoch']}/{epochs}  loss {r['train_loss']:.4f}  "
             f"train {_pct(r['train_accuracy'])}  val {_pct(r['val_accuracy'])}  "

@@ -81,6 +81,9 @@ class TrainConfig:
         0.0, "Score (and keep as best.npz) a running average of the weights over about this "
              "many recent epochs; training itself goes on unchanged. 0: off.", minimum=0)
     seed: int = setting(0, "Seed of weights, split, shuffles, augmentation.")
+    test_every: int = setting(
+        1, "Score the test split after every this many epochs and after the last (0: after "
+           "the last only); each scoring is a pass over the test split.", minimum=0)
     val_fraction: float = setting(
         0.1, "Fraction of the training data held out for validation (chooses best.npz).",
         minimum=0, maximum=0.5, max_open=True)

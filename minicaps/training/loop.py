@@ -93,9 +93,10 @@ def make_optimizer(config, params, steps_per_epoch):
     raise MinicapsError(f"optimizer must be adam or sgd, not {config.optimizer!r}")
 
 
-def _split_scores(net, val, test, config, classes):
-    """Accuracy on the validation and test splits; for frame data also the frame accuracy,
-    at the frame threshold that does best on the validation frames (recorded)."""
+def _split_scores(net, val, test, config, classes, score_test=True):
+    """Accuracy on the validation split, and on the test split if `score_test`; for frame
+    data also the frame accuracy, at the frame threshold that does best on the validation
+    frames (recorded)."""
     batch_size = max(config.batch_size, 256)
     out = {"val_accuracy": None, "test_accuracy": None}
     if len(val.y):
@@ -104,7 +105,7 @@ def _split_scores(net, val, test, config, classes):
         if val.frame is not None:
             out.update(frames.validation_frame_scores(ev.lengths, val.frame, val.frame_y,
                                                       classes))
-    if len(test.y):
+    if score_test and len(test.y):
         ev = evaluate(net, test.x, test.y, batch_size=batch_size, frame=test.frame,
                       frame_y=test.frame_y, classes=classes,
                       threshold=out.get("frame_threshold", frames.PRESENT))
@@ -112,6 +113,14 @@ def _split_scores(net, val, test, config, classes):
         if ev.frame_accuracy is not None:
             out["test_frame_accuracy"] = ev.frame_accuracy
     return out
+
+
+def _tests_after(epoch, config):
+    """Whether the test split is scored after `epoch`: every test_every epochs, and after
+    the last. Why not always: a pass over the test split is time not spent training, and
+    the network is chosen on validation alone."""
+    every = config.test_every
+    return epoch == config.epochs or bool(every) and epoch % every == 0
 
 
 def _finite(params):
@@ -305,7 +314,8 @@ def _run_in(world, config, progress, dataset, resume):
                                 f"stopped, the last good checkpoint is kept (try a lower --lr)")
         t_train = time.perf_counter() - t0
         with opt.averaged():  # the network that is scored (and the one best.npz is for)
-            scores = _split_scores(world.spread(net), val, test, config, ds.classes)
+            scores = _split_scores(world.spread(net), val, test, config, ds.classes,
+                                   score_test=_tests_after(epoch, config))
         record = {"epoch": epoch, "train_loss": loss, "train_accuracy": acc, **scores,
                   "lr": opt.lr, "images_per_s": n_epoch / t_train,
                   "epoch_s": time.perf_counter() - t0,
