@@ -61,15 +61,15 @@ def main():
         opt.step = step_and_average
         return opt
 
-    def scores_of_every_average(net, val, test, config, classes, score_test=True):
-        own = split_scores(net, val, test, config, classes, score_test)  # the run's own
+    def scores_of_every_average(net, val, test, config, classes, score_test=True, history=()):
+        own = split_scores(net, val, test, config, classes, score_test, history)  # the run's
         epochs_scored.append(own)  # called once per epoch
         if len(epochs_scored) < args.from_epoch:
             return own
         row = {"epoch": len(epochs_scored), horizons[0]: own}
         for h, average in extra.items():
             with weights_in(net.params, average.weights):
-                row[h] = split_scores(net, val, test, config, classes, score_test)
+                row[h] = split_scores(net, val, test, config, classes, score_test, history)
         rows.append(row)
         with open(Path(args.out) / "averages.jsonl", "a") as f:
             f.write(json.dumps({str(k): v for k, v in row.items()}) + "\n")

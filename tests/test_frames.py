@@ -5,8 +5,9 @@ import pytest
 
 from minicaps.errors import MinicapsError
 from minicaps.training.frames import (
-    PRESENT, capsule_count, choose_threshold, frame_accuracy, frame_decision, names_fit,
-    selection_score, strongest_channels, validation_frame_scores, with_nologo,
+    PRESENT, SELECTION_EPOCHS, THRESHOLDS, best_threshold, capsule_count, choose_threshold,
+    frame_accuracy, frame_decision, names_fit, selection_score, strongest_channels,
+    threshold_curve, validation_frame_scores, with_nologo,
 )
 
 
@@ -79,9 +80,32 @@ def test_validation_scores_choose_the_threshold_and_need_a_nologo_class():
     frame, frame_y = np.array([0, 1, 2]), np.array([0, 2, 1])
     scores = validation_frame_scores(lengths, frame, frame_y, ["a", "b", "nologo"])
     assert scores == {"frame_threshold": choose_threshold(lengths, frame, frame_y, 2),
-                      "val_frame_accuracy": 1.0}
+                      "val_frame_accuracy": 1.0,
+                      "val_frame_curve": threshold_curve(lengths, frame, frame_y, 2)}
     with pytest.raises(MinicapsError, match="nologo"):
         validation_frame_scores(lengths, frame, frame_y, ["a", "b", "c"])
+
+
+def test_the_threshold_is_chosen_on_the_curves_of_the_selection_epochs():
+    """An epoch whose own curve peaks elsewhere by a frame keeps the line its window of
+    epochs agrees on; epochs before the window take no part."""
+    lengths = np.array([[0.3, 0.1, 0.9], [0.1, 0.2, 0.9], [0.1, 0.7, 0.1]])
+    frame, frame_y = np.array([0, 1, 2]), np.array([0, 2, 1])  # right from 0.25 to 0.3
+    own = threshold_curve(lengths, frame, frame_y, 2)
+    at = THRESHOLDS.index
+    assert own[at(0.3)] == 1.0 and own[at(0.35)] < 1.0
+    higher = [1.0 if 0.3 < t <= 0.45 else 0.7 for t in THRESHOLDS]  # earlier epochs: 0.45
+    classes = ["a", "b", "nologo"]
+    alone = validation_frame_scores(lengths, frame, frame_y, classes)
+    assert alone["frame_threshold"] == 0.3
+    pooled = validation_frame_scores(lengths, frame, frame_y, classes,
+                                     [higher] * (SELECTION_EPOCHS - 1))
+    assert pooled["frame_threshold"] == 0.45  # a mean of 0.889 against 0.8 at 0.3
+    assert pooled["val_frame_accuracy"] == own[at(0.45)] and pooled["val_frame_curve"] == own
+    older = [higher] * 5 + [own] * (SELECTION_EPOCHS - 1)  # outside the window: no part
+    assert validation_frame_scores(lengths, frame, frame_y, classes,
+                                   older)["frame_threshold"] == 0.3
+    assert best_threshold([[0.5] * len(THRESHOLDS)]) == PRESENT  # ties: towards PRESENT
 
 
 def test_a_net_without_a_nologo_capsule_has_one_capsule_fewer():

@@ -99,21 +99,40 @@ def frame_accuracy(lengths, frame, frame_y, nologo, threshold=PRESENT):
     return float(np.mean(pred == np.asarray(frame_y)[ids]))
 
 
+def threshold_curve(lengths, frame, frame_y, nologo):
+    """The frame accuracy at each entry of THRESHOLDS."""
+    return [frame_accuracy(lengths, frame, frame_y, nologo, t) for t in THRESHOLDS]
+
+
+def best_threshold(curves):
+    """The entry of THRESHOLDS with the best frame accuracy averaged over `curves` (each
+    one threshold_curve), ties broken towards PRESENT."""
+    mean = np.round(np.mean(curves, axis=0), 12)  # equal sums in any order tie
+    return max(THRESHOLDS, key=lambda t: (mean[THRESHOLDS.index(t)], -abs(t - PRESENT)))
+
+
 def choose_threshold(lengths, frame, frame_y, nologo):
-    """The entry of THRESHOLDS with the best frame accuracy (ties: the nearest to PRESENT);
-    for the validation frames only."""
-    return max(THRESHOLDS, key=lambda t: (frame_accuracy(lengths, frame, frame_y, nologo, t),
-                                          -abs(t - PRESENT)))
+    """The entry of THRESHOLDS with the best frame accuracy on these frames (ties: the
+    nearest to PRESENT)."""
+    return best_threshold([threshold_curve(lengths, frame, frame_y, nologo)])
 
 
-def validation_frame_scores(lengths, frame, frame_y, classes):
-    """{"frame_threshold", "val_frame_accuracy"}: the threshold chosen on these validation
-    frames and their accuracy at it (recorded with every epoch; the test frames are
-    decided at it)."""
+def validation_frame_scores(lengths, frame, frame_y, classes, earlier_curves=()):
+    """{"val_frame_curve", "frame_threshold", "val_frame_accuracy"} of an epoch: these
+    validation frames' accuracy at every threshold, the threshold chosen on it averaged with
+    the curves of the epochs before (`earlier_curves`, the last SELECTION_EPOCHS - 1 of
+    them), and this epoch's accuracy there. Recorded with every epoch; the test frames, and
+    evaluate and predict with its checkpoint, are decided at that threshold.
+
+    Why several epochs: with a few hundred validation frames, few of them without a logo,
+    the curve is flat at its top and one epoch's choice moves with a frame or two
+    (docs/studies/logo_shift.md); the epochs that choose best.npz (selection_score) are as
+    many times the evidence for where the line goes."""
     nologo = nologo_index(classes)
-    threshold = choose_threshold(lengths, frame, frame_y, nologo)
-    return {"frame_threshold": threshold,
-            "val_frame_accuracy": frame_accuracy(lengths, frame, frame_y, nologo, threshold)}
+    curve = threshold_curve(lengths, frame, frame_y, nologo)
+    threshold = best_threshold([*earlier_curves, curve][-SELECTION_EPOCHS:])
+    return {"val_frame_curve": curve, "frame_threshold": threshold,
+            "val_frame_accuracy": curve[THRESHOLDS.index(threshold)]}
 
 
 def stored_threshold(history):

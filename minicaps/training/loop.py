@@ -93,18 +93,19 @@ def make_optimizer(config, params, steps_per_epoch):
     raise MinicapsError(f"optimizer must be adam or sgd, not {config.optimizer!r}")
 
 
-def _split_scores(net, val, test, config, classes, score_test=True):
+def _split_scores(net, val, test, config, classes, score_test=True, history=()):
     """Accuracy on the validation split, and on the test split if `score_test`; for frame
     data also the frame accuracy, at the frame threshold that does best on the validation
-    frames (recorded)."""
+    frames of this epoch and the ones before it in `history` (recorded)."""
     batch_size = max(config.batch_size, 256)
     out = {"val_accuracy": None, "test_accuracy": None}
     if len(val.y):
         ev = evaluate(net, val.x, val.y, batch_size=batch_size, classes=classes)
         out["val_accuracy"] = ev.accuracy
         if val.frame is not None:
+            earlier = [r["val_frame_curve"] for r in history if "val_frame_curve" in r]
             out.update(frames.validation_frame_scores(ev.lengths, val.frame, val.frame_y,
-                                                      classes))
+                                                      classes, earlier))
     if score_test and len(test.y):
         ev = evaluate(net, test.x, test.y, batch_size=batch_size, frame=test.frame,
                       frame_y=test.frame_y, classes=classes,
@@ -315,7 +316,7 @@ def _run_in(world, config, progress, dataset, resume):
         t_train = time.perf_counter() - t0
         with opt.averaged():  # the network that is scored (and the one best.npz is for)
             scores = _split_scores(world.spread(net), val, test, config, ds.classes,
-                                   score_test=_tests_after(epoch, config))
+                                   score_test=_tests_after(epoch, config), history=history)
         record = {"epoch": epoch, "train_loss": loss, "train_accuracy": acc, **scores,
                   "lr": opt.lr, "images_per_s": n_epoch / t_train,
                   "epoch_s": time.perf_counter() - t0,
