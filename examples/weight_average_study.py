@@ -62,7 +62,8 @@ def main():
         return opt
 
     def scores_of_every_average(net, val, test, config, classes, score_test=True, history=()):
-        own = split_scores(net, val, test, config, classes, score_test, history)  # the run's
+        # the run's own average
+        own = split_scores(net, val, test, config, classes, score_test, history)
         epochs_scored.append(own)  # called once per epoch
         if len(epochs_scored) < args.from_epoch:
             return own

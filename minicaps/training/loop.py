@@ -121,7 +121,7 @@ def _tests_after(epoch, config):
     the last. Why not always: a pass over the test split is time not spent training, and
     the network is chosen on validation alone."""
     every = config.test_every
-    return epoch == config.epochs or bool(every) and epoch % every == 0
+    return epoch == config.epochs or (every > 0 and epoch % every == 0)
 
 
 def _finite(params):

@@ -7,10 +7,10 @@ measurements behind the R&S preset are in the docs ("Logo frames"); why each val
 - the network, optimiser and shifts of the issue's "plain design", without the decoder;
 - standardised input and one transform per primary capsule: on raw pixels conv1 died;
 - local contrast (contrast_window 7) shows the faint logos behind most remaining errors;
-- 45 epochs, within the logo issue's 30 minutes on two cores: test frames and unseen renderings were still
-  gaining at 22 (the default until scoring every epoch stopped costing half of it), and
-  recoloured logos at 40 (the default until the test split was scored only after the
-  last epoch, which paid for five more);
+- 45 epochs, within the logo issue's 30 minutes on two cores: test frames and unseen
+  renderings were still gaining at 22 (the default until scoring every epoch stopped
+  costing half of it), recoloured logos at 40 (the default until the test split was scored
+  after the last epoch only, test_every 0, which paid for five more);
 - every logo corner and half as many nologo corners per epoch (nologo_ratio 0.5);
 - background_swap 0.5: without it the photographs are learnt along with their logos;
 - a weight average over about an epoch: a steadier validation signal, a small gain at best;
