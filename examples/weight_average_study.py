@@ -44,7 +44,7 @@ def main():
                                seed=args.seed, limit=args.limit, **options)
     # The extra averages ride along with the run's optimizer; "none" is an average over
     # one step, i.e. a copy of the training weights.
-    extra, rows, epochs_scored = {}, [], []
+    extra, rows, epochs_scored, extra_history = {}, [], [], {}
     make_optimizer, split_scores = train.make_optimizer, train._split_scores
 
     def with_extra_averages(config, params, steps_per_epoch):
@@ -68,9 +68,11 @@ def main():
         if len(epochs_scored) < args.from_epoch:
             return own
         row = {"epoch": len(epochs_scored), horizons[0]: own}
-        for h, average in extra.items():
+        for h, average in extra.items():  # each average's threshold from its own curves
             with weights_in(net.params, average.weights):
-                row[h] = split_scores(net, val, test, config, classes, score_test, history)
+                row[h] = split_scores(net, val, test, config, classes, score_test,
+                                      extra_history.setdefault(h, []))
+            extra_history[h].append(row[h])
         rows.append(row)
         with open(Path(args.out) / "averages.jsonl", "a") as f:
             f.write(json.dumps({str(k): v for k, v in row.items()}) + "\n")

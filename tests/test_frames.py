@@ -102,9 +102,10 @@ def test_the_threshold_is_chosen_on_the_curves_of_the_selection_epochs():
                                      [higher] * (SELECTION_EPOCHS - 1))
     assert pooled["frame_threshold"] == 0.45  # a mean of 0.889 against 0.8 at 0.3
     assert pooled["val_frame_accuracy"] == own[at(0.45)] and pooled["val_frame_curve"] == own
-    older = [higher] * 5 + [own] * (SELECTION_EPOCHS - 1)  # outside the window: no part
+    lower = [1.0 if t <= 0.3 else 0.0 for t in THRESHOLDS]  # one epoch more would pull to 0.3
+    older = [lower] + [higher] * (SELECTION_EPOCHS - 1)  # outside the window: no part
     assert validation_frame_scores(lengths, frame, frame_y, classes,
-                                   older)["frame_threshold"] == 0.3
+                                   older)["frame_threshold"] == 0.45
     assert best_threshold([[0.5] * len(THRESHOLDS)]) == PRESENT  # ties: towards PRESENT
 
 

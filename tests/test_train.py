@@ -10,6 +10,7 @@ from PIL import Image
 
 from minicaps import CapsNetConfig
 from minicaps.cli import main as cli
+from minicaps.cli.train import epoch_line
 from minicaps.training import checkpoint, loop as train
 from minicaps.training.augment import (RECOMPRESS_QUALITY, augment, blur, flip, jitter,
                                       recompress, rotate, shift, swap_backgrounds, zoom)
@@ -234,6 +235,22 @@ def test_best_checkpoint_keeps_the_later_epoch_of_a_tie(tmp_path, monkeypatch, s
     monkeypatch.setattr(train.frames, "selection_score", score)
     _run(tmp_path, 3)
     assert checkpoint.load(tmp_path / "best.npz").epoch == best_epoch
+
+
+def test_each_epochs_frame_threshold_comes_from_the_last_three_curves(tmp_path):
+    ds = synthetic()
+    ds.classes = ["top", "middle", "nologo"]
+    ds.train_frame, ds.test_frame = np.arange(48), np.arange(24)
+    ds.train_frame_y, ds.test_frame_y = ds.train_y.copy(), ds.test_y.copy()
+    history = _run(tmp_path, 4, ds, test_every=0)
+    curves = [r["val_frame_curve"] for r in history]
+    assert all(len(c) == len(train.frames.THRESHOLDS) for c in curves)
+    for n, record in enumerate(history):
+        window = curves[max(n - train.frames.SELECTION_EPOCHS + 1, 0):n + 1]
+        assert record["frame_threshold"] == train.frames.best_threshold(window)
+    assert "test_frame_accuracy" not in history[0] and "test_frame_accuracy" in history[-1]
+    line = epoch_line(history[0], 4)  # an epoch without a test score
+    assert "val " in line and line.count("test -") == 2 and "frames: val" in line
 
 
 @pytest.mark.parametrize("every, scored", [(1, [1, 2, 3, 4, 5]), (2, [2, 4, 5]), (0, [5])])

@@ -136,7 +136,8 @@ def validation_frame_scores(lengths, frame, frame_y, classes, earlier_curves=())
 
 
 def stored_threshold(history):
-    """The frame threshold of a checkpoint: chosen on validation in its last epoch."""
+    """The frame threshold of a checkpoint: chosen in its last epoch, on the validation
+    curves of that epoch and the two before it (older checkpoints: of that epoch alone)."""
     return history[-1].get("frame_threshold", PRESENT) if history else PRESENT
 
 
