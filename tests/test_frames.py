@@ -5,9 +5,9 @@ import pytest
 
 from minicaps.errors import MinicapsError
 from minicaps.training.frames import (
-    PRESENT, SELECTION_EPOCHS, THRESHOLDS, best_threshold, capsule_count, choose_threshold,
-    frame_accuracy, frame_decision, names_fit, selection_score, strongest_channels,
-    threshold_curve, validation_frame_scores, with_nologo,
+    PRESENT, SELECTION_EPOCHS, THRESHOLDS, best_threshold, capsule_count, frame_accuracy,
+    frame_decision, names_fit, selection_score, strongest_channels, threshold_curve,
+    validation_frame_scores, with_nologo,
 )
 
 
@@ -39,7 +39,7 @@ def test_frame_decision_threshold_and_the_nologo_column():
 def test_the_frame_threshold_is_the_best_one_on_the_frames_given():
     lengths = np.array([[0.3, 0.1, 0.9], [0.1, 0.2, 0.9], [0.1, 0.7, 0.1]])
     frame, frame_y = np.array([0, 1, 2]), np.array([0, 2, 1])  # a faint logo, none, a clear one
-    t = choose_threshold(lengths, frame, frame_y, nologo=2)
+    t = best_threshold([threshold_curve(lengths, frame, frame_y, nologo=2)])
     assert 0.2 < t <= 0.3 and frame_accuracy(lengths, frame, frame_y, 2, t) == 1.0
     assert frame_accuracy(lengths, frame, frame_y, 2) == pytest.approx(2 / 3)  # at 0.5
 
@@ -79,7 +79,8 @@ def test_validation_scores_choose_the_threshold_and_need_a_nologo_class():
     lengths = np.array([[0.3, 0.1, 0.9], [0.1, 0.2, 0.9], [0.1, 0.7, 0.1]])
     frame, frame_y = np.array([0, 1, 2]), np.array([0, 2, 1])
     scores = validation_frame_scores(lengths, frame, frame_y, ["a", "b", "nologo"])
-    assert scores == {"frame_threshold": choose_threshold(lengths, frame, frame_y, 2),
+    assert scores == {"frame_threshold": best_threshold([threshold_curve(lengths, frame,
+                                                                         frame_y, 2)]),
                       "val_frame_accuracy": 1.0,
                       "val_frame_curve": threshold_curve(lengths, frame, frame_y, 2)}
     with pytest.raises(MinicapsError, match="nologo"):

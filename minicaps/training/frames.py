@@ -111,12 +111,6 @@ def best_threshold(curves):
     return max(THRESHOLDS, key=lambda t: (mean[THRESHOLDS.index(t)], -abs(t - PRESENT)))
 
 
-def choose_threshold(lengths, frame, frame_y, nologo):
-    """The entry of THRESHOLDS with the best frame accuracy on these frames (ties: the
-    nearest to PRESENT)."""
-    return best_threshold([threshold_curve(lengths, frame, frame_y, nologo)])
-
-
 def validation_frame_scores(lengths, frame, frame_y, classes, earlier_curves=()):
     """{"val_frame_curve", "frame_threshold", "val_frame_accuracy"} of an epoch: these
     validation frames' accuracy at every threshold, the threshold chosen on it averaged with
