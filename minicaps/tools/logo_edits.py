@@ -10,7 +10,7 @@ stand-in should not test the network on the very glyphs it was trained to ignore
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from ..training.logo_augment import hue_rotation
+from ..training.logo_augment import LUMA, hue_rotation
 
 RECOLOURS = ("hue", "invert", "grey", "flat")
 # Words broadcasters put beside a logo: the picture's quality, a region, a programme
@@ -35,7 +35,7 @@ def font(size, rng):
 
 
 def luminance(rgb):
-    return rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+    return rgb @ np.array(LUMA, np.float32)
 
 
 def recolour(frame, box, mask, kind, rng):

@@ -37,6 +37,7 @@ MIN_OPACITY = 0.5
 # apart, which the network learns to see through from few examples (docs/studies/
 # logo_shift.md).
 RECOLOUR_WAYS = (0.1, 0.1, 0.3, 0.5)
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 luminance weights of R, G, B
 
 
 def photograph_behind(image, box, rim=2):
@@ -102,7 +103,7 @@ def recolour_logos(x, box, p, rng):
         y0, x0, y1, x1 = box[b]
         logo = x[b, :, y0:y1, x0:x1].astype(np.float32)  # (C, h, w)
         lum = logo.mean(axis=0) if len(logo) == 1 else np.tensordot(
-            [0.299, 0.587, 0.114], logo, axes=1).astype(np.float32)
+            LUMA, logo, axes=1).astype(np.float32)
         kind = kinds[b] if len(logo) == 3 else (1, 3)[kinds[b] % 2]
         if kind == 0:
             new = np.tensordot(hue_rotation(angles[b]), logo, axes=1)
