@@ -9,9 +9,8 @@ import pytest
 from minicaps.errors import MinicapsError
 from minicaps.training import augment, checkpoint, logo_augment, loop as train
 from minicaps.training.augment import swap_backgrounds
-from minicaps.training.logo_augment import (at_logo_place, beside, draw_text, logo_mask,
-                                            photograph_behind, recolour_logos,
-                                            text_distractors, text_extent)
+from minicaps.training.logo_augment import (beside, draw_text, logo_mask, photograph_behind,
+                                            recolour_logos, text_distractors, text_extent)
 
 from test_train import _run, synthetic_logos
 
@@ -123,28 +122,6 @@ def test_text_never_covers_the_logo_and_goes_anywhere_without_one():
     assert drawn.dtype == np.uint8 and (drawn != x[-1]).any()
 
 
-@pytest.mark.parametrize("box", [(4, 6, 12, 22), (14, 30, 22, 46)])
-def test_a_title_at_a_logo_place_is_flush_with_its_sides_nearest_the_corner(box):
-    """Top left box: the title's ink starts at its top and left; bottom right box: it ends
-    at its bottom and right. Its ink is 40-90 % of the box's height (8 pixels), at least 4."""
-    x, _ = crops(8)
-    no_logo = np.full((8, 4), -1)
-    places = np.array([box])
-    out = text_distractors(x, no_logo, 1.0, np.random.default_rng(3), places, 1.0)
-    for b in range(8):
-        ink = np.argwhere(np.abs(out[b].astype(int) - x[b]).max(axis=0) > 40)
-        (top, left), (bottom, right) = ink.min(axis=0), ink.max(axis=0)
-        assert 3 <= bottom - top + 1 <= 9  # 40-90 % of 8, antialiased edges
-        if box[0] == 4:
-            assert abs(top - 4) <= 1 and abs(left - 6) <= 1
-        else:
-            assert abs(bottom - 21) <= 1 and (right >= 44 or left == 0)
-    height, (top, left) = at_logo_place("WORD", box, (24, 48), np.random.default_rng(0))
-    assert 4 <= height <= 7.2 and top >= 0 and left >= 0
-    anywhere = text_distractors(x, no_logo, 1.0, np.random.default_rng(3), places, 0.0)
-    assert not np.array_equal(anywhere, out)
-
-
 def test_the_swap_shrinks_logos_between_their_centre_and_corner_and_not_without_it():
     x, box = crops()
     images = np.concatenate([x, np.full((4, 3, 24, 48), 200, np.uint8)])
@@ -179,7 +156,7 @@ def test_a_shrunk_logo_moves_from_the_centre_to_the_corner_nearest_the_images(bo
 
 def test_a_run_with_them_resumes_bit_for_bit(tmp_path):
     kw = dict(shift=1, background_swap=0.5, logo_scale=0.6, logo_recolour=0.5,
-              text_distractors=0.5, titles_at_logos=0.5)
+              text_distractors=0.5)
     _run(tmp_path / "straight", 2, synthetic_logos(), **kw)
     _run(tmp_path / "split", 1, synthetic_logos(), **kw)
     train.resume(tmp_path / "split", epochs=2, dataset=synthetic_logos())

@@ -125,10 +125,6 @@ class TrainConfig:
              "(as an \"HD\" or a region), or anywhere in a corner without one (as a "
              "programme's title, plain, shadowed or outlined); labels unchanged.",
         minimum=0, maximum=1)
-    titles_at_logos: float = setting(
-        0.0, "R&S layout: fraction of the text distractors' titles in corners without a "
-             "logo put where a training corner's logo stands (flush with its box's sides "
-             "nearest the frame's corner) instead of anywhere.", minimum=0, maximum=1)
     flip: bool = setting(False, "Random horizontal flips (training only).", flag="--flip")
     nologo_ratio: float = setting(
         None, "R&S layout: each epoch shows every logo corner once and this many nologo "

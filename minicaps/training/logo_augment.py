@@ -210,29 +210,13 @@ def beside(box, size, gap, below, shape):
     return (top, x0 - gap - w) if x0 - gap - w >= 0 else None
 
 
-def at_logo_place(word, box, shape, rng):
-    """(height, (top, left)) for a title where a logo stands, as programme titles share the
-    broadcast's corners with logos: its ink 40-90 % of `box`'s height (4-14 pixels) and
-    flush with the box's sides nearest the image's corner, running on past the box's far
-    side as a long title does (kept inside the image where it is too long to)."""
-    y0, x0, y1, x1 = box
-    H, W = shape
-    height = float(np.clip((y1 - y0) * rng.uniform(0.4, 0.9), 4, 14))
-    w, h = text_extent(word, height)
-    top = y0 if y0 + y1 < H else y1 - h
-    left = x0 if x0 + x1 < W else x1 - w
-    return height, (float(np.clip(top, 0, H - h)), float(np.clip(left, 0, max(W - w, 0))))
-
-
-def text_distractors(x, box, p, rng, places=None, at_places=0.0):
+def text_distractors(x, box, p, rng):
     """A fraction p of the images get text: beside the logo where there is one (right of
     it, left where the image ends, or below it in smaller letters; 30-70 % of its height;
     never over it), anywhere in an image without one (a word or two, 4-14 pixels high, on
     a bar two times in five, plain, shadowed or outlined a third of the time each), as
-    broadcasters and programmes put text in a corner. A fraction `at_places` of those
-    titles stands where a logo does instead: at a box drawn from `places` (N, 4), see
-    `at_logo_place`. Labels do not change: text beside a logo is still that channel, text
-    alone is still no logo."""
+    broadcasters and programmes put text in a corner. Labels do not change: text beside a
+    logo is still that channel, text alone is still no logo."""
     chosen = rng.random(len(x)) < p
     out = x.copy()
     H, W = x.shape[2:]
@@ -245,9 +229,6 @@ def text_distractors(x, box, p, rng, places=None, at_places=0.0):
             at = beside(box[b], text_extent(word, height), int(rng.integers(1, 4)), below, (H, W))
             if at is None:
                 continue
-        elif at_places and rng.random() < at_places:
-            word, edge = _title(rng), _edge(rng)
-            height, at = at_logo_place(word, places[rng.integers(len(places))], (H, W), rng)
         else:
             word, edge, height = _title(rng), _edge(rng), rng.uniform(4, 14)
             at = (rng.uniform(0, H - 3), rng.uniform(0, W - 6))

@@ -52,9 +52,9 @@ class Split:
         swap draws from; one clear error where there is not both."""
         has_logo = self.box[:, 0] >= 0 if self.box is not None else None
         if has_logo is None or has_logo.all() or not has_logo.any():
-            raise MinicapsError("--background-swap, --logo-recolour, --text-distractors and "
-                                "--titles-at-logos need frames with logo boxes and corners "
-                                "without a logo (the R&S layout)")
+            raise MinicapsError("--background-swap, --logo-recolour and --text-distractors "
+                                "need frames with logo boxes and corners without a logo "
+                                "(the R&S layout)")
         return np.flatnonzero(~has_logo), self.box[has_logo]
 
 
@@ -161,7 +161,7 @@ def train_epoch(net, opt, train, config, rng, progress, epoch, nologo, n_classes
     n, B = len(order), config.batch_size
     steps = math.ceil(n / B)
     check_every = 1 if config.device == "cpu" else GPU_CHECK_EVERY
-    if config.background_swap or config.titles_at_logos:
+    if config.background_swap:
         empty, box_pool = train.swap_sources()
     frame_scale = config.crop.scale if train.frame is not None else 1.0  # crops of frames
     loss_sum = hits = 0
@@ -176,9 +176,7 @@ def train_epoch(net, opt, train, config, rng, progress, epoch, nologo, n_classes
             xb = swap_backgrounds(xb, train.box[idx], train.x, empty, box_pool,
                                   config.background_swap, rng, config.logo_scale)
         if config.text_distractors:
-            xb = text_distractors(xb, train.box[idx], config.text_distractors, rng,
-                                  box_pool if config.titles_at_logos else None,
-                                  config.titles_at_logos)
+            xb = text_distractors(xb, train.box[idx], config.text_distractors, rng)
         xb = augment(xb, rng, max_shift=config.shift, hflip=config.flip,
                      max_degrees=config.rotate, max_scale=config.scale_jitter,
                      colour=config.colour_jitter, blur_p=config.blur,
@@ -269,8 +267,7 @@ def _run_in(world, config, progress, dataset, resume):
     train, val, test = split_validation(ds, config.val_fraction, config.seed)
     if not len(train.y):
         raise MinicapsError("no training examples left after the validation split")
-    if (config.background_swap or config.logo_recolour or config.text_distractors
-            or config.titles_at_logos):
+    if config.background_swap or config.logo_recolour or config.text_distractors:
         train.swap_sources()  # refused before anything is built
     nologo = ds.classes.index(frames.NOLOGO) if frames.NOLOGO in ds.classes else None
     n_epoch = epoch_size(train.y, nologo, config.nologo_ratio)
