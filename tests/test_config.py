@@ -86,6 +86,12 @@ def test_checkpoints_stored_before_the_presets_read_as_they_were_trained():
     assert elsewhere.cnn_channels == CNNConfig().channels
 
 
+def test_a_checkpoint_with_an_option_this_version_lacks_is_refused_by_name():
+    stored = {**TrainConfig(data=None).to_json(), "titles_at_logos": 0.5}
+    with pytest.raises(MinicapsError, match="does not have \\(titles_at_logos\\)"):
+        TrainConfig.from_json(stored)
+
+
 def test_every_declared_option_is_on_the_command_line():
     train_help = invoke("train", "--help").output
     for f in declared(TrainConfig):

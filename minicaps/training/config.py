@@ -220,8 +220,15 @@ class TrainConfig:
         """The TrainConfig of a checkpoint (to_json's dict), as it was trained. An option
         it lacks predates the option: it had the declared default. Before every option was
         resolved here, checkpoints stored None for network options left out: the
-        bundled sample's values on the bundled sample, else the declared defaults."""
+        bundled sample's values on the bundled sample, else the declared defaults. An
+        option this version does not know is refused: the run cannot be said to be the
+        one it was."""
         values = dict(stored)
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise MinicapsError("the checkpoint was trained with options this version of "
+                                f"minicaps does not have ({', '.join(unknown)}): it was "
+                                "written by another version")
         before = SAMPLE_DEFAULTS if values.get("data") is None else {}
         for f in declared(cls):
             default = f.metadata["default"]
