@@ -1,5 +1,6 @@
 """The command line end to end: train, evaluate, predict, and one clear line per user error."""
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -64,6 +65,14 @@ def test_evaluate_prints_accuracy_and_confusion_matrix(run_dir):
     assert result.exit_code == 0, result.output
     assert "accuracy (examples)" in result.output and "confusion matrix" in result.output
     assert "(epoch 1)" in result.output
+
+
+def test_evaluate_refuses_a_checkpoint_trained_with_options_it_does_not_have(run_dir,
+                                                                            tmp_path):
+    ckpt = checkpoint.load(run_dir / "last.npz")
+    newer = {**ckpt.train_config, "titles_at_logos": 0.5}  # an option from another version
+    checkpoint.save(tmp_path / "newer.npz", dataclasses.replace(ckpt, train_config=newer))
+    assert_user_error(invoke("evaluate", tmp_path / "newer.npz"), "titles_at_logos")
 
 
 def test_predict_prints_class_and_lengths(run_dir, tmp_path):
