@@ -67,12 +67,15 @@ def test_evaluate_prints_accuracy_and_confusion_matrix(run_dir):
     assert "(epoch 1)" in result.output
 
 
-def test_evaluate_refuses_a_checkpoint_trained_with_options_it_does_not_have(run_dir,
-                                                                            tmp_path):
+def test_a_checkpoint_trained_with_options_this_version_lacks_is_refused(run_dir, tmp_path):
+    """evaluate and resume read its training options and refuse it in one line."""
     ckpt = checkpoint.load(run_dir / "last.npz")
     newer = {**ckpt.train_config, "titles_at_logos": 0.5}  # an option from another version
-    checkpoint.save(tmp_path / "newer.npz", dataclasses.replace(ckpt, train_config=newer))
-    assert_user_error(invoke("evaluate", tmp_path / "newer.npz"), "titles_at_logos")
+    checkpoint.save(tmp_path / "last.npz", dataclasses.replace(ckpt, train_config=newer))
+    assert_user_error(invoke("evaluate", tmp_path / "last.npz"), "titles_at_logos")
+    assert_user_error(invoke("train", "--resume", "--out", tmp_path, "--epochs", 2),
+                      "titles_at_logos")
+    assert sorted(os.listdir(tmp_path)) == ["last.npz"]  # nothing written
 
 
 def test_predict_prints_class_and_lengths(run_dir, tmp_path):

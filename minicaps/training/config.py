@@ -221,8 +221,8 @@ class TrainConfig:
         it lacks predates the option: it had the declared default. Before every option was
         resolved here, checkpoints stored None for network options left out: the
         bundled sample's values on the bundled sample, else the declared defaults. An
-        option this version does not have is refused: without it the run would not be
-        the one that was trained."""
+        option this version does not have is refused, whatever its value: this version
+        cannot tell whether the run it describes is the one it would train or score."""
         values = dict(stored)
         unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
