@@ -52,6 +52,12 @@ def flag_of(f):
     return f.metadata.get("flag") or (f"--{name}/--no-{name}" if f.type is bool else f"--{name}")
 
 
+def unknown_names(config_class, names):
+    """The names among `names` that are no field of `config_class`, sorted: what a config
+    stored by another version of minicaps may hold."""
+    return sorted(set(names) - {f.name for f in dataclasses.fields(config_class)})
+
+
 def option_name(config_class, name, value=True):
     """How the command line and messages call option `name` of `config_class`:
     "--init-length", "--em-share-class-transforms"; a switch whose `value` is False by its

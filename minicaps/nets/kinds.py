@@ -5,10 +5,10 @@
 A checkpoint stores its network's kind beside the config, so `evaluate` and `predict`
 rebuild whichever network was trained.
 """
-import dataclasses
 
 from .cnn import CNNConfig, PoolingCNN
 from ..errors import MinicapsError
+from ..option import unknown_names
 from .capsnet import CapsNet, CapsNetConfig
 from .emcapsnet import EMCapsNet, EMCapsNetConfig
 
@@ -36,10 +36,9 @@ def _entry(kind):
 def config_from_dict(kind, fields):
     """The config of a `kind` network from its fields (as dataclasses.asdict gives them)."""
     config_class, _ = _entry(kind)
-    known = {f.name for f in dataclasses.fields(config_class)}
-    unknown = set(fields) - known
+    unknown = unknown_names(config_class, fields)
     if unknown:
-        raise MinicapsError(f"{kind} configuration with unknown fields: {sorted(unknown)}")
+        raise MinicapsError(f"{kind} configuration with unknown fields: {unknown}")
     return config_class(**fields)
 
 

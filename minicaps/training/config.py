@@ -16,7 +16,7 @@ from ..data import RSCrop
 from ..data.rs import CORNERS, FRAME_H, FRAME_W
 from ..errors import MinicapsError
 from ..nets.kinds import KINDS
-from ..option import declaration, declared, default_of, option_name
+from ..option import declaration, declared, default_of, option_name, unknown_names
 from .augment import RECOMPRESS_QUALITY
 from .frames import capsule_count
 from .presets import SAMPLE_DEFAULTS, preset_values
@@ -224,7 +224,7 @@ class TrainConfig:
         option this version does not have is refused, whatever its value: this version
         cannot tell whether the run it describes is the one it would train or score."""
         values = dict(stored)
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        unknown = unknown_names(cls, values)
         if unknown:
             raise MinicapsError("the checkpoint was trained with options this version of "
                                 f"minicaps does not have ({', '.join(unknown)}): it was "
