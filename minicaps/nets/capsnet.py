@@ -55,8 +55,9 @@ class CapsNetConfig(NetworkConfig):
                                        "the last one only.", choices=ROUTING_GRADS)
     share_transforms: bool = option(
         False, "One transformation matrix per primary capsule type and class, shared by all "
-               "grid positions (far fewer weights, no sense of where a part is; on R&S crops "
-               "it did not learn), or one per primary capsule (the paper's).",
+               "grid positions (far fewer weights, no sense of where a part is; a run on R&S "
+               "crops had learnt nothing after 5 epochs), or one per primary capsule (the "
+               "paper's).",
         flag="--share-transforms/--own-transforms")
     # Input capsules that belong to no class (background) can route to this parent instead
     # of lengthening a class capsule; it takes no part in the loss or the predictions.
