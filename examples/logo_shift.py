@@ -63,6 +63,10 @@ def score(args):
         ckpt = checkpoint.load(path)
         net = build_net(ckpt.model_config, ckpt.scored_params)
         ds, parts, lengths = logo_shift.stand_in_lengths(net, ckpt, args.folder)
+        first, with_logo = logo_shift.ranked_first(ds, lengths)
+        if with_logo:
+            print(f"{path} on {args.folder}: the right channel the strongest on "
+                  f"{first / with_logo:.2%} of {with_logo} logo frames (at any threshold)")
         for threshold in args.thresholds or [stored_threshold(ckpt.history)]:
             by_part, by_class, ev = logo_shift.tally(ds, parts, lengths, threshold)
             right = sum(r for r, _ in by_part.values())
@@ -75,7 +79,8 @@ def score(args):
                 lows = ", ".join(f"{c} {r2}/{n2}" for _, c, r2, n2 in low)
                 print(f"  {part:<13} {r / n:7.2%} ({r}/{n}){'  lowest: ' + lows if lows else ''}")
             key = path if not args.thresholds else f"{path}@{threshold:g}"
-            results[key] = {"threshold": threshold, "overall": [right, total], "parts": by_part,
+            results[key] = {"threshold": threshold, "overall": [right, total],
+                            "ranked_first": [first, with_logo], "parts": by_part,
                             "classes": {f"{p}/{c}": v for (p, c), v in by_class.items()},
                             "confusion": ev.confusion(len(ds.classes), frames=True).tolist(),
                             "class_names": ds.classes}

@@ -162,6 +162,16 @@ def test_the_stand_in_is_written_in_the_layout_and_scored_by_part(root, tmp_path
     by_part, _, _ = logo_shift.tally(ds, parts, lengths, 1.0)
     assert {p: r for p, (r, _) in by_part.items()} == {p: n if p == "overlay" else 0
                                                        for p, n in counts.items()}
+    # Ranked first: the logo frames decided at threshold 0, where every frame shows its
+    # strongest channel; and a channel made the longest everywhere is right on its own.
+    logo_frames = sum(counts.values()) - counts["overlay"]
+    by_part, _, _ = logo_shift.tally(ds, parts, lengths, 0.0)
+    assert logo_shift.ranked_first(ds, lengths) == (
+        sum(r for p, (r, _) in by_part.items() if p != "overlay"), logo_frames)
+    only_b = lengths.copy()
+    only_b[:, ds.classes.index("b")] = 2.0
+    b_frames = int(np.sum(np.asarray(ds.test_frame_y) == ds.classes.index("b")))
+    assert logo_shift.ranked_first(ds, only_b) == (b_frames, logo_frames)
 
 
 def sharpness(frame):

@@ -187,6 +187,19 @@ def tally(ds, parts, lengths, threshold):
     return dict(by_part), dict(by_class), ev
 
 
+def ranked_first(ds, lengths):
+    """(right, logo frames): of the frames with a logo, how many have their own channel's
+    capsule the longest over their corners, whatever the threshold. The frame decision's
+    other half is the threshold, which turns a right but short capsule into `nologo`: this
+    count tells a mark not recognised from one recognised but not surely."""
+    from ..training.frames import strongest_channels
+    nologo = ds.classes.index(NOLOGO)
+    ids, _, channel, _ = strongest_channels(lengths, np.asarray(ds.test_frame), nologo)
+    truth = np.asarray(ds.test_frame_y)[ids]
+    with_logo = truth != nologo
+    return int(np.sum(channel[with_logo] == truth[with_logo])), int(np.sum(with_logo))
+
+
 def score_parts(net, ckpt, folder, threshold, batch_size=256):
     """tally's scores at `threshold` and the classes, for the checkpoint's network on a
     stand-in folder."""
