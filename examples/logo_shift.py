@@ -16,6 +16,8 @@
     # the frame decision at other thresholds than the checkpoint's
     python examples/logo_shift.py score runs/tvlogos-de/best.npz /tmp/logo-shift \
         --thresholds 0.1,0.2,0.3,0.4,0.5
+    # each channel decided in any corner, not only where training showed it
+    python examples/logo_shift.py score runs/tvlogos-de/best.npz /tmp/logo-shift --any-corner
 
 `score --json FILE` also writes the scores for a study's tables.
 """
@@ -62,7 +64,8 @@ def score(args):
     for path in args.checkpoints:
         ckpt = checkpoint.load(path)
         net = build_net(ckpt.model_config, ckpt.scored_params)
-        ds, parts, lengths = logo_shift.stand_in_lengths(net, ckpt, args.folder)
+        ds, parts, lengths = logo_shift.stand_in_lengths(net, ckpt, args.folder,
+                                                         any_corner=args.any_corner)
         first, with_logo = logo_shift.ranked_first(ds, lengths)
         if with_logo:
             print(f"{path} on {args.folder}: the right channel the strongest on "
@@ -123,6 +126,8 @@ def main():
     p.add_argument("--thresholds", type=thresholds,
                    help="frame thresholds to decide at, comma-separated (default: the "
                         "checkpoint's, chosen on its validation frames); the network runs once")
+    p.add_argument("--any-corner", action="store_true",
+                   help="decide each channel in any corner, as `minicaps evaluate --any-corner`")
     p.add_argument("--json", help="also write the scores here")
     p.set_defaults(run=score)
     args = parser.parse_args()

@@ -61,16 +61,17 @@ def main():
         opt.step = step_and_average
         return opt
 
-    def scores_of_every_average(net, val, test, config, classes, score_test=True, history=()):
+    def scores_of_every_average(net, val, test, config, classes, seen, score_test=True,
+                                history=()):
         # the run's own average
-        own = split_scores(net, val, test, config, classes, score_test, history)
+        own = split_scores(net, val, test, config, classes, seen, score_test, history)
         epochs_scored.append(own)  # called once per epoch
         if len(epochs_scored) < args.from_epoch:
             return own
         row = {"epoch": len(epochs_scored), horizons[0]: own}
         for h, average in extra.items():  # each average's threshold from its own curves
             with weights_in(net.params, average.weights):
-                row[h] = split_scores(net, val, test, config, classes, score_test,
+                row[h] = split_scores(net, val, test, config, classes, seen, score_test,
                                       extra_history.setdefault(h, []))
             extra_history[h].append(row[h])
         rows.append(row)

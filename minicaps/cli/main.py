@@ -25,7 +25,7 @@ from .options import UserError
 from ..errors import MinicapsError
 from ..training.evaluate import checkpoint_data, image_files_of, predict_files, report
 from ..training.evaluate import evaluate as evaluate_split
-from ..training.frames import stored_threshold, trained_on_frames
+from ..training.frames import seen_mask, stored_threshold, trained_on_frames
 from ..nets.kinds import build
 
 
@@ -61,18 +61,21 @@ def main():
     reuse_freed_memory()  # for the commands that run networks; free for the rest (allocator.py)
 
 
-def _load_net(path, gpu, threshold=None):
+def _load_net(path, gpu, threshold=None, any_corner=False):
     """(checkpoint, its network, the frame threshold to decide at: `threshold` if given, else
-    the checkpoint's); a given threshold is refused, before the network is built, for a
-    network not trained on TV frames."""
+    the checkpoint's, and the corners each channel may be decided in: frames.seen_mask's,
+    None with `any_corner`); a given threshold or `any_corner` is refused, before the
+    network is built, for a network not trained on TV frames."""
     ckpt = checkpoint.load(path)
-    if threshold is not None and not trained_on_frames(ckpt.data_info):
-        raise UserError("--threshold is for networks trained on TV frames (the R&S layout)")
+    if (threshold is not None or any_corner) and not trained_on_frames(ckpt.data_info):
+        given = "--threshold" if threshold is not None else "--any-corner"
+        raise UserError(f"{given} is for networks trained on TV frames (the R&S layout)")
     device = "gpu" if gpu else "cpu"
     if gpu:
         require_gpu()
     net = build(ckpt.model_config, ckpt.scored_params, device=device)
-    return ckpt, net, stored_threshold(ckpt.history) if threshold is None else threshold
+    threshold = stored_threshold(ckpt.history) if threshold is None else threshold
+    return ckpt, net, threshold, None if any_corner else seen_mask(ckpt.data_info, ckpt.classes)
 
 
 # Declared once for evaluate and predict.
@@ -82,6 +85,11 @@ frame_threshold_option = click.option(
          "when that length reaches this, else nologo. Lower calls more unfamiliar or faint "
          "logos, and more programme titles, a channel (docs/studies/logo_shift.md).  "
          "[default: the checkpoint's, chosen on its validation frames]")
+any_corner_option = click.option(
+    "--any-corner", is_flag=True,
+    help="TV frames: a channel may be found in any corner, not only in those where training "
+         "showed its logo (for a channel that has moved its logo; more programme titles "
+         "are then called a channel).")
 
 
 @main.command("evaluate")
@@ -95,25 +103,29 @@ frame_threshold_option = click.option(
               help=f"Transform every test image first: {', '.join(transforms.KINDS)} (see "
                    "minicaps/tools/transforms.py; affine draws random affine maps, affNIST-style).")
 @frame_threshold_option
-def evaluate_command(checkpoint_path, data, gpu, batch_size, transform_spec, threshold):
+@any_corner_option
+def evaluate_command(checkpoint_path, data, gpu, batch_size, transform_spec, threshold,
+                     any_corner):
     """Accuracy, per-class accuracy and confusion matrix of a checkpoint on test data."""
     if transform_spec is not None:
         transforms.parse(transform_spec)  # a bad spec fails before anything is loaded
     given = threshold is not None
-    ckpt, net, threshold = _load_net(checkpoint_path, gpu, threshold)
+    ckpt, net, threshold, seen = _load_net(checkpoint_path, gpu, threshold, any_corner)
     t0 = time.perf_counter()
     ds = checkpoint_data(ckpt, checkpoint_path, data)
     if given and ds.test_frame is None:
         raise UserError(f"--threshold decides TV frames, and {data} holds none")
     test_x = ds.test_x if transform_spec is None else transforms.apply(ds.test_x, transform_spec)
     ev = evaluate_split(net, test_x, ds.test_y, batch_size=batch_size, frame=ds.test_frame,
-                        frame_y=ds.test_frame_y, classes=ds.classes, threshold=threshold)
+                        frame_y=ds.test_frame_y, classes=ds.classes, threshold=threshold,
+                        seen=seen)
     changed = f", each {transform_spec}" if transform_spec else ""
     click.echo(f"checkpoint {checkpoint_path} (epoch {ckpt.epoch}); {ds.name} test split: "
                f"{len(ds.test_y)} examples{changed}; {time.perf_counter() - t0:.1f}s")
     if ev.frame_accuracy is not None:
         source = "given" if given else "the checkpoint's"
-        click.echo(f"frames decided at threshold {threshold:g} ({source})")
+        where = "" if seen is None else ", each channel only in the corners training showed it in"
+        click.echo(f"frames decided at threshold {threshold:g} ({source}){where}")
         click.echo(report(ev, ds.classes, frames=True))
         click.echo("")
     click.echo(report(ev, ds.classes))
@@ -134,14 +146,15 @@ FIELDS = ("path", "label", "confidence", "corner")
 @click.option("--lengths", is_flag=True,
               help="Also every class-capsule length (a CNN's: probability) of every corner.")
 @frame_threshold_option
-def predict_command(checkpoint_path, images, gpu, fmt, lengths, threshold):
+@any_corner_option
+def predict_command(checkpoint_path, images, gpu, fmt, lengths, threshold, any_corner):
     """The class of each image (a folder: every image in it, recursively), one line each:
     path, label, confidence, corner. For a network trained on R&S frames an image is a TV
     frame: its corners are cropped as in training, the label is the frame's channel or
     nologo, the confidence the length of that channel's capsule and the corner the one it
     was found in (nologo: 1 minus the longest channel capsule's length, no corner). A
     progress bar goes to stderr, so stdout stays parseable."""
-    ckpt, net, threshold = _load_net(checkpoint_path, gpu, threshold)
+    ckpt, net, threshold, seen = _load_net(checkpoint_path, gpu, threshold, any_corner)
     paths = image_files_of(images)
     corners = tuple(ckpt.data_info["crop"]["corners"]) \
         if trained_on_frames(ckpt.data_info) else ()
@@ -149,7 +162,8 @@ def predict_command(checkpoint_path, images, gpu, fmt, lengths, threshold):
     bar = click.progressbar(length=len(paths), label="predicting", file=sys.stderr,
                             show_eta=True, show_pos=True)
     with bar:
-        for p in predict_files(net, paths, ckpt.classes, ckpt.data_info, threshold):
+        for p in predict_files(net, paths, ckpt.classes, ckpt.data_info, threshold,
+                               seen=seen):
             write(p)
             bar.update(1)
 

@@ -159,17 +159,22 @@ def part_of(path, root):
     return name.rsplit("-", 1)[0] if name[-1:].isdigit() else name
 
 
-def stand_in_lengths(net, ckpt, folder, batch_size=256):
+def stand_in_lengths(net, ckpt, folder, batch_size=256, any_corner=False):
     """The checkpoint's network run once over a stand-in folder (or any R&S folder: its
     folders' names make the parts): its data, each frame's part, every corner's class
-    lengths (N, J); `tally` decides and counts the frames at any threshold."""
+    lengths (N, J), each channel's 0 outside the corners training showed it in unless
+    `any_corner` (as `minicaps evaluate` decides); `tally` decides and counts the frames at
+    any threshold."""
     from ..training.evaluate import checkpoint_data, class_lengths
+    from ..training.frames import only_where_seen, seen_mask
     ds = checkpoint_data(ckpt, "checkpoint", str(folder))
     frames, _ = read_index(folder, unsplit="test")
     tested = [f for f in frames if f.split == "test"]
     if len(tested) != len(ds.test_frame_y):
         raise MinicapsError(f"{folder}: {len(tested) - len(ds.test_frame_y)} frames unreadable")
     lengths = class_lengths(net, ds.test_x, batch_size=batch_size, n_classes=len(ds.classes))
+    if not any_corner:
+        lengths = only_where_seen(lengths, seen_mask(ckpt.data_info, ds.classes))
     return ds, [part_of(f.path, folder) for f in tested], lengths
 
 
@@ -200,9 +205,9 @@ def ranked_first(ds, lengths):
     return int(np.sum(channel[with_logo] == truth[with_logo])), int(np.sum(with_logo))
 
 
-def score_parts(net, ckpt, folder, threshold, batch_size=256):
+def score_parts(net, ckpt, folder, threshold, batch_size=256, any_corner=False):
     """tally's scores at `threshold` and the classes, for the checkpoint's network on a
     stand-in folder."""
-    ds, parts, lengths = stand_in_lengths(net, ckpt, folder, batch_size)
+    ds, parts, lengths = stand_in_lengths(net, ckpt, folder, batch_size, any_corner)
     by_part, by_class, ev = tally(ds, parts, lengths, threshold)
     return by_part, by_class, ds.classes, ev

@@ -17,8 +17,8 @@ from ..data import RSCrop, frame_examples, load_dataset
 from ..data.common import IMAGE_EXTS, RESAMPLE, image_files, map_images, to_chw
 from ..errors import MinicapsError
 from .config import TrainConfig
-from .frames import (NOLOGO, PRESENT, frame_decision, nologo_index, strongest_channels,
-                     trained_on_frames, with_nologo)
+from .frames import (NOLOGO, PRESENT, frame_decision, nologo_index, only_where_seen,
+                     strongest_channels, trained_on_frames, with_nologo)
 
 def class_lengths(net, x, *, batch_size=256, n_classes=None):
     """The class-capsule lengths (N, J) of the uint8 images x, as a host array; with
@@ -61,12 +61,15 @@ class Evaluation:
 
 
 def evaluate(net, x, y, *, batch_size=256, frame=None, frame_y=None, classes=None,
-             threshold=PRESENT):
+             threshold=PRESENT, seen=None):
     """Score the network on images x (N, C, H, W) uint8 with labels y (N,). With `frame`
     (N,) and `frame_y` (all frames' labels) also decide and score whole frames at
-    `threshold`; the no-logo class is the one named "nologo" in `classes`."""
+    `threshold`; the no-logo class is the one named "nologo" in `classes`. With `seen`
+    (frames.seen_mask's) a corner example is decided, and its lengths kept, with every
+    channel not seen in its corner at length 0."""
     lengths = class_lengths(net, x, batch_size=batch_size,
                             n_classes=None if classes is None else len(classes))
+    lengths = only_where_seen(lengths, seen)
     return evaluation_of(lengths, y, frame=frame, frame_y=frame_y, classes=classes,
                          threshold=threshold)
 
@@ -178,13 +181,14 @@ class Prediction:
     corners: tuple = ()  # corner names of a frame's rows
 
 
-def predict_files(net, paths, classes, data_info, threshold=PRESENT, *, chunk=256):
+def predict_files(net, paths, classes, data_info, threshold=PRESENT, *, seen=None, chunk=256):
     """A Prediction for each readable image file, yielded in order, `chunk` files decoded at
     a time (on a few threads; a few unreadable files are skipped with a warning, more are
     an error, as when loading data). A frame is decided at `threshold`: its channel, the
     length of that channel's capsule in the corner where it is longest, and that corner;
     or nologo, with 1 minus the longest channel capsule's length (how clearly no channel
-    capsule is present) and no corner. A plain image: its longest capsule and its length."""
+    capsule is present) and no corner; with `seen` (frames.seen_mask's), as `evaluate`
+    does. A plain image: its longest capsule and its length."""
     is_frame = trained_on_frames(data_info)
     corners = tuple(data_info["crop"]["corners"]) if is_frame else ()
     read = partial(image_examples, in_shape=net.config.in_shape, data_info=data_info)
@@ -199,7 +203,8 @@ def predict_files(net, paths, classes, data_info, threshold=PRESENT, *, chunk=25
         for i, frame_lengths in zip(kept, lengths):
             path = str(part[i])
             if is_frame:
-                yield _frame_prediction(path, frame_lengths, classes, corners, threshold)
+                yield _frame_prediction(path, only_where_seen(frame_lengths, seen), classes,
+                                        corners, threshold)
             else:
                 k = int(frame_lengths[0].argmax())
                 yield Prediction(path, classes[k], float(frame_lengths[0, k]), "",

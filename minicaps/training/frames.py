@@ -1,12 +1,13 @@
 """The logo challenge's rules, in one place: the `nologo` class and the network that may have
-no capsule for it, the frame decision over a frame's corner crops, the threshold it is made
-at and how training chooses it, and which epoch's network is kept.
+no capsule for it, the frame decision over a frame's corner crops, the corners each channel
+may be found in, the threshold the decision is made at and how training chooses it, and
+which epoch's network is kept.
 
 A TV frame is cut into corner crops (minicaps.data.rs), each one example labelled with the
 channel whose logo it shows or `nologo`. The generic code calls this module where frames
 differ from plain images: the network config (how many class capsules), training (the
-scores and the threshold after every epoch, best.npz), checkpoints (their class names),
-evaluation and prediction (the decision).
+scores and the threshold after every epoch, best.npz), checkpoints (their class names and
+logo corners), evaluation and prediction (the decision).
 """
 import numpy as np
 
@@ -64,6 +65,44 @@ def with_nologo(lengths, n_classes):
         return lengths
     xp = get_array_module(lengths)
     return xp.concatenate([lengths, xp.full((len(lengths), 1), PRESENT, lengths.dtype)], axis=1)
+
+
+def logo_corners(y, corners, classes):
+    """{corner: [channel, ...]}: the channels whose logos the examples labelled `y` (frame
+    by frame, one per corner of `corners`, in that order) show in each corner. Training
+    stores it with a checkpoint (data_info) for `seen_mask`."""
+    labels = np.asarray(y).reshape(-1, len(corners))
+    nologo = nologo_index(classes)
+    return {corner: [classes[j] for j in np.unique(labels[:, k]) if j != nologo]
+            for k, corner in enumerate(corners)}
+
+
+def seen_mask(data_info, classes):
+    """(K, J) bool for a checkpoint's frame examples, one row per corner of its crop: where
+    a class may be decided, a channel in the corners its logo was shown in training
+    (data_info's logo_corners), nologo in all; None where the checkpoint records no corners
+    (trained before they were kept, or not on frames): every class everywhere."""
+    seen = data_info.get("logo_corners")
+    if seen is None:
+        return None
+    return np.array([[name == NOLOGO or name in seen.get(corner, ()) for name in classes]
+                     for corner in data_info["crop"]["corners"]])
+
+
+def only_where_seen(lengths, mask):
+    """lengths (N, J) of frame examples (frame by frame, one row per corner of `mask`
+    (K, J), in its order) with every channel's length set to 0 in the corners where its
+    logo was never seen; as they are where `mask` is None.
+
+    Why: a channel keeps its logo in one corner (each of tvlogos-de's 15 in one, WDR in
+    two), and a programme title in another corner that looks like some channel's logo to
+    the network was the frame decision's commonest false alarm (docs/studies/logo_shift.md)."""
+    if mask is None:
+        return lengths
+    K = len(mask)
+    if len(lengths) % K:
+        raise MinicapsError(f"{len(lengths)} frame examples are not {K} corners a frame")
+    return lengths * np.tile(mask, (len(lengths) // K, 1))
 
 
 def strongest_channels(lengths, frame, nologo):

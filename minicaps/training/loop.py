@@ -93,14 +93,15 @@ def make_optimizer(config, params, steps_per_epoch):
     raise MinicapsError(f"optimizer must be adam or sgd, not {config.optimizer!r}")
 
 
-def _split_scores(net, val, test, config, classes, score_test=True, history=()):
+def _split_scores(net, val, test, config, classes, seen, score_test=True, history=()):
     """Accuracy on the validation split, and on the test split if `score_test`; for frame
     data also the frame accuracy, at the frame threshold that does best on the validation
-    frames of this epoch and the ones before it in `history` (recorded)."""
+    frames of this epoch and the ones before it in `history` (recorded), each channel
+    decided only in the corners of `seen` (frames.seen_mask's; None: in all)."""
     batch_size = max(config.batch_size, 256)
     out = {"val_accuracy": None, "test_accuracy": None}
     if len(val.y):
-        ev = evaluate(net, val.x, val.y, batch_size=batch_size, classes=classes)
+        ev = evaluate(net, val.x, val.y, batch_size=batch_size, classes=classes, seen=seen)
         out["val_accuracy"] = ev.accuracy
         if val.frame is not None:
             earlier = [r["val_frame_curve"] for r in history if "val_frame_curve" in r]
@@ -108,7 +109,7 @@ def _split_scores(net, val, test, config, classes, score_test=True, history=()):
                                                       classes, earlier))
     if score_test and len(test.y):
         ev = evaluate(net, test.x, test.y, batch_size=batch_size, frame=test.frame,
-                      frame_y=test.frame_y, classes=classes,
+                      frame_y=test.frame_y, classes=classes, seen=seen,
                       threshold=out.get("frame_threshold", frames.PRESENT))
         out["test_accuracy"] = ev.accuracy
         if ev.frame_accuracy is not None:
@@ -291,6 +292,9 @@ def _run_in(world, config, progress, dataset, resume):
         history, start = list(resume.history), resume.epoch
     data_info = {"layout": layout, "name": ds.name, "pad": config.pad,
                  "crop": dataclasses.asdict(config.crop) if layout == "rs" else None}
+    if layout == "rs":
+        data_info["logo_corners"] = frames.logo_corners(train.y, config.crop.corners, ds.classes)
+    seen = frames.seen_mask(data_info, ds.classes)
     progress("start", lines=[
         ds.summary(),
         f"split: {len(train.y)} train / {len(val.y)} validation / {len(test.y)} test examples",
@@ -315,7 +319,7 @@ def _run_in(world, config, progress, dataset, resume):
                                 f"stopped, the last good checkpoint is kept (try a lower --lr)")
         t_train = time.perf_counter() - t0
         with opt.averaged():  # the network that is scored (and the one best.npz is for)
-            scores = _split_scores(world.spread(net), val, test, config, ds.classes,
+            scores = _split_scores(world.spread(net), val, test, config, ds.classes, seen,
                                    score_test=_tests_after(epoch, config), history=history)
         record = {"epoch": epoch, "train_loss": loss, "train_accuracy": acc, **scores,
                   "lr": opt.lr, "images_per_s": n_epoch / t_train,
