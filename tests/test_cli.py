@@ -14,8 +14,11 @@ from PIL import Image
 
 from minicaps.training import checkpoint, loop as train
 from minicaps.backend import gpu_available
-from minicaps.cli.main import main
-from minicaps.data import load_dataset
+from minicaps.cli.main import _load_net, main
+from minicaps.data import RSCrop, load_dataset
+from minicaps.data.rs import corner_logos
+from minicaps.data.rs_index import read_index
+from minicaps.training.evaluate import predict_files
 from minicaps.nets.capsnet import CapsNet
 from minicaps.training.presets import RS_DEFAULTS, SAMPLE_DEFAULTS
 
@@ -118,6 +121,8 @@ def test_predict_reads_folders_and_writes_csv_or_json_lines(run_dir, tmp_path):
     assert_user_error(invoke("predict", run_dir / "last.npz", tmp_path / "in", "--threshold", 0.3),
                       "--threshold", "TV frames")
     assert_user_error(invoke("evaluate", run_dir / "last.npz", "--threshold", 0.3), "TV frames")
+    assert_user_error(invoke("evaluate", run_dir / "last.npz", "--any-corner"), "--any-corner",
+                      "TV frames")
 
 
 # user errors: one line on stderr, exit status 1 (click's usage errors: status 2)
@@ -238,6 +243,20 @@ def test_rs_frames_end_to_end(data_root, tmp_path):
           for t in ((), ("--threshold", 0), ("--threshold", 1))}
     assert at[()][1] == "nologo" and at[("--threshold", 1)][1] == "nologo"
     assert at[("--threshold", 0)][1] != "nologo" and at[("--threshold", 0)][3] in ("tl", "tr", "bl")
+    # a channel is decided only in the corners its training frames showed it in (their boxes)
+    info = checkpoint.load(out / "last.npz").data_info
+    seen, crop = info["logo_corners"], RSCrop(**{**info["crop"], "corners": ("tl", "tr", "bl")})
+    shown = {(corner, logo[0]) for f in read_index(data)[0] if f.split == "train"
+             for corner, logo in zip(crop.corners, corner_logos(f.logos, crop)) if logo}
+    assert {(corner, c) for corner, channels in seen.items() for c in channels} <= shown
+    assert 0 < sum(map(len, seen.values())) < 15 * 3
+    ckpt, net, _, mask = _load_net(out / "last.npz", gpu=False)  # evaluate's and predict's
+    assert _load_net(out / "last.npz", gpu=False, any_corner=True)[3] is None
+    assert mask.tolist() == [[c == "nologo" or c in seen[corner] for c in ckpt.classes]
+                             for corner in ("tl", "tr", "bl")]
+    decided, anywhere = (next(predict_files(net, [frame], ckpt.classes, ckpt.data_info, 0,
+                                            seen=m)).lengths for m in (mask, None))
+    assert np.array_equal(decided, anywhere * mask) and anywhere[~mask].max() > 0
 
     # a folder of frames to score, none for training: zdf frames in folders named for no
     # split, one wdr frame, two nologo frames; scored whole, per channel, on the net's classes

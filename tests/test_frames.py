@@ -6,8 +6,8 @@ import pytest
 from minicaps.errors import MinicapsError
 from minicaps.training.frames import (
     PRESENT, SELECTION_EPOCHS, THRESHOLDS, best_threshold, capsule_count, frame_accuracy,
-    frame_decision, names_fit, selection_score, strongest_channels, threshold_curve,
-    validation_frame_scores, with_nologo,
+    frame_decision, logo_corners, names_fit, only_where_seen, seen_mask, selection_score,
+    strongest_channels, threshold_curve, validation_frame_scores, with_nologo,
 )
 
 
@@ -118,3 +118,31 @@ def test_a_net_without_a_nologo_capsule_has_one_capsule_fewer():
         capsule_count(["nologo", "a"], nologo_capsule=False)
     assert names_fit(["a", "b", "nologo"], 3) and names_fit(["a", "b", "nologo"], 2)
     assert not names_fit(["a", "b", "c"], 2) and not names_fit(["a", "b"], 3)
+
+
+def test_a_channel_is_decided_only_in_the_corners_training_showed_it_in():
+    classes = ["a", "b", "nologo"]
+    corners = ("tl", "tr")
+    # three training frames, two corners each: a at tl twice, b at tr once
+    y, frame = np.array([0, 2, 2, 1, 0, 2]), np.array([0, 0, 1, 1, 2, 2])
+    seen = logo_corners(y, frame, corners, classes)
+    assert seen == {"tl": ["a"], "tr": ["b"]}
+    assert logo_corners(y, np.arange(6), corners, classes) is None  # one example a frame
+    info = {"crop": {"corners": list(corners)}, "logo_corners": seen}
+    mask = seen_mask(info, classes)
+    assert mask.tolist() == [[True, False, True], [False, True, True]]
+    assert seen_mask({"crop": {"corners": list(corners)}}, classes) is None  # older checkpoint
+    lengths = np.array([[0.1, 0.6, 0.4],   # frame 0, tl: a title b's capsule takes for b
+                        [0.1, 0.2, 0.9],   # frame 0, tr: nothing
+                        [0.4, 0.1, 0.5],   # frame 1, tl: a's logo, faint
+                        [0.7, 0.1, 0.3]])  # frame 1, tr: a title a's capsule takes for a
+    at = np.array([0, 0, 1, 1])
+    assert frame_decision(lengths, at, 2, 0.35)[1].tolist() == [1, 0]  # any corner
+    assert strongest_channels(lengths, at, 2)[1].tolist() == [0, 3]
+    decided = only_where_seen(lengths, mask)
+    assert frame_decision(decided, at, 2, 0.35)[1].tolist() == [2, 0]  # a found at tl
+    assert strongest_channels(decided, at, 2)[1].tolist() == [1, 2]
+    assert decided[:, 2].tolist() == lengths[:, 2].tolist()  # nologo's column untouched
+    assert decided[0].tolist() == [0.1, 0.0, 0.4] and only_where_seen(lengths, None) is lengths
+    with pytest.raises(MinicapsError, match="2 corners a frame"):
+        only_where_seen(lengths[:3], mask)

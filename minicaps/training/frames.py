@@ -67,11 +67,16 @@ def with_nologo(lengths, n_classes):
     return xp.concatenate([lengths, xp.full((len(lengths), 1), PRESENT, lengths.dtype)], axis=1)
 
 
-def logo_corners(y, corners, classes):
-    """{corner: [channel, ...]}: the channels whose logos the examples labelled `y` (frame
-    by frame, one per corner of `corners`, in that order) show in each corner. Training
-    stores it with a checkpoint (data_info) for `seen_mask`."""
-    labels = np.asarray(y).reshape(-1, len(corners))
+def logo_corners(y, frame, corners, classes):
+    """{corner: [channel, ...]}: the channels whose logos the examples labelled `y` show in
+    each corner, the examples being frame by frame (`frame` their frames), one per corner of
+    `corners` in that order; None for examples laid out otherwise (data made in memory).
+    Training stores it with a checkpoint (data_info) for `seen_mask`."""
+    K = len(corners)
+    blocks = np.asarray(frame).reshape(-1, K) if len(frame) % K == 0 else None
+    if blocks is None or np.any(blocks != blocks[:, :1]):
+        return None
+    labels = np.asarray(y).reshape(-1, K)
     nologo = nologo_index(classes)
     return {corner: [classes[j] for j in np.unique(labels[:, k]) if j != nologo]
             for k, corner in enumerate(corners)}

@@ -293,7 +293,8 @@ def _run_in(world, config, progress, dataset, resume):
     data_info = {"layout": layout, "name": ds.name, "pad": config.pad,
                  "crop": dataclasses.asdict(config.crop) if layout == "rs" else None}
     if layout == "rs":
-        data_info["logo_corners"] = frames.logo_corners(train.y, config.crop.corners, ds.classes)
+        data_info["logo_corners"] = frames.logo_corners(train.y, train.frame,
+                                                        config.crop.corners, ds.classes)
     seen = frames.seen_mask(data_info, ds.classes)
     progress("start", lines=[
         ds.summary(),
