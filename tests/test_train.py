@@ -191,6 +191,25 @@ def test_training_without_a_nologo_capsule_and_with_calibrated_transforms(tmp_pa
     assert evaluate(net, ds.test_x, ds.test_y, classes=ds.classes).lengths.shape == (24, 3)
 
 
+def test_training_records_where_each_channel_was_seen_and_scores_frames_by_it(tmp_path,
+                                                                              monkeypatch):
+    ds = synthetic()  # example i shows class i % 3: frames of three corners, each its own
+    ds.classes = ["top", "middle", "nologo"]
+    ds.train_frame, ds.test_frame = np.arange(48) // 3, np.arange(24) // 3
+    ds.train_frame_y, ds.test_frame_y = np.zeros(16, np.int64), np.zeros(8, np.int64)
+    given, scored = [], train.evaluate
+
+    def spy(*args, **kwargs):
+        given.append(kwargs.get("seen"))
+        return scored(*args, **kwargs)
+    monkeypatch.setattr(train, "evaluate", spy)
+    _run(tmp_path, 1, ds)
+    info = checkpoint.load(tmp_path / "last.npz").data_info
+    assert info["logo_corners"] == {"tl": ["top"], "tr": ["middle"], "bl": []}
+    mask = [[True, False, True], [False, True, True], [False, False, True]]
+    assert len(given) == 2 and all(m.tolist() == mask for m in given)  # validation, test
+
+
 def test_validation_split_is_seeded_disjoint_and_keeps_frames_together():
     ds = synthetic(n_train=60)
     ds.train_frame = np.arange(60) // 4
