@@ -82,7 +82,7 @@ def _load_net(path, gpu, threshold=None, any_corner=False):
 frame_threshold_option = click.option(
     "--threshold", type=click.FloatRange(0, 1), default=None,
     help="TV frames: a frame shows the channel whose capsule is the longest over its corners "
-         "when that length reaches this, else nologo. Lower calls more unfamiliar or faint "
+         "(those training showed it in) when that length reaches this, else nologo. Lower calls more unfamiliar or faint "
          "logos, and more programme titles, a channel (docs/studies/logo_shift.md).  "
          "[default: the checkpoint's, chosen on its validation frames]")
 any_corner_option = click.option(
@@ -144,7 +144,8 @@ FIELDS = ("path", "label", "confidence", "corner")
 @click.option("--csv", "fmt", flag_value="csv", help="Short for --format csv.")
 @click.option("--json", "fmt", flag_value="json", help="Short for --format json.")
 @click.option("--lengths", is_flag=True,
-              help="Also every class-capsule length (a CNN's: probability) of every corner.")
+              help="Also every class-capsule length (a CNN's: probability) of every corner, "
+                   "as decided: 0 for a channel in a corner training never showed it in.")
 @frame_threshold_option
 @any_corner_option
 def predict_command(checkpoint_path, images, gpu, fmt, lengths, threshold, any_corner):

@@ -15,7 +15,8 @@ layout, which reading moves into today's (in, kh, kw, out)):
     train_config        0-d str   JSON of the training options
     classes             1-d str   class names, the index is the label
     history             0-d str   JSON list of the per-epoch metrics so far
-    data_info           0-d str   JSON: how examples were made (layout, R&S crop)
+    data_info           0-d str   JSON: how examples were made (layout, R&S crop) and, for
+                                  frames, the corners each channel was seen in
 
 Only numbers and strings: it is read with allow_pickle=False, so a checkpoint can never run
 code. A write goes to a temporary file in the same directory, is flushed to disk, and then
