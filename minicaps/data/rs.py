@@ -12,8 +12,9 @@ bottom left, y up to 392); the four are kabel1doku frames whose logo reaches 319
 most. On the real challenge's annotations (rs-annotations.csv) the same crop holds 99.91 % of
 the 42,684 boxes whole and the centres of 99.96 %.
 
-The frame decision is not made here but in minicaps.evaluate.frame_decision: a frame shows
-the channel whose capsule is the longest over its corners, if long enough; else nologo.
+The frame decision is not made here but in minicaps.training.frames: a frame shows the
+channel whose capsule is the longest over its corners (those training showed that channel
+in), if long enough; else nologo.
 
 Decoding: JPEG frames are decoded by Pillow at 1/2, 1/4 or 1/8 size where the scale allows
 (`Image.draft`, DCT scaling, several times faster than a full decode), then each corner is
