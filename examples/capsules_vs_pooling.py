@@ -21,7 +21,7 @@ import time
 from minicaps.training import checkpoint
 from minicaps.tools import transforms
 from minicaps.training.evaluate import checkpoint_data, evaluate
-from minicaps.training.frames import stored_threshold
+from minicaps.training.frames import seen_mask, stored_threshold
 from minicaps.nets.kinds import build, kind_of
 
 TRANSFORMS = ("rotate:15", "rotate:30", "rotate:45", "rotate:90", "rotate:180", "flip",
@@ -41,7 +41,8 @@ def scores(path, specs, limit=None):
     for spec in ("upright", *specs):
         x = test_x if spec == "upright" else transforms.apply(test_x, spec)
         ev = evaluate(net, x, test_y, frame=ds.test_frame, frame_y=ds.test_frame_y,
-                      classes=ds.classes, threshold=stored_threshold(ckpt.history))
+                      classes=ds.classes, threshold=stored_threshold(ckpt.history),
+                      seen=seen_mask(ckpt.data_info, ds.classes))
         result[spec] = ev.frame_accuracy if ev.frame_accuracy is not None else ev.accuracy
     return kind_of(ckpt.model_config), ckpt.model_config.n_params(), ds.name, result
 

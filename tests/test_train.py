@@ -208,6 +208,15 @@ def test_training_records_where_each_channel_was_seen_and_scores_frames_by_it(tm
     assert info["logo_corners"] == {"tl": ["top"], "tr": ["middle"], "bl": []}
     mask = [[True, False, True], [False, True, True], [False, False, True]]
     assert len(given) == 2 and all(m.tolist() == mask for m in given)  # validation, test
+    # a run resumed keeps the rule it started with: one from before the corners were
+    # recorded (none in its data info) goes on deciding in any corner
+    ckpt = checkpoint.load(tmp_path / "last.npz")
+    del ckpt.data_info["logo_corners"]
+    checkpoint.save(tmp_path / "last.npz", ckpt)
+    given.clear()
+    train.resume(tmp_path, epochs=2, dataset=ds)
+    assert checkpoint.load(tmp_path / "last.npz").data_info["logo_corners"] is None
+    assert given == [None, None]
 
 
 def test_validation_split_is_seeded_disjoint_and_keeps_frames_together():

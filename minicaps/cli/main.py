@@ -82,8 +82,8 @@ def _load_net(path, gpu, threshold=None, any_corner=False):
 frame_threshold_option = click.option(
     "--threshold", type=click.FloatRange(0, 1), default=None,
     help="TV frames: a frame shows the channel whose capsule is the longest over its corners "
-         "(those training showed it in) when that length reaches this, else nologo. Lower calls more unfamiliar or faint "
-         "logos, and more programme titles, a channel (docs/studies/logo_shift.md).  "
+         "(those training showed it in) when that length reaches this, else nologo. Lower "
+         "calls more unfamiliar or faint logos, and more programme titles, a channel (docs/studies/logo_shift.md).  "
          "[default: the checkpoint's, chosen on its validation frames]")
 any_corner_option = click.option(
     "--any-corner", is_flag=True,
@@ -124,7 +124,8 @@ def evaluate_command(checkpoint_path, data, gpu, batch_size, transform_spec, thr
                f"{len(ds.test_y)} examples{changed}; {time.perf_counter() - t0:.1f}s")
     if ev.frame_accuracy is not None:
         source = "given" if given else "the checkpoint's"
-        where = "" if seen is None else ", each channel only in the corners training showed it in"
+        where = (", each channel in any corner" if seen is None
+                 else ", each channel only in the corners training showed it in")
         click.echo(f"frames decided at threshold {threshold:g} ({source}){where}")
         click.echo(report(ev, ds.classes, frames=True))
         click.echo("")

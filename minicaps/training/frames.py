@@ -99,8 +99,8 @@ def only_where_seen(lengths, mask):
     (K, J), in its order) with every channel's length set to 0 in the corners where its
     logo was never seen; as they are where `mask` is None.
 
-    Why: a channel keeps its logo in one corner (each of tvlogos-de's 15 in one, WDR in
-    two), and a programme title in another corner that looks like some channel's logo to
+    Why: a channel keeps its logo in its corner (13 of tvlogos-de's 15 channels in one,
+    WDR and NDR in two), and a programme title in another corner that looks like some channel's logo to
     the network was the frame decision's commonest false alarm (docs/studies/logo_shift.md)."""
     if mask is None:
         return lengths
@@ -130,7 +130,8 @@ def frame_decision(lengths, frame, nologo, threshold=PRESENT):
     is `nologo` otherwise; the nologo capsule takes no part.
 
     Why not each corner's argmax: a frame has at most one logo, so each channel capsule can
-    act as a detector of its logo, wherever it is. Asking each corner whether a channel
+    act as a detector of its logo in any of the frame's corners (those `only_where_seen`
+    leaves it). Asking each corner whether a channel
     beats nologo lost the faint logos (sat1gold, prosiebenmaxx) to nologo, the class of
     two corners in three; this way scored more test frames right (docs/studies/logos.md)."""
     ids, _, channel, top = strongest_channels(lengths, frame, nologo)

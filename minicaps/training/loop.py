@@ -292,9 +292,9 @@ def _run_in(world, config, progress, dataset, resume):
         history, start = list(resume.history), resume.epoch
     data_info = {"layout": layout, "name": ds.name, "pad": config.pad,
                  "crop": dataclasses.asdict(config.crop) if layout == "rs" else None}
-    if layout == "rs":
-        data_info["logo_corners"] = frames.logo_corners(train.y, train.frame,
-                                                        config.crop.corners, ds.classes)
+    if layout == "rs":  # a resumed run keeps the rule it started with (none before 48fccc4)
+        data_info["logo_corners"] = resume.data_info.get("logo_corners") if resume else \
+            frames.logo_corners(train.y, train.frame, config.crop.corners, ds.classes)
     seen = frames.seen_mask(data_info, ds.classes)
     progress("start", lines=[
         ds.summary(),
