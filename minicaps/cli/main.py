@@ -83,7 +83,8 @@ frame_threshold_option = click.option(
     "--threshold", type=click.FloatRange(0, 1), default=None,
     help="TV frames: a frame shows the channel whose capsule is the longest over its corners "
          "(those training showed it in) when that length reaches this, else nologo. Lower "
-         "calls more unfamiliar or faint logos, and more programme titles, a channel (docs/studies/logo_shift.md).  "
+         "calls more unfamiliar or faint logos, and more programme titles, a channel "
+         "(docs/studies/logo_shift.md).  "
          "[default: the checkpoint's, chosen on its validation frames]")
 any_corner_option = click.option(
     "--any-corner", is_flag=True,
