@@ -217,6 +217,10 @@ def test_training_records_where_each_channel_was_seen_and_scores_frames_by_it(tm
     train.resume(tmp_path, epochs=2, dataset=ds)
     assert checkpoint.load(tmp_path / "last.npz").data_info["logo_corners"] is None
     assert given == [None, None]
+    # a channel no training frame shows in a corner can never be decided: said at the start
+    ds.train_y[ds.train_y == 1] = 2
+    with pytest.warns(UserWarning, match="logo of middle in a corner crop"):
+        _run(tmp_path / "unseen", 1, ds)
 
 
 def test_validation_split_is_seeded_disjoint_and_keeps_frames_together():

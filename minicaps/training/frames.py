@@ -82,6 +82,15 @@ def logo_corners(y, frame, corners, classes):
             for k, corner in enumerate(corners)}
 
 
+def never_seen(logo_corners, classes):
+    """The channels of `classes` that `logo_corners` (its dict, or None) shows in no corner:
+    the rule of `only_where_seen` can never decide a frame for them."""
+    if logo_corners is None:
+        return []
+    seen = {name for names in logo_corners.values() for name in names}
+    return [name for name in classes if name != NOLOGO and name not in seen]
+
+
 def seen_mask(data_info, classes):
     """(K, J) bool for a checkpoint's frame examples, one row per corner of its crop: where
     a class may be decided, a channel in the corners its logo was shown in training
