@@ -72,23 +72,13 @@ def logo_corners(y, frame, corners, classes):
     each corner, the examples being frame by frame (`frame` their frames), one per corner of
     `corners` in that order; None for examples laid out otherwise (data made in memory).
     Training stores it with a checkpoint (data_info) for `seen_mask`."""
-    K = len(corners)
-    blocks = np.asarray(frame).reshape(-1, K) if len(frame) % K == 0 else None
-    if blocks is None or np.any(blocks != blocks[:, :1]):
+    K, frame = len(corners), np.asarray(frame)
+    if len(frame) % K or np.any(frame.reshape(-1, K) != frame[::K, None]):
         return None
     labels = np.asarray(y).reshape(-1, K)
     nologo = nologo_index(classes)
     return {corner: [classes[j] for j in np.unique(labels[:, k]) if j != nologo]
             for k, corner in enumerate(corners)}
-
-
-def never_seen(logo_corners, classes):
-    """The channels of `classes` that `logo_corners` (its dict, or None) shows in no corner:
-    the rule of `only_where_seen` can never decide a frame for them."""
-    if logo_corners is None:
-        return []
-    seen = {name for names in logo_corners.values() for name in names}
-    return [name for name in classes if name != NOLOGO and name not in seen]
 
 
 def seen_mask(data_info, classes):

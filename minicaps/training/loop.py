@@ -296,12 +296,13 @@ def _run_in(world, config, progress, dataset, resume):
     if layout == "rs":  # a resumed run keeps the rule it started with (none before 48fccc4)
         data_info["logo_corners"] = resume.data_info.get("logo_corners") if resume else \
             frames.logo_corners(train.y, train.frame, config.crop.corners, ds.classes)
-    unseen = frames.never_seen(data_info.get("logo_corners"), ds.classes)
+    seen = frames.seen_mask(data_info, ds.classes)
+    unseen = [] if seen is None else [c for c, shown in zip(ds.classes, seen.any(axis=0))
+                                      if not shown]  # nologo is allowed in every corner
     if unseen and world.lead:
         warnings.warn(f"no training frame shows the logo of {', '.join(unseen)} in a corner "
                       f"crop: frames are never decided for {'it' if len(unseen) == 1 else 'them'} "
                       f"(evaluate and predict --any-corner look in every corner)", stacklevel=2)
-    seen = frames.seen_mask(data_info, ds.classes)
     progress("start", lines=[
         ds.summary(),
         f"split: {len(train.y)} train / {len(val.y)} validation / {len(test.y)} test examples",
