@@ -422,6 +422,41 @@ def test_nologo_ratio_keeps_every_logo_and_subsamples_nologo():
     assert train.epoch_size(y, 3, 100.0) == 75  # never more than there are
 
 
+
+def test_batches_made_ahead_come_in_order_one_at_a_time_with_a_plain_loops_draws():
+    import threading
+    import time
+    from minicaps.training.epochs import made_ahead
+    busy, overlaps, threads = threading.Lock(), [], set()
+
+    def make(rng):
+        def one(i):
+            if not busy.acquire(blocking=False):
+                overlaps.append(i)  # two being made at once: draws would interleave
+                busy.acquire()
+            threads.add(threading.get_ident())
+            time.sleep(0.002)
+            busy.release()
+            return i, rng.random(3)
+        return one
+
+    ahead = list(made_ahead(make(np.random.default_rng(5)), 6))
+    makers = set(threads)
+    one_by_one = make(np.random.default_rng(5))
+    plain = [one_by_one(i) for i in range(6)]
+    assert [i for i, _ in ahead] == list(range(6)) and not overlaps
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(ahead, plain))
+    assert threading.get_ident() not in makers  # made beside the caller, not by it
+    assert list(made_ahead(make(np.random.default_rng(5)), 0)) == []
+
+    def failing(i):
+        if i == 2:
+            raise MinicapsError("bad batch")
+        return i
+    with pytest.raises(MinicapsError, match="bad batch"):
+        list(made_ahead(failing, 4))
+
+
 # the CNN baseline
 
 def test_the_cnn_baseline_trains_resumes_and_round_trips(tmp_path):

@@ -3,7 +3,12 @@
 Each function draws from the training generator it is given, so a resumed run (whose
 generator state comes from the checkpoint) sees the same epochs as an uninterrupted one.
 """
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+
+# One thread that makes the next batch while a step runs (made_ahead).
+_maker = ThreadPoolExecutor(1, thread_name_prefix="minicaps-batches")
 
 
 def epoch_size(y, nologo=None, nologo_ratio=None):
@@ -29,3 +34,23 @@ def epoch_order(y, rng, balance=False, nologo=None, nologo_ratio=None):
         return rng.permutation(len(y))
     counts = np.bincount(y)
     return rng.choice(len(y), size=len(y), p=1 / (counts[y] * np.count_nonzero(counts)))
+
+
+def made_ahead(make, count):
+    """make(0), ..., make(count - 1) in order, each made in a background thread while the
+    caller works on the one before it.
+
+    Why: a logo batch's augmentation (recolouring, pasting, drawing text in Pillow) is
+    Python that holds one core while the training step before it leaves cores idle between
+    its products. Only one is made at a time, each started when the one before it is done,
+    so `make` draws from a shared generator in the same order as a plain loop would: a run
+    takes bit for bit the steps it would without this. At most one is made beyond the one
+    the caller stops at."""
+    if count <= 0:
+        return
+    pending = _maker.submit(make, 0)
+    for i in range(1, count + 1):
+        made = pending.result()
+        if i < count:
+            pending = _maker.submit(make, i)
+        yield made

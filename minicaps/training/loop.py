@@ -28,7 +28,7 @@ from .logo_augment import recolour_logos, text_distractors
 from ..backend import get_array_module, to_host
 from ..data import detect_layout, load_dataset
 from ..errors import MinicapsError
-from .epochs import epoch_order, epoch_size
+from .epochs import epoch_order, epoch_size, made_ahead
 from .evaluate import evaluate
 from . import frames
 from ..nets.kinds import build, kind_of
@@ -168,8 +168,8 @@ def train_epoch(net, opt, train, config, rng, progress, epoch, nologo, n_classes
     frame_scale = config.crop.scale if train.frame is not None else 1.0  # crops of frames
     loss_sum = hits = 0
     progress("epoch_start", epoch=epoch, steps=steps)
-    for step in range(steps):
-        net.set_training_progress(((epoch - 1) * steps + step) / (config.epochs * steps))
+
+    def batch(step):
         idx = order[step * B:(step + 1) * B]
         xb = train.x[idx]
         if config.logo_recolour:
@@ -183,6 +183,10 @@ def train_epoch(net, opt, train, config, rng, progress, epoch, nologo, n_classes
                      max_degrees=config.rotate, max_scale=config.scale_jitter,
                      colour=config.colour_jitter, blur_p=config.blur,
                      recompress_p=config.recompress, recompress_scale=frame_scale)
+        return idx, xb
+
+    for step, (idx, xb) in enumerate(made_ahead(batch, steps)):
+        net.set_training_progress(((epoch - 1) * steps + step) / (config.epochs * steps))
         loss, grads, batch_hits = world.batch_gradients(
             lambda x, y: _gradients(net, x, y, n_classes), xb, train.y[idx], net.params)
         loss_sum = loss_sum + loss * len(idx)
