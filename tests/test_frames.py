@@ -139,10 +139,12 @@ def test_a_channel_is_decided_only_in_the_corners_training_showed_it_in():
     at = np.array([0, 0, 1, 1])
     assert frame_decision(lengths, at, 2, 0.35)[1].tolist() == [1, 0]  # any corner
     assert strongest_channels(lengths, at, 2)[1].tolist() == [0, 3]
-    decided = only_where_seen(lengths, mask)
+    decided = only_where_seen(lengths, mask, at)
     assert frame_decision(decided, at, 2, 0.35)[1].tolist() == [2, 0]  # a found at tl
     assert strongest_channels(decided, at, 2)[1].tolist() == [1, 2]
     assert decided[:, 2].tolist() == lengths[:, 2].tolist()  # nologo's column untouched
-    assert decided[0].tolist() == [0.1, 0.0, 0.4] and only_where_seen(lengths, None) is lengths
-    with pytest.raises(MinicapsError, match="2 corners a frame"):
-        only_where_seen(lengths[:3], mask)
+    assert decided[0].tolist() == [0.1, 0.0, 0.4]
+    assert only_where_seen(lengths, None, None) is lengths
+    for frame in ([0, 0, 1], [0, 1, 0, 1], [0, 0, 1, 2], None):  # not whole frames in a row
+        with pytest.raises(MinicapsError, match="2 corners a frame"):
+            only_where_seen(lengths[:len(frame or at)], mask, frame)

@@ -174,7 +174,8 @@ def stand_in_lengths(net, ckpt, folder, batch_size=256, any_corner=False):
         raise MinicapsError(f"{folder}: {len(tested) - len(ds.test_frame_y)} frames unreadable")
     lengths = class_lengths(net, ds.test_x, batch_size=batch_size, n_classes=len(ds.classes))
     if not any_corner:
-        lengths = only_where_seen(lengths, seen_mask(ckpt.data_info, ds.classes))
+        seen = seen_mask(ckpt.data_info, ds.classes)
+        lengths = only_where_seen(lengths, seen, ds.test_frame)
     return ds, [part_of(f.path, folder) for f in tested], lengths
 
 

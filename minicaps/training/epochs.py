@@ -1,4 +1,5 @@
-"""What one training epoch shows: the order of the example indices.
+"""What one training epoch shows: the order of the example indices, and its batches made
+one step ahead (made_ahead).
 
 Each function draws from the training generator it is given, so a resumed run (whose
 generator state comes from the checkpoint) sees the same epochs as an uninterrupted one.

@@ -69,7 +69,7 @@ def evaluate(net, x, y, *, batch_size=256, frame=None, frame_y=None, classes=Non
     channel not seen in its corner at length 0."""
     lengths = class_lengths(net, x, batch_size=batch_size,
                             n_classes=None if classes is None else len(classes))
-    lengths = only_where_seen(lengths, seen)
+    lengths = only_where_seen(lengths, seen, frame)
     return evaluation_of(lengths, y, frame=frame, frame_y=frame_y, classes=classes,
                          threshold=threshold)
 
@@ -203,8 +203,9 @@ def predict_files(net, paths, classes, data_info, threshold=PRESENT, *, seen=Non
         for i, frame_lengths in zip(kept, lengths):
             path = str(part[i])
             if is_frame:
-                yield _frame_prediction(path, only_where_seen(frame_lengths, seen), classes,
-                                        corners, threshold)
+                one_frame = np.zeros(K, int)  # its K corners, in the crop's order
+                yield _frame_prediction(path, only_where_seen(frame_lengths, seen, one_frame),
+                                        classes, corners, threshold)
             else:
                 k = int(frame_lengths[0].argmax())
                 yield Prediction(path, classes[k], float(frame_lengths[0, k]), "",

@@ -72,8 +72,8 @@ def logo_corners(y, frame, corners, classes):
     each corner, the examples being frame by frame (`frame` their frames), one per corner of
     `corners` in that order; None for examples laid out otherwise (data made in memory).
     Training stores it with a checkpoint (data_info) for `seen_mask`."""
-    K, frame = len(corners), np.asarray(frame)
-    if len(frame) % K or np.any(frame.reshape(-1, K) != frame[::K, None]):
+    K = len(corners)
+    if not _frame_by_frame(frame, K):
         return None
     labels = np.asarray(y).reshape(-1, K)
     nologo = nologo_index(classes)
@@ -93,10 +93,17 @@ def seen_mask(data_info, classes):
                      for corner in data_info["crop"]["corners"]])
 
 
-def only_where_seen(lengths, mask):
-    """lengths (N, J) of frame examples (frame by frame, one row per corner of `mask`
-    (K, J), in its order) with every channel's length set to 0 in the corners where its
-    logo was never seen; as they are where `mask` is None.
+def _frame_by_frame(frame, K):
+    """Whether examples whose frames are `frame` (N,) come frame by frame, K of each frame
+    in a row (a frame's corners, in the crop's order: how minicaps.data.rs lays them out)."""
+    frame = np.asarray(frame)
+    return len(frame) % K == 0 and bool(np.all(frame.reshape(-1, K) == frame[::K, None]))
+
+
+def only_where_seen(lengths, mask, frame):
+    """lengths (N, J) of frame examples (frame by frame as `frame` (N,) says, one row per
+    corner of `mask` (K, J), in its order) with every channel's length set to 0 in the
+    corners where its logo was never seen; as they are where `mask` is None.
 
     Why: a channel keeps its logo in its corner (13 of tvlogos-de's 15 channels in one,
     WDR and NDR in two), and programme titles in corners a channel never uses were often
@@ -105,8 +112,9 @@ def only_where_seen(lengths, mask):
     if mask is None:
         return lengths
     K = len(mask)
-    if len(lengths) % K:
-        raise MinicapsError(f"{len(lengths)} frame examples are not {K} corners a frame")
+    if frame is None or len(frame) != len(lengths) or not _frame_by_frame(frame, K):
+        raise MinicapsError(f"{len(lengths)} examples are not frame by frame, {K} corners "
+                            "a frame: a channel's corners cannot be told")
     return lengths * np.tile(mask, (len(lengths) // K, 1))
 
 

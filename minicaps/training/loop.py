@@ -102,7 +102,8 @@ def _split_scores(net, val, test, config, classes, seen, score_test=True, histor
     batch_size = max(config.batch_size, 256)
     out = {"val_accuracy": None, "test_accuracy": None}
     if len(val.y):
-        ev = evaluate(net, val.x, val.y, batch_size=batch_size, classes=classes, seen=seen)
+        ev = evaluate(net, val.x, val.y, batch_size=batch_size, frame=val.frame, classes=classes,
+                      seen=seen)
         out["val_accuracy"] = ev.accuracy
         if val.frame is not None:
             earlier = [r["val_frame_curve"] for r in history if "val_frame_curve" in r]
