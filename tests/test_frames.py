@@ -145,6 +145,11 @@ def test_a_channel_is_decided_only_in_the_corners_training_showed_it_in():
     assert decided[:, 2].tolist() == lengths[:, 2].tolist()  # nologo's column untouched
     assert decided[0].tolist() == [0.1, 0.0, 0.4]
     assert only_where_seen(lengths, None, None) is lengths
-    for frame in ([0, 0, 1], [0, 1, 0, 1], [0, 0, 1, 2], None):  # not whole frames in a row
+    for frame in ([0, 0, 1], [0, 1, 0, 1], [0, 0, 1, 2], [0, 0, 0, 0]):  # not whole frames
         with pytest.raises(MinicapsError, match="2 corners a frame"):
-            only_where_seen(lengths[:len(frame or at)], mask, frame)
+            only_where_seen(lengths[:len(frame)], mask, frame)
+    with pytest.raises(MinicapsError, match="2 corners a frame"):
+        only_where_seen(lengths, mask, [0, 0])  # ids for fewer examples than there are
+    with pytest.raises(MinicapsError, match="no frame ids"):
+        only_where_seen(lengths, mask, None)
+    assert logo_corners(y, [0, 0, 1, 1, 0, 0], corners, classes) is None  # frame 0 twice

@@ -3,6 +3,9 @@ import dataclasses
 import io
 import json
 import os
+import threading
+import time
+from contextlib import closing
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ from minicaps import CapsNetConfig
 from minicaps.cli import main as cli
 from minicaps.cli.train import epoch_line
 from minicaps.training import checkpoint, loop as train
+from minicaps.training.epochs import made_ahead
 from minicaps.training.augment import (RECOMPRESS_QUALITY, augment, blur, flip, jitter,
                                       recompress, rotate, shift, swap_backgrounds, zoom)
 from minicaps.data import Dataset, load_dataset
@@ -422,12 +426,8 @@ def test_nologo_ratio_keeps_every_logo_and_subsamples_nologo():
     assert train.epoch_size(y, 3, 100.0) == 75  # never more than there are
 
 
-
 def test_batches_made_ahead_come_in_order_one_at_a_time_with_a_plain_loops_draws():
-    import threading
-    import time
-    from minicaps.training.epochs import made_ahead
-    busy, overlaps, threads = threading.Lock(), [], set()
+    busy, overlaps, threads, made = threading.Lock(), [], set(), []
 
     def make(rng):
         def one(i):
@@ -435,19 +435,30 @@ def test_batches_made_ahead_come_in_order_one_at_a_time_with_a_plain_loops_draws
                 overlaps.append(i)  # two being made at once: draws would interleave
                 busy.acquire()
             threads.add(threading.get_ident())
+            made.append(i)
             time.sleep(0.002)
             busy.release()
             return i, rng.random(3)
         return one
 
-    ahead = list(made_ahead(make(np.random.default_rng(5)), 6))
-    makers = set(threads)
-    one_by_one = make(np.random.default_rng(5))
+    ahead_rng, plain_rng = np.random.default_rng(5), np.random.default_rng(5)
+    ahead = list(made_ahead(make(ahead_rng), 6))
+    makers, made_count = set(threads), len(made)
+    one_by_one = make(plain_rng)
     plain = [one_by_one(i) for i in range(6)]
-    assert [i for i, _ in ahead] == list(range(6)) and not overlaps
+    assert [i for i, _ in ahead] == list(range(6)) and not overlaps and made_count == 6
     assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(ahead, plain))
+    assert ahead_rng.random() == plain_rng.random()  # no draw beyond the last batch
     assert threading.get_ident() not in makers  # made beside the caller, not by it
-    assert list(made_ahead(make(np.random.default_rng(5)), 0)) == []
+    assert list(made_ahead(make(ahead_rng), 0)) == []
+
+    # stopped early (a step failed): the batch being made is waited for, and is the only extra
+    del made[:]
+    with closing(made_ahead(make(ahead_rng), 6)) as batches:
+        for i, _ in batches:
+            if i == 1:
+                break
+    assert made == [0, 1, 2] and not busy.locked()
 
     def failing(i):
         if i == 2:
@@ -455,7 +466,6 @@ def test_batches_made_ahead_come_in_order_one_at_a_time_with_a_plain_loops_draws
         return i
     with pytest.raises(MinicapsError, match="bad batch"):
         list(made_ahead(failing, 4))
-
 
 # the CNN baseline
 

@@ -1,10 +1,11 @@
 """What one training epoch shows: the order of the example indices, and its batches made
 one step ahead (made_ahead).
 
-Each function draws from the training generator it is given, so a resumed run (whose
-generator state comes from the checkpoint) sees the same epochs as an uninterrupted one.
+epoch_order draws from the training generator it is given, and made_ahead keeps the order
+of the draws its batches make, so a resumed run (whose generator state comes from the
+checkpoint) sees the same epochs as an uninterrupted one.
 """
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -39,19 +40,24 @@ def epoch_order(y, rng, balance=False, nologo=None, nologo_ratio=None):
 
 def made_ahead(make, count):
     """make(0), ..., make(count - 1) in order, each made in a background thread while the
-    caller works on the one before it.
+    caller works on the one before it. The caller must not draw from a generator `make`
+    draws from while it holds the next batch's making (the whole loop body): use it in a
+    `with contextlib.closing(...)`, so that a batch still being made is waited for when the
+    loop ends early.
 
     Why: a logo batch's augmentation (recolouring, pasting, drawing text in Pillow) is
     Python that holds one core while the training step before it leaves cores idle between
     its products. Only one is made at a time, each started when the one before it is done,
-    so `make` draws from a shared generator in the same order as a plain loop would: a run
-    takes bit for bit the steps it would without this. At most one is made beyond the one
-    the caller stops at."""
+    and none after the last, so `make` draws from a shared generator in the same order as a
+    plain loop would: a run takes bit for bit the steps it would without this."""
     if count <= 0:
         return
     pending = _maker.submit(make, 0)
-    for i in range(1, count + 1):
-        made = pending.result()
-        if i < count:
-            pending = _maker.submit(make, i)
-        yield made
+    try:
+        for i in range(1, count + 1):
+            made = pending.result()
+            pending = _maker.submit(make, i) if i < count else None
+            yield made
+    finally:
+        if pending is not None:  # the caller stopped early: no draws after it returns
+            wait([pending])

@@ -94,10 +94,15 @@ def seen_mask(data_info, classes):
 
 
 def _frame_by_frame(frame, K):
-    """Whether examples whose frames are `frame` (N,) come frame by frame, K of each frame
-    in a row (a frame's corners, in the crop's order: how minicaps.data.rs lays them out)."""
+    """Whether examples whose frames are `frame` (N,) come frame by frame, the K of each
+    frame in a row and no frame twice (a frame's corners, in the crop's order: how
+    minicaps.data.rs lays them out)."""
     frame = np.asarray(frame)
-    return len(frame) % K == 0 and bool(np.all(frame.reshape(-1, K) == frame[::K, None]))
+    if len(frame) % K:
+        return False
+    firsts = frame[::K]
+    return (bool(np.all(frame.reshape(-1, K) == firsts[:, None]))
+            and len(np.unique(firsts)) == len(firsts))
 
 
 def only_where_seen(lengths, mask, frame):
@@ -112,7 +117,10 @@ def only_where_seen(lengths, mask, frame):
     if mask is None:
         return lengths
     K = len(mask)
-    if frame is None or len(frame) != len(lengths) or not _frame_by_frame(frame, K):
+    if frame is None:
+        raise MinicapsError("these examples are not from frames (no frame ids): a channel's "
+                            "corners cannot be told")
+    if len(frame) != len(lengths) or not _frame_by_frame(frame, K):
         raise MinicapsError(f"{len(lengths)} examples are not frame by frame, {K} corners "
                             "a frame: a channel's corners cannot be told")
     return lengths * np.tile(mask, (len(lengths) // K, 1))

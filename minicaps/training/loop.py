@@ -17,6 +17,7 @@ import math
 import os
 import time
 import warnings
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,7 +171,7 @@ def train_epoch(net, opt, train, config, rng, progress, epoch, nologo, n_classes
     loss_sum = hits = 0
     progress("epoch_start", epoch=epoch, steps=steps)
 
-    def batch(step):
+    def batch(step):  # the loop's only draws from rng, made a step ahead (made_ahead)
         idx = order[step * B:(step + 1) * B]
         xb = train.x[idx]
         if config.logo_recolour:
@@ -186,20 +187,21 @@ def train_epoch(net, opt, train, config, rng, progress, epoch, nologo, n_classes
                      recompress_p=config.recompress, recompress_scale=frame_scale)
         return idx, xb
 
-    for step, (idx, xb) in enumerate(made_ahead(batch, steps)):
-        net.set_training_progress(((epoch - 1) * steps + step) / (config.epochs * steps))
-        loss, grads, batch_hits = world.batch_gradients(
-            lambda x, y: _gradients(net, x, y, n_classes), xb, train.y[idx], net.params)
-        loss_sum = loss_sum + loss * len(idx)
-        hits = hits + batch_hits
-        if (step + 1) % check_every == 0 or step + 1 == steps:
-            if not math.isfinite(float(loss_sum)):
-                raise MinicapsError(
-                    f"the loss became {float(loss_sum)} in epoch {epoch} (by step {step + 1} "
-                    f"of {steps}); training stopped, the last good checkpoint is kept "
-                    f"(try a lower --lr than {config.lr:g})")
-        opt.step(grads)
-        progress("step", done=1, loss=loss)
+    with closing(made_ahead(batch, steps)) as batches:
+        for step, (idx, xb) in enumerate(batches):
+            net.set_training_progress(((epoch - 1) * steps + step) / (config.epochs * steps))
+            loss, grads, batch_hits = world.batch_gradients(
+                lambda x, y: _gradients(net, x, y, n_classes), xb, train.y[idx], net.params)
+            loss_sum = loss_sum + loss * len(idx)
+            hits = hits + batch_hits
+            if (step + 1) % check_every == 0 or step + 1 == steps:
+                if not math.isfinite(float(loss_sum)):
+                    raise MinicapsError(
+                        f"the loss became {float(loss_sum)} in epoch {epoch} (by step "
+                        f"{step + 1} of {steps}); training stopped, the last good checkpoint "
+                        f"is kept (try a lower --lr than {config.lr:g})")
+            opt.step(grads)
+            progress("step", done=1, loss=loss)
     return float(loss_sum) / n, float(hits) / n
 
 
