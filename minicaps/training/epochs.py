@@ -40,10 +40,10 @@ def epoch_order(y, rng, balance=False, nologo=None, nologo_ratio=None):
 
 def made_ahead(make, count):
     """make(0), ..., make(count - 1) in order, each made in a background thread while the
-    caller works on the one before it. The caller must not draw from a generator `make`
-    draws from while it holds the next batch's making (the whole loop body): use it in a
-    `with contextlib.closing(...)`, so that a batch still being made is waited for when the
-    loop ends early.
+    caller works on the one before it. While the caller works on one the next is being
+    made, so the caller must not draw from any generator `make` draws from. Use it in a
+    `with contextlib.closing(...)`, so that a loop that ends early waits for the one still
+    being made.
 
     Why: a logo batch's augmentation (recolouring, pasting, drawing text in Pillow) is
     Python that holds one core while the training step before it leaves cores idle between
