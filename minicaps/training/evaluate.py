@@ -203,17 +203,19 @@ def predict_files(net, paths, classes, data_info, threshold=PRESENT, *, seen=Non
         for i, frame_lengths in zip(kept, lengths):
             path = str(part[i])
             if is_frame:
-                one_frame = np.zeros(K, int)  # its K corners, in the crop's order
-                yield _frame_prediction(path, only_where_seen(frame_lengths, seen, one_frame),
-                                        classes, corners, threshold)
+                yield _frame_prediction(path, frame_lengths, classes, corners, threshold, seen)
             else:
                 k = int(frame_lengths[0].argmax())
                 yield Prediction(path, classes[k], float(frame_lengths[0, k]), "",
                                  frame_lengths)
 
 
-def _frame_prediction(path, lengths, classes, corners, threshold):
-    _, (corner,), (channel,), (top,) = strongest_channels(lengths, np.zeros(len(lengths), int),
+def _frame_prediction(path, lengths, classes, corners, threshold, seen):
+    """The Prediction of one frame from its corners' lengths (K, J), decided as `evaluate`
+    decides frames, with the corner rule of `seen`."""
+    one_frame = np.zeros(len(lengths), int)  # every row a corner of this frame, in order
+    lengths = only_where_seen(lengths, seen, one_frame)
+    _, (corner,), (channel,), (top,) = strongest_channels(lengths, one_frame,
                                                           classes.index(NOLOGO))
     if top >= threshold:
         return Prediction(path, classes[channel], float(top), corners[corner], lengths, corners)
