@@ -467,6 +467,7 @@ def test_batches_made_ahead_come_in_order_one_at_a_time_with_a_plain_loops_draws
     with pytest.raises(MinicapsError, match="bad batch"):
         list(made_ahead(failing, 4))
 
+
 # the CNN baseline
 
 def test_the_cnn_baseline_trains_resumes_and_round_trips(tmp_path):
