@@ -45,8 +45,8 @@ from minicaps.training.presets import RS_DEFAULTS
 
 NETWORKS = {
     "paper": CapsNetConfig(),
-    # The R&S defaults' network: three corners at 3x48x96, 16 classes, contrast channels.
-    "logos": CapsNetConfig(in_shape=(3, 48, 96), n_classes=16, reconstruction=False,
+    # The R&S defaults' network: three corners at 3x72x144, 16 classes, contrast channels.
+    "logos": CapsNetConfig(in_shape=(3, 72, 144), n_classes=16, reconstruction=False,
                            **{k: RS_DEFAULTS[k] for k in (
                                "conv_channels", "kernel_size", "conv_stride", "primary_types",
                                "primary_dim", "primary_stride", "class_dim", "routing_iters",

@@ -16,8 +16,8 @@ from minicaps.tools.bench import benchmark, step_rates
 from minicaps.tools.plan import plan
 
 PAPER = CapsNetConfig()
-# The R&S defaults' network (minicaps/training/presets.py) before its local contrast channels, as
-# the README's table measured it: three corners at 3x48x96, 16 classes.
+# The R&S network (minicaps/training/presets.py) before its local contrast channels and its
+# finer crops, as the README's table measured it: three corners at 3x48x96, 16 classes.
 LOGOS = CapsNetConfig(in_shape=(3, 48, 96), n_classes=16, conv_channels=128, kernel_size=9,
                       conv_stride=2, primary_types=16, reconstruction=False)
 
@@ -31,8 +31,8 @@ def rows():
         yield "classes", j, dataclasses.replace(PAPER, n_classes=j), 32
     for size in (28, 40, 56):
         yield "input size", f"{size}x{size}", dataclasses.replace(PAPER, in_shape=(1, size, size)), 32
-    yield ("logo corners (R&S defaults without the contrast channels: 3x48x96, conv 128 9x9 "
-           "stride 2, no decoder)", "-", LOGOS, 32)
+    yield ("logo corners (the R&S network at half size without the contrast channels: "
+           "3x48x96, conv 128 9x9 stride 2, no decoder)", "-", LOGOS, 32)
 
 
 def main():

@@ -49,7 +49,7 @@ def test_the_cli_and_the_library_train_the_same_network_on_rs_frames(tmp_path):
     assert mc.input_mean is not None  # standardised, as the preset says
     for name in ("lr", "batch_size", "nologo_ratio", "background_swap", "average_epochs"):
         assert stored[name] == RS_DEFAULTS[name], name
-    assert ckpt.data_info["crop"]["width"] == 192 and mc.in_shape == (3, 48, 96)
+    assert ckpt.data_info["crop"]["width"] == 192 and mc.in_shape == (3, 72, 144)
 
 
 def test_a_given_option_wins_over_the_preset_even_at_the_general_default(tmp_path):
@@ -100,7 +100,8 @@ def test_every_declared_option_is_on_the_command_line():
     for f in declared(CapsNetConfig):
         if f.name != "none_capsule":  # plan does not model it
             assert f"--{f.name.replace('_', '-')}" in plan_help, f.name
-    assert "[default: (8; 45 on R&S frames); x>=1]" in " ".join(train_help.split())
+    epochs = f"[default: (8; {RS_DEFAULTS['epochs']} on R&S frames); x>=1]"
+    assert epochs in " ".join(train_help.split())
 
 
 def test_the_network_options_of_training_are_the_networks_own():

@@ -180,14 +180,17 @@ class TrainConfig:
     em_margin_start: float = network_option("em", "margin_start")
     em_margin_end: float = network_option("em", "margin_end")
     # The crop of R&S frames: the three corners where the challenge's logos are (the two
-    # top ones alone miss n24; the bottom right holds almost none), at half size.
+    # top ones alone miss n24; the bottom right holds almost none), at three quarters of
+    # the frame's size: at half size a channel's smaller renderings (a disc after "ARD",
+    # "GOLD" in a disc) were a few pixels high, and unseen marks were lost (docs/studies/
+    # logo_shift.md, "Finer crops").
     crop_corners: tuple = setting(("tl", "tr", "bl"), "R&S layout: corners cut from each "
                                                       "frame.", choices=CORNERS)
     crop_width: int = setting(192, f"R&S layout: crop width in frame pixels (of {FRAME_W}).",
                               minimum=1, maximum=FRAME_W)
     crop_height: int = setting(96, f"R&S layout: crop height in frame pixels (of {FRAME_H}).",
                                minimum=1, maximum=FRAME_H)
-    crop_scale: float = setting(0.5, "R&S layout: resize factor of each crop.",
+    crop_scale: float = setting(0.75, "R&S layout: resize factor of each crop.",
                                 minimum=0, maximum=4, min_open=True)
     crop_grey: bool = setting(False, "R&S layout: greyscale crops instead of RGB.",
                               flag="--crop-grey")
