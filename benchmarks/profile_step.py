@@ -41,12 +41,13 @@ from minicaps.tools.bench import synchronize
 from minicaps.tools.plan import spectral_geometry
 from minicaps.fast.dispatch import add_columns, columns
 from minicaps.ops.conv import group_weights, groups
+from minicaps.training.config import TrainConfig
 from minicaps.training.presets import RS_DEFAULTS
 
 NETWORKS = {
     "paper": CapsNetConfig(),
-    # The R&S defaults' network: three corners at 3x72x144, 16 classes, contrast channels.
-    "logos": CapsNetConfig(in_shape=(3, 72, 144), n_classes=16, reconstruction=False,
+    # The R&S defaults' network: training's corner crop, 16 classes, contrast channels.
+    "logos": CapsNetConfig(in_shape=TrainConfig().crop.shape, n_classes=16, reconstruction=False,
                            **{k: RS_DEFAULTS[k] for k in (
                                "conv_channels", "kernel_size", "conv_stride", "primary_types",
                                "primary_dim", "primary_stride", "class_dim", "routing_iters",
