@@ -37,6 +37,10 @@ MIN_OPACITY = 0.5
 # apart, which the network learns to see through from few examples (docs/studies/
 # logo_shift.md).
 RECOLOUR_WAYS = (0.1, 0.1, 0.3, 0.5)
+# A title in a corner without a logo is drawn this fraction of the image's height high
+# (its ink), so that titles keep their size in the frame whatever crop_scale the corner
+# is resized by.
+TITLE_HEIGHTS = (1 / 12, 0.3)
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 luminance weights of R, G, B
 
 
@@ -213,10 +217,10 @@ def beside(box, size, gap, below, shape):
 def text_distractors(x, box, p, rng):
     """A fraction p of the images get text: beside the logo where there is one (right of
     it, left where the image ends, or below it in smaller letters; 30-70 % of its height;
-    never over it), anywhere in an image without one (a word or two, 4-14 pixels high, on
-    a bar two times in five, plain, shadowed or outlined a third of the time each), as
-    broadcasters and programmes put text in a corner. Labels do not change: text beside a
-    logo is still that channel, text alone is still no logo."""
+    never over it), anywhere in an image without one (a word or two, TITLE_HEIGHTS of the
+    image high, on a bar two times in five, plain, shadowed or outlined a third of the time
+    each), as broadcasters and programmes put text in a corner. Labels do not change: text
+    beside a logo is still that channel, text alone is still no logo."""
     chosen = rng.random(len(x)) < p
     out = x.copy()
     H, W = x.shape[2:]
@@ -230,7 +234,7 @@ def text_distractors(x, box, p, rng):
             if at is None:
                 continue
         else:
-            word, edge, height = _title(rng), _edge(rng), rng.uniform(4, 14)
+            word, edge, height = _title(rng), _edge(rng), H * rng.uniform(*TITLE_HEIGHTS)
             at = (rng.uniform(0, H - 3), rng.uniform(0, W - 6))
             if rng.random() < 0.4:
                 bar = (tuple(int(c) for c in rng.integers(0, 256, size=3)),
