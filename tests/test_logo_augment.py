@@ -122,6 +122,24 @@ def test_text_never_covers_the_logo_and_goes_anywhere_without_one():
     assert drawn.dtype == np.uint8 and (drawn != x[-1]).any()
 
 
+def test_titles_keep_their_size_in_the_frame_at_any_crop_scale(monkeypatch):
+    """A title's height is a share of the crop's (TITLE_HEIGHTS), so the same draws give
+    titles 1.5 times as high in a crop 1.5 times as large, as the frame's own text is."""
+    heights = []
+
+    def record(image, text, top, left, height, *rest):
+        heights.append(height)
+        return image
+    monkeypatch.setattr(logo_augment, "draw_text", record)
+    for H in (48, 72):
+        x = np.zeros((30, 3, H, 2 * H), np.uint8)
+        text_distractors(x, np.full((30, 4), -1), 1.0, np.random.default_rng(3))
+    small, large = np.array(heights[:30]), np.array(heights[30:])
+    np.testing.assert_allclose(large, 1.5 * small)
+    lo, hi = logo_augment.TITLE_HEIGHTS
+    assert (small >= 48 * lo).all() and (small <= 48 * hi).all() and np.ptp(small) > 48 * (hi - lo) / 2
+
+
 def test_the_swap_shrinks_logos_between_their_centre_and_corner_and_not_without_it():
     x, box = crops()
     images = np.concatenate([x, np.full((4, 3, 24, 48), 200, np.uint8)])
