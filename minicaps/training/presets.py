@@ -8,8 +8,8 @@ measurements behind the R&S preset are in the docs ("Logo frames"); why each val
 - standardised input and one transform per primary capsule: on raw pixels conv1 died;
 - crops at three quarters of the frame's size (TrainConfig's crop) and conv1 at stride 3,
   which keeps the primary capsules' grid and reach in the frame about where half-size
-  crops at stride 2 put them: a channel's smaller marks show in more pixels, for about a
-  fifth more time a step (docs/studies/logo_shift.md, "Finer crops");
+  crops at stride 2 put them: a channel's smaller marks show in more pixels, for more time
+  a step, paid for with fewer epochs (docs/studies/logo_shift.md, "Finer crops");
 - local contrast (contrast_window 7) shows the faint logos behind most remaining errors;
 - 38 epochs, within the logo issue's 30 minutes on two cores with those crops (45 at half
   size: test frames and unseen renderings gained up to 22, recoloured logos up to 40 and
