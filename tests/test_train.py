@@ -263,8 +263,7 @@ def test_checkpoint_round_trip(tmp_path):
     assert (tmp_path / "best.npz").is_file()
 
 
-@pytest.mark.parametrize("score, best_epoch", [(lambda h: (1.0,), 3),
-                                               (lambda h: (-len(h),), 1)],
+@pytest.mark.parametrize("score, best_epoch", [(lambda h: 1.0, 3), (lambda h: -len(h), 1)],
                          ids=["tie", "falling"])
 def test_best_checkpoint_keeps_the_later_epoch_of_a_tie(tmp_path, monkeypatch, score,
                                                          best_epoch):

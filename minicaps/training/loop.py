@@ -321,8 +321,6 @@ def _run_in(world, config, progress, dataset, resume):
         out.mkdir(parents=True, exist_ok=True)
         if resume:
             _write_metrics(out / "metrics.jsonl", history)
-    best = max((s for s in (frames.selection_score(history[:n + 1]) for n in range(len(history)))
-                if s is not None), default=None)
     elapsed0 = history[-1]["elapsed_s"] if history else 0.0
     t_start = time.perf_counter()
     for epoch in range(start + 1, config.epochs + 1):
@@ -347,11 +345,8 @@ def _run_in(world, config, progress, dataset, resume):
             train_config=config.to_json(), classes=ds.classes, history=history,
             data_info=data_info)
         world.check_same_weights(net.params, epoch)
-        score = frames.selection_score(history)
-        if score is not None and (best is None or score >= best):  # ties: the later
-            best = score  # best first: a crash between the two writes leaves best.npz
-            if world.lead:  # ahead of last.npz, never behind
-                checkpoint.save(out / "best.npz", ckpt)
+        if frames.kept_as_best(history) and world.lead:  # best first: a crash between
+            checkpoint.save(out / "best.npz", ckpt)  # the writes leaves it ahead of last.npz
         if world.lead:
             checkpoint.save(out / "last.npz", ckpt)
             with open(out / "metrics.jsonl", "a") as f:
