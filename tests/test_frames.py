@@ -5,10 +5,10 @@ import pytest
 
 from minicaps.errors import MinicapsError
 from minicaps.training.frames import (
-    PRESENT, SELECTION_EPOCHS, THRESHOLDS, best_threshold, capsule_count, frame_accuracy,
-    frame_decision, kept_as_best, logo_corners, names_fit, only_where_seen, seen_mask,
-    selection_score,
-    strongest_channels, threshold_curve, validation_frame_scores, with_nologo,
+    BALANCED_THRESHOLD, PRESENT, SELECTION_EPOCHS, THRESHOLDS, best_threshold, capsule_count,
+    frame_accuracy, frame_decision, kept_as_best, logo_corners, names_fit, only_where_seen,
+    seen_mask, selection_score, strongest_channels, threshold_curve, validation_frame_scores,
+    with_nologo,
 )
 
 
@@ -37,12 +37,31 @@ def test_frame_decision_threshold_and_the_nologo_column():
     assert with_nologo(lengths, 3) is lengths
 
 
-def test_the_frame_threshold_is_the_best_one_on_the_frames_given():
+def three_frames(copies=10):
+    """Corner lengths of `copies` times three one-corner frames (a faint logo, none, a clear
+    one), frame ids and their classes (nologo: 2): all right at 0.25 and 0.3 only."""
     lengths = np.array([[0.3, 0.1, 0.9], [0.1, 0.2, 0.9], [0.1, 0.7, 0.1]])
-    frame, frame_y = np.array([0, 1, 2]), np.array([0, 2, 1])  # a faint logo, none, a clear one
-    t = best_threshold([threshold_curve(lengths, frame, frame_y, nologo=2)])
-    assert 0.2 < t <= 0.3 and frame_accuracy(lengths, frame, frame_y, 2, t) == 1.0
+    return np.tile(lengths, (copies, 1)), np.arange(3 * copies), np.tile([0, 2, 1], copies)
+
+
+def test_the_frame_threshold_is_the_best_one_on_the_frames_given():
+    lengths, frame, frame_y = three_frames()
+    t = best_threshold([threshold_curve(lengths, frame, frame_y, nologo=2)], len(frame))
+    assert t == 0.3 and frame_accuracy(lengths, frame, frame_y, 2, t) == 1.0
     assert frame_accuracy(lengths, frame, frame_y, 2) == pytest.approx(2 / 3)  # at 0.5
+
+
+def test_thresholds_within_a_frame_of_the_best_are_one_and_the_balanced_is_taken():
+    flat = [0.9] * len(THRESHOLDS)
+    assert best_threshold([flat], 200) == BALANCED_THRESHOLD
+    at = THRESHOLDS.index
+    ahead = list(flat)
+    ahead[at(0.45)] = ahead[at(0.2)] = 0.9 + 1 / 200  # a frame ahead: noise
+    assert best_threshold([ahead], 200) == BALANCED_THRESHOLD
+    ahead[at(0.45)] = 0.9 + 2 / 200  # two frames ahead
+    assert best_threshold([ahead], 200) == 0.45
+    one_side = [0.9 if t <= 0.3 or t == 0.4 else 0.8 for t in THRESHOLDS]
+    assert best_threshold([one_side], 200) == 0.4  # of 0.3 and 0.4, as near: the higher
 
 
 def test_best_checkpoint_is_the_last_epoch_within_one_validation_frame_of_the_best():
@@ -85,38 +104,34 @@ def test_the_strongest_channel_names_its_corner_and_length():
 
 
 def test_validation_scores_choose_the_threshold_and_need_a_nologo_class():
-    lengths = np.array([[0.3, 0.1, 0.9], [0.1, 0.2, 0.9], [0.1, 0.7, 0.1]])
-    frame, frame_y = np.array([0, 1, 2]), np.array([0, 2, 1])
+    lengths, frame, frame_y = three_frames()
     scores = validation_frame_scores(lengths, frame, frame_y, ["a", "b", "nologo"])
-    assert scores == {"frame_threshold": best_threshold([threshold_curve(lengths, frame,
-                                                                         frame_y, 2)]),
-                      "val_frame_accuracy": 1.0, "val_frames": 3,
-                      "val_frame_curve": threshold_curve(lengths, frame, frame_y, 2)}
+    curve = threshold_curve(lengths, frame, frame_y, 2)
+    assert scores == {"frame_threshold": 0.3, "val_frame_accuracy": 1.0, "val_frames": 30,
+                      "val_frame_curve": curve}
     with pytest.raises(MinicapsError, match="nologo"):
         validation_frame_scores(lengths, frame, frame_y, ["a", "b", "c"])
 
 
 def test_the_threshold_is_chosen_on_the_curves_of_the_selection_epochs():
-    """An epoch whose own curve peaks elsewhere by a frame keeps the line its window of
-    epochs agrees on; epochs before the window take no part."""
-    lengths = np.array([[0.3, 0.1, 0.9], [0.1, 0.2, 0.9], [0.1, 0.7, 0.1]])
-    frame, frame_y = np.array([0, 1, 2]), np.array([0, 2, 1])  # right from 0.25 to 0.3
+    """An epoch whose own curve peaks elsewhere keeps the line its window of epochs agrees
+    on; epochs before the window take no part."""
+    lengths, frame, frame_y = three_frames()  # right from 0.25 to 0.3
     own = threshold_curve(lengths, frame, frame_y, 2)
     at = THRESHOLDS.index
     assert own[at(0.3)] == 1.0 and own[at(0.35)] < 1.0
-    higher = [1.0 if 0.3 < t <= 0.45 else 0.7 for t in THRESHOLDS]  # earlier epochs: 0.45
+    higher = [1.0 if 0.3 < t <= 0.45 else 0.7 for t in THRESHOLDS]  # earlier epochs
     classes = ["a", "b", "nologo"]
     alone = validation_frame_scores(lengths, frame, frame_y, classes)
     assert alone["frame_threshold"] == 0.3
     pooled = validation_frame_scores(lengths, frame, frame_y, classes,
                                      [higher] * (SELECTION_EPOCHS - 1))
-    assert pooled["frame_threshold"] == 0.45  # a mean of 0.889 against 0.8 at 0.3
-    assert pooled["val_frame_accuracy"] == own[at(0.45)] and pooled["val_frame_curve"] == own
+    assert pooled["frame_threshold"] == 0.35  # a mean of 0.889 at 0.35-0.45, 0.8 at 0.3
+    assert pooled["val_frame_accuracy"] == own[at(0.35)] and pooled["val_frame_curve"] == own
     lower = [1.0 if t <= 0.3 else 0.0 for t in THRESHOLDS]  # one epoch more would pull to 0.3
     older = [lower] + [higher] * (SELECTION_EPOCHS - 1)  # outside the window: no part
     assert validation_frame_scores(lengths, frame, frame_y, classes,
-                                   older)["frame_threshold"] == 0.45
-    assert best_threshold([[0.5] * len(THRESHOLDS)]) == PRESENT  # ties: towards PRESENT
+                                   older)["frame_threshold"] == 0.35
 
 
 def test_a_net_without_a_nologo_capsule_has_one_capsule_fewer():

@@ -282,7 +282,8 @@ def test_each_epochs_frame_threshold_comes_from_the_last_three_curves(tmp_path):
     assert all(len(c) == len(train.frames.THRESHOLDS) for c in curves)
     for n, record in enumerate(history):
         window = curves[max(n - train.frames.SELECTION_EPOCHS + 1, 0):n + 1]
-        assert record["frame_threshold"] == train.frames.best_threshold(window)
+        assert record["frame_threshold"] == train.frames.best_threshold(window,
+                                                                        record["val_frames"])
     assert "test_frame_accuracy" not in history[0] and "test_frame_accuracy" in history[-1]
     line = epoch_line(history[0], 4)  # an epoch without a test score
     assert "val " in line and line.count("test -") == 2 and "frames: val" in line
