@@ -64,32 +64,32 @@ def test_thresholds_within_a_frame_of_the_best_are_one_and_the_balanced_is_taken
     assert best_threshold([one_side], 200) == 0.4  # of 0.3 and 0.4, as near: the higher
 
 
+def kept(run):
+    """Which epochs of `run` (metrics records) kept_as_best keeps, epoch by epoch."""
+    return [kept_as_best(run[:n + 1]) for n in range(len(run))]
+
+
 def test_best_checkpoint_is_the_last_epoch_within_one_validation_frame_of_the_best():
     """Validation frames nearly all right move by a frame either way: a later epoch that
-    falls less than a frame under the best mean is kept, one that falls more is not."""
-    def epoch(frames_right, **record):
-        return {"val_frame_accuracy": frames_right / 200, "val_accuracy": 0.98, **record}
-    def kept(run):
-        return [kept_as_best(run[:n + 1]) for n in range(len(run))]
+    falls no more than a frame under the best mean is kept, one that falls more is not."""
+    def epoch(frames_right):
+        return {"val_frame_accuracy": frames_right / 200, "val_accuracy": 0.98, "val_frames": 200}
     right = (190, 199, 199, 199, 198, 198, 198, 196)  # means of 3 from epoch 4: 199 198.7
-    assert kept([epoch(f, val_frames=200) for f in right]) == [True] * 7 + [False]  # 198 197.3
-    unknown = [epoch(f) for f in right]  # records that do not say how many frames: the best
-    assert kept(unknown) == [True] * 4 + [False] * 4
-    plain = [{"val_accuracy": a} for a in (0.8, 0.9, 0.9, 0.89)]  # other data: the best too
+    assert kept([epoch(f) for f in right]) == [True] * 7 + [False]  # 198.3 198 197.3
+    plain = [{"val_accuracy": a} for a in (0.8, 0.9, 0.9, 0.89)]  # other data: the best
     assert kept(plain) == [True, True, True, False]  # ties: the later
     assert not kept_as_best([{"val_accuracy": None}])
     assert selection_score([{"val_accuracy": None}]) is None
 
 
 def test_best_checkpoint_is_chosen_by_the_frames_of_the_last_epochs():
-    """One epoch a frame ahead of a stretch of good ones is not chosen over the stretch's end
+    """One epoch well ahead of a stretch of good ones is not chosen over the stretch's end
     (a one-epoch rule kept a run's epoch 29, 1.25-1.5 points of test frames behind epochs 35-40)."""
     def epoch(frames_right):
-        return {"val_frame_accuracy": frames_right / 240, "val_accuracy": 0.98}
-    lucky = [epoch(f) for f in (230, 235, 228, 233, 234, 234)]
-    scores = [selection_score(lucky[:n + 1]) for n in range(len(lucky))]
-    assert max(range(len(lucky)), key=lambda n: (scores[n], n)) == 5  # not epoch 1 alone
-    assert scores[1] == selection_score([epoch(230), epoch(235)])  # fewer epochs at the start
+        return {"val_frame_accuracy": frames_right / 240, "val_accuracy": 0.98, "val_frames": 240}
+    lucky = [epoch(f) for f in (230, 238, 228, 233, 234, 234)]  # alone, 238 is 4 frames ahead
+    assert kept(lucky) == [True, True, False, True, False, True]  # means 234 232 233 231.7 233.7
+    assert selection_score(lucky[:2]) == selection_score([epoch(230), epoch(238)])  # at the start
     assert selection_score(lucky) == pytest.approx(701 / 720)
     plain = [{"val_accuracy": 0.9}, {"val_accuracy": 0.8}]  # other data: the epoch's own
     assert selection_score(plain) == 0.8

@@ -22,9 +22,10 @@ PRESENT = 0.5
 # The frame thresholds training chooses from, on the validation frames, after every epoch.
 THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))
 # Of the thresholds validation cannot tell apart, training takes the one nearest this
-# (best_threshold): what moves the line there is what validation frames do not show, logo
-# renderings training never saw (found more often below it) and programme titles (called
-# a channel more often below it), and on the study's stand-ins this is where both hold up.
+# (best_threshold): within that range the line trades what validation frames do not show,
+# logo renderings training never saw (found more often below it) against programme titles
+# (called a channel more often below it), and on the study's stand-ins this is where both
+# hold up.
 BALANCED_THRESHOLD = 0.35
 # best.npz is chosen by the validation frame scores of this many epochs, the last of them its
 # own (selection_score).
@@ -175,13 +176,18 @@ def best_threshold(curves, n_frames):
     those whose frame accuracy, averaged over `curves` (each one threshold_curve of the
     same `n_frames` frames), is within one frame of the best.
 
-    Why not the best alone: the curve is flat at its top, often from 0.15 to 0.45 within a
-    frame, and which of those thresholds is a frame ahead is noise that moved the line from
-    one end to the other between epochs and seeds (docs/studies/logo_shift.md)."""
+    Why not the best alone: the curve is flat at its top over several thresholds, and which
+    of those is a frame ahead is noise that moved the line from one end of them to the other
+    between epochs and seeds (docs/studies/logo_shift.md)."""
     mean = np.mean(curves, axis=0)
-    slack = 1 / n_frames + 1e-12  # means of whole frames summed in any order
-    near_best = [t for t, m in zip(THRESHOLDS, mean) if m >= mean.max() - slack]
+    near_best = [t for t, m in zip(THRESHOLDS, mean) if within_a_frame(m, mean.max(), n_frames)]
     return min(near_best, key=lambda t: (round(abs(t - BALANCED_THRESHOLD), 9), -t))
+
+
+def within_a_frame(accuracy, best, n_frames):
+    """Whether a frame accuracy (a mean over epochs of `n_frames` frames) is at most one
+    frame under `best`; the slack is for means of whole frames summed in another order."""
+    return (best - accuracy) * n_frames <= 1 + 1e-9
 
 
 def validation_frame_scores(lengths, frame, frame_y, classes, earlier_curves=()):
@@ -229,22 +235,20 @@ def selection_score(history):
 
 
 def kept_as_best(history):
-    """Whether the last epoch of `history` is kept as best.npz: its selection_score is
-    within one validation frame of the highest any epoch of `history` reached (data that is
-    not frames, and records without `val_frames`: is that highest). The training loop asks
-    after every epoch, so best.npz is the last epoch to pass.
+    """Whether the last epoch of `history` is kept as best.npz: on frame data, its
+    selection_score is within one validation frame of the highest any epoch of `history`
+    reached; on other data, whose records count no frames, it must reach that highest. The
+    training loop asks after every epoch, so best.npz is the last epoch to pass.
 
     Why a frame's slack: validation frames show the logo renderings training shows; by the
     middle of a run nearly all of them are right, and later epochs move by a frame or so
     either way while still learning what unseen renderings need. A run once kept an epoch
-    a frame ahead of its last, ten epochs before it, and that network was the weaker one
-    on the held-out renderings at every threshold (docs/studies/logo_shift.md): a frame is
-    noise, and of two networks validation cannot tell apart the later has trained longer."""
+    well before its last, ahead of it by less than a frame, and that network was the weaker
+    one on the held-out renderings at every threshold (docs/studies/logo_shift.md): a frame
+    is noise, and of two networks validation cannot tell apart the later has trained longer."""
     scores = [selection_score(history[:n + 1]) for n in range(len(history))]
     if scores[-1] is None:
         return False
     top = max(s for s in scores if s is not None)
     n_frames = history[-1].get("val_frames")
-    if not n_frames:
-        return scores[-1] >= top
-    return (top - scores[-1]) * n_frames <= 1 + 1e-9  # means of whole frames, rounded
+    return within_a_frame(scores[-1], top, n_frames) if n_frames else scores[-1] >= top

@@ -97,9 +97,9 @@ def make_optimizer(config, params, steps_per_epoch):
 
 def _split_scores(net, val, test, config, classes, seen, score_test=True, history=()):
     """Accuracy on the validation split, and on the test split if `score_test`; for frame
-    data also the frame accuracy, at the frame threshold that does best on the validation
-    frames of this epoch and the ones before it in `history` (recorded), each channel
-    decided only in the corners of `seen` (frames.seen_mask's; None: in all)."""
+    data also the frame accuracy, at the threshold frames.best_threshold chooses on the
+    validation curves of this epoch and the ones before it in `history` (recorded), each
+    channel decided only in the corners of `seen` (frames.seen_mask's; None: in all)."""
     batch_size = max(config.batch_size, 256)
     out = {"val_accuracy": None, "test_accuracy": None}
     if len(val.y):
