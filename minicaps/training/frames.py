@@ -180,7 +180,8 @@ def best_threshold(curves, n_frames):
     of those is a frame ahead is noise that moved the line from one end of them to the other
     between epochs and seeds (docs/studies/logo_shift.md)."""
     mean = np.mean(curves, axis=0)
-    near_best = [t for t, m in zip(THRESHOLDS, mean) if within_a_frame(m, mean.max(), n_frames)]
+    best = mean.max()
+    near_best = [t for t, m in zip(THRESHOLDS, mean) if within_a_frame(m, best, n_frames)]
     return min(near_best, key=lambda t: (round(abs(t - BALANCED_THRESHOLD), 9), -t))
 
 
